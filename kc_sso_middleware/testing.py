@@ -1,0 +1,442 @@
+"""Helpers for your own tests: mint logout tokens and session cookies, run a stand-in OP.
+
+* :func:`mint_logout_token` signs a back-channel logout token shaped like Keycloak's, with
+  any header or claim overridden or dropped, to test acceptance and every rejection rule.
+* :func:`make_session_cookie` signs a session the way Flask or Starlette would.
+* :class:`StandInOP` is a small OpenID Provider on a loopback port (discovery, JWKS,
+  authorize, token, end-session with back-channel fan-out) for fast tests.  It signs real
+  tokens with joserfc.  It is **not** Keycloak: end-to-end tests belong against the real one.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+import httpx
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
+from joserfc import jws
+from joserfc.jwk import RSAKey
+
+from ._tokens import BACKCHANNEL_EVENT
+
+__all__ = [
+    "BACKCHANNEL_EVENT",
+    "StandInOP",
+    "make_session_cookie",
+    "mint_jwt",
+    "mint_logout_token",
+]
+
+def mint_jwt(
+    key: RSAKey,
+    claims: Mapping[str, Any],
+    header: Mapping[str, Any] | None = None,
+) -> str:
+    """Sign ``claims`` as a compact JWS; ``header`` is taken as given (``alg`` defaults RS256)."""
+    full_header = {"alg": "RS256", "kid": key.kid, **(header or {})}
+    full_header = {k: v for k, v in full_header.items() if v is not None}
+    return jws.serialize_compact(
+        full_header,
+        json.dumps(dict(claims), separators=(",", ":")).encode(),
+        key,
+        algorithms=[full_header["alg"]],
+    )
+
+
+def mint_logout_token(
+    key: RSAKey,
+    *,
+    issuer: str,
+    audience: str | list[str],
+    sub: str | None = "user-1",
+    sid: str | None = "session-1",
+    now: float | None = None,
+    header: Mapping[str, Any] | None = None,
+    drop: Iterable[str] = (),
+    **claims: Any,
+) -> str:
+    """A logout token like Keycloak 25+ sends, with claims overridden or dropped.
+
+    ``header`` overrides JOSE header members (``typ`` defaults to ``logout+jwt``); ``drop``
+    names claims or header members to leave out (e.g. ``drop=["exp", "typ"]``).
+    """
+    issued = int(now if now is not None else time.time())
+    payload: dict[str, Any] = {
+        "iat": issued,
+        "exp": issued + 120,
+        "jti": str(uuid.uuid4()),
+        "iss": issuer,
+        "aud": audience,
+        "sub": sub,
+        "typ": "Logout",
+        "sid": sid,
+        "events": {BACKCHANNEL_EVENT: {}},
+    }
+    payload.update(claims)
+    full_header: dict[str, Any] = {"alg": "RS256", "typ": "logout+jwt", "kid": key.kid}
+    full_header.update(header or {})
+    for name in drop:
+        payload.pop(name, None)
+        full_header.pop(name, None)
+    payload = {k: v for k, v in payload.items() if v is not None}
+    return mint_jwt(key, payload, full_header)
+
+
+class _FixedTimeSigner(TimestampSigner):
+    stamp: int = 0
+
+    def get_timestamp(self) -> int:
+        return self.stamp or super().get_timestamp()
+
+
+def make_session_cookie(
+    secret: str,
+    session: Mapping[str, Any],
+    *,
+    format: Literal["flask", "starlette"] = "flask",  # noqa: A002 - mirrors the setting
+    timestamp: int | None = None,
+) -> str:
+    """A session cookie value as Flask's cookie session or Starlette's SessionMiddleware signs it."""
+    signer = type("Signer", (_FixedTimeSigner,), {"stamp": timestamp or 0})
+    if format == "flask":
+        import hashlib
+
+        serializer = URLSafeTimedSerializer(
+            secret,
+            salt="cookie-session",
+            signer=signer,
+            signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha1},
+        )
+        return str(serializer.dumps(dict(session)))
+    data = base64.b64encode(json.dumps(dict(session)).encode())
+    return signer(secret).sign(data).decode()
+
+
+# --------------------------------------------------------------------------- stand-in OP
+
+
+@dataclass
+class _Client:
+    client_id: str
+    secret: str | None
+    backchannel_url: str | None
+
+
+@dataclass
+class _Session:
+    sid: str
+    sub: str
+    username: str
+    auth_time: int
+    clients: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Delivery:
+    """One back-channel request the stand-in OP sent."""
+
+    url: str
+    status: int | None
+    error: str | None = None
+
+
+class StandInOP:
+    """An OpenID Provider on ``127.0.0.1`` for tests (a context manager).
+
+    Login is automatic (no form): ``/auth`` logs in :attr:`username` and remembers the OP
+    session in a cookie, so a second app gets SSO like with Keycloak.  End-session (browser
+    with ``id_token_hint`` or API with ``refresh_token``) back-channels every client of the
+    session, as Keycloak does.
+    """
+
+    realm_path = "/realms/test"
+
+    def __init__(self, username: str = "alice") -> None:
+        self.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
+        self.key.ensure_kid()
+        self.username = username
+        self.clients: dict[str, _Client] = {}
+        self.sessions: dict[str, _Session] = {}
+        self.deliveries: list[Delivery] = []
+        self.end_session_requests: list[dict[str, str]] = []
+        self._codes: dict[str, dict[str, str]] = {}
+        self._refresh: dict[str, tuple[str, str]] = {}
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    @property
+    def issuer(self) -> str:
+        return f"{self.base_url}{self.realm_path}"
+
+    def __enter__(self) -> StandInOP:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def register_client(
+        self, client_id: str, secret: str | None = None, backchannel_url: str | None = None
+    ) -> None:
+        self.clients[client_id] = _Client(client_id, secret, backchannel_url)
+
+    def logout_token(self, client_id: str, **kwargs: Any) -> str:
+        """A logout token for ``client_id`` signed with this OP's key."""
+        return mint_logout_token(self.key, issuer=self.issuer, audience=client_id, **kwargs)
+
+    def send_backchannel_logout(self, url: str, token: str) -> httpx.Response:
+        return httpx.post(url, data={"logout_token": token}, timeout=10)
+
+    def end_session(self, sid: str) -> None:
+        """End an OP session and back-channel its clients, as Keycloak does (one try each)."""
+        op_session = self.sessions.pop(sid, None)
+        if op_session is None:
+            return
+        for client_id in sorted(op_session.clients):
+            client = self.clients.get(client_id)
+            if client is None or client.backchannel_url is None:
+                continue
+            token = self.logout_token(client_id, sub=op_session.sub, sid=sid)
+            try:
+                response = self.send_backchannel_logout(client.backchannel_url, token)
+                self.deliveries.append(Delivery(client.backchannel_url, response.status_code))
+            except httpx.HTTPError as exc:
+                self.deliveries.append(Delivery(client.backchannel_url, None, str(exc)))
+
+    # ------------------------------------------------------------------ tokens
+
+    def _tokens(self, op_session: _Session, client_id: str, nonce: str | None) -> dict[str, Any]:
+        now = int(time.time())
+        op_session.clients.add(client_id)
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "aud": client_id,
+            "azp": client_id,
+            "sub": op_session.sub,
+            "sid": op_session.sid,
+            "iat": now,
+            "exp": now + 300,
+            "auth_time": op_session.auth_time,
+            "preferred_username": op_session.username,
+            "typ": "ID",
+        }
+        if nonce:
+            claims["nonce"] = nonce
+        refresh = secrets.token_urlsafe(24)
+        self._refresh[refresh] = (op_session.sid, client_id)
+        return {
+            "access_token": mint_jwt(self.key, {**claims, "typ": "Bearer"}, {"typ": "JWT"}),
+            "id_token": mint_jwt(self.key, claims, {"typ": "JWT"}),
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "expires_in": 300,
+        }
+
+    def _client_ok(self, form: Mapping[str, str], auth_header: str | None) -> str | None:
+        client_id, secret = form.get("client_id"), form.get("client_secret")
+        if auth_header and auth_header.lower().startswith("basic "):
+            decoded = base64.b64decode(auth_header[6:]).decode()
+            client_id, _, secret = decoded.partition(":")
+        client = self.clients.get(client_id or "")
+        if client is None or (client.secret is not None and client.secret != secret):
+            return None
+        return client.client_id
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        op = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                pass
+
+            def _send(
+                self,
+                status: int,
+                body: bytes = b"",
+                headers: Iterable[tuple[str, str]] = (),
+                content_type: str = "application/json",
+            ) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Cache-Control", "no-store")
+                for name, value in headers:
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _json(self, status: int, payload: Any) -> None:
+                self._send(status, json.dumps(payload).encode())
+
+            def _params(self) -> dict[str, str]:
+                query = urlsplit(self.path).query
+                params = {k: v[0] for k, v in parse_qs(query).items()}
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    body = self.rfile.read(length).decode()
+                    params.update({k: v[0] for k, v in parse_qs(body).items()})
+                return params
+
+            def do_GET(self) -> None:
+                self._dispatch()
+
+            def do_POST(self) -> None:
+                self._dispatch()
+
+            def _dispatch(self) -> None:
+                path = urlsplit(self.path).path
+                base = op.realm_path
+                oidc = f"{base}/protocol/openid-connect"
+                routes = {
+                    f"{base}/.well-known/openid-configuration": self._discovery,
+                    f"{oidc}/certs": self._certs,
+                    f"{oidc}/auth": self._authorize,
+                    f"{oidc}/token": self._token,
+                    f"{oidc}/logout": self._logout,
+                }
+                handler = routes.get(path)
+                if handler is None:
+                    self._json(404, {"error": "not_found"})
+                else:
+                    handler(self._params())
+
+            def _discovery(self, _params: dict[str, str]) -> None:
+                oidc = f"{op.issuer}/protocol/openid-connect"
+                self._json(
+                    200,
+                    {
+                        "issuer": op.issuer,
+                        "authorization_endpoint": f"{oidc}/auth",
+                        "token_endpoint": f"{oidc}/token",
+                        "jwks_uri": f"{oidc}/certs",
+                        "end_session_endpoint": f"{oidc}/logout",
+                        "response_types_supported": ["code"],
+                        "subject_types_supported": ["public"],
+                        "id_token_signing_alg_values_supported": ["RS256"],
+                        "backchannel_logout_supported": True,
+                        "backchannel_logout_session_supported": True,
+                    },
+                )
+
+            def _certs(self, _params: dict[str, str]) -> None:
+                self._json(200, {"keys": [op.key.as_dict(private=False)]})
+
+            def _op_session(self) -> _Session | None:
+                cookie = self.headers.get("Cookie", "")
+                for part in cookie.split(";"):
+                    name, _, value = part.strip().partition("=")
+                    if name == "STANDIN_SESSION" and value in op.sessions:
+                        return op.sessions[value]
+                return None
+
+            def _authorize(self, params: dict[str, str]) -> None:
+                if params.get("client_id") not in op.clients:
+                    self._json(400, {"error": "unauthorized_client"})
+                    return
+                op_session = self._op_session()
+                if op_session is None:
+                    sid = str(uuid.uuid4())
+                    op_session = _Session(
+                        sid, f"sub-{op.username}", op.username, int(time.time())
+                    )
+                    op.sessions[sid] = op_session
+                code = secrets.token_urlsafe(16)
+                op._codes[code] = {
+                    "sid": op_session.sid,
+                    "client_id": params["client_id"],
+                    "nonce": params.get("nonce", ""),
+                }
+                query = urlencode({"code": code, "state": params.get("state", "")})
+                self._send(
+                    302,
+                    headers=[
+                        ("Location", f"{params['redirect_uri']}?{query}"),
+                        ("Set-Cookie", f"STANDIN_SESSION={op_session.sid}; Path=/; HttpOnly"),
+                    ],
+                )
+
+            def _token(self, params: dict[str, str]) -> None:
+                client_id = op._client_ok(params, self.headers.get("Authorization"))
+                if client_id is None:
+                    self._json(401, {"error": "unauthorized_client"})
+                    return
+                grant = params.get("grant_type")
+                if grant == "authorization_code":
+                    data = op._codes.pop(params.get("code", ""), None)
+                    op_session = op.sessions.get(data["sid"]) if data else None
+                    if data is None or op_session is None or data["client_id"] != client_id:
+                        self._json(400, {"error": "invalid_grant"})
+                        return
+                    self._json(200, op._tokens(op_session, client_id, data["nonce"] or None))
+                elif grant == "password":
+                    sid = str(uuid.uuid4())
+                    username = params.get("username", op.username)
+                    op_session = _Session(sid, f"sub-{username}", username, int(time.time()))
+                    op.sessions[sid] = op_session
+                    self._json(200, op._tokens(op_session, client_id, None))
+                else:
+                    self._json(400, {"error": "unsupported_grant_type"})
+
+            def _logout(self, params: dict[str, str]) -> None:
+                op.end_session_requests.append(dict(params))
+                if "refresh_token" in params:
+                    client_id = op._client_ok(params, self.headers.get("Authorization"))
+                    if client_id is None:
+                        self._json(
+                            400,
+                            {
+                                "error": "unauthorized_client",
+                                "error_description": "UNKNOWN_CLIENT: Client was not "
+                                "identified by any client authenticator",
+                            },
+                        )
+                        return
+                    found = op._refresh.pop(params["refresh_token"], None)
+                    if found is None:
+                        self._json(400, {"error": "invalid_grant"})
+                        return
+                    op.end_session(found[0])
+                    self._send(204)
+                    return
+                op_session = self._op_session()
+                hint = params.get("id_token_hint")
+                if hint:
+                    claims = json.loads(jws.extract_compact(hint.encode()).payload)
+                    op_session = op.sessions.get(claims.get("sid", "")) or op_session
+                if op_session is not None:
+                    op.end_session(op_session.sid)
+                target = params.get("post_logout_redirect_uri") or params.get("redirect_uri")
+                if not target:
+                    self._send(200, b"<p>You are logged out.</p>", content_type="text/html")
+                    return
+                if "state" in params:
+                    target += ("&" if "?" in target else "?") + urlencode(
+                        {"state": params["state"]}
+                    )
+                self._send(
+                    302,
+                    headers=[
+                        ("Location", target),
+                        ("Set-Cookie", "STANDIN_SESSION=; Path=/; Max-Age=0"),
+                    ],
+                )
+
+        return Handler

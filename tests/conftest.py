@@ -1,0 +1,223 @@
+"""Shared fixtures: a stand-in OP on loopback and one harness per adapter.
+
+The behaviour tables run through :class:`Harness` for both the ASGI adapter (a Starlette app
+with ``SessionMiddleware``) and the WSGI adapter (a Flask app), so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import anyio.from_thread
+import httpx
+import pytest
+from flask import Flask, jsonify, session
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from kc_sso_middleware import Settings
+from kc_sso_middleware import asgi as asgi_adapter
+from kc_sso_middleware import wsgi as wsgi_adapter
+from kc_sso_middleware.stores import MemoryStore, RevocationStore
+from kc_sso_middleware.testing import StandInOP, make_session_cookie, mint_jwt
+
+SESSION_SECRET = "test-session-secret"
+CLIENT_ID = "app"
+CLIENT_SECRET = "app-secret"
+
+
+@pytest.fixture(scope="session")
+def op() -> Iterator[StandInOP]:
+    with StandInOP() as stand_in:
+        stand_in.register_client(CLIENT_ID, CLIENT_SECRET)
+        yield stand_in
+
+
+def make_settings(op: StandInOP, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "issuer": op.issuer,
+        "client_id": CLIENT_ID,
+        "client_secret": CLIENT_SECRET,
+        "session_secret": SESSION_SECRET,
+        "store": "memory://",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class Clock:
+    """An injectable clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _starlette_app() -> Starlette:
+    async def show(request: Request) -> JSONResponse:
+        return JSONResponse(
+            {"session": dict(request.session), "cookie": request.headers.get("cookie")}
+        )
+
+    async def login_again(request: Request) -> JSONResponse:
+        request.session["fresh"] = True
+        return JSONResponse({"ok": True})
+
+    return Starlette(
+        routes=[Route("/", show), Route("/login-again", login_again)],
+        middleware=[Middleware(SessionMiddleware, secret_key=SESSION_SECRET)],
+    )
+
+
+def _flask_app() -> Flask:
+    app = Flask("behaviour")
+    app.secret_key = SESSION_SECRET
+
+    @app.get("/")
+    def show() -> Any:
+        from flask import request
+
+        return jsonify(session=dict(session), cookie=request.headers.get("Cookie"))
+
+    @app.get("/login-again")
+    def login_again() -> Any:
+        session["fresh"] = True
+        return jsonify(ok=True)
+
+    return app
+
+
+class PortalClient:
+    """A blocking facade over ``httpx.AsyncClient`` on one event loop kept for its lifetime.
+
+    One loop matters: the ASGI adapter's async HTTP client must not hop between loops.
+    """
+
+    def __init__(self, app: Any, base_url: str) -> None:
+        self._portal_cm = anyio.from_thread.start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=base_url)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def call() -> httpx.Response:
+            return await self._client.request(method, url, **kwargs)
+
+        return self._portal.call(call)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def close(self) -> None:
+        self._portal.call(self._client.aclose)
+        self._portal_cm.__exit__(None, None, None)
+
+
+class Harness:
+    """One adapter around a small real app, driven in-process over httpx."""
+
+    def __init__(
+        self,
+        kind: Literal["asgi", "wsgi"],
+        settings: Settings,
+        *,
+        store: RevocationStore | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kind = kind
+        self.settings = settings
+        self.store = store if store is not None else MemoryStore()
+        self.clock = clock
+        self.format: Literal["flask", "starlette"] = "starlette" if kind == "asgi" else "flask"
+        if kind == "asgi":
+            starlette_app = _starlette_app()
+            starlette_app.add_middleware(
+                asgi_adapter.SSOMiddleware, settings=settings, store=self.store, clock=clock
+            )
+            self.app: Any = starlette_app
+            self.client: PortalClient | httpx.Client = PortalClient(
+                starlette_app, "http://app.test"
+            )
+        else:
+            flask_app = _flask_app()
+            flask_app.wsgi_app = wsgi_adapter.SSOMiddleware(  # type: ignore[method-assign]
+                flask_app.wsgi_app, settings, store=self.store, clock=clock
+            )
+            self.app = flask_app
+            self.client = httpx.Client(
+                transport=httpx.WSGITransport(app=flask_app), base_url="http://app.test"
+            )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def id_token(self, op: StandInOP, *, sid: str = "session-1", sub: str = "user-1",
+                 auth_time: float | None = None) -> str:
+        now = int(self.clock())
+        return mint_jwt(
+            op.key,
+            {
+                "iss": op.issuer,
+                "aud": CLIENT_ID,
+                "sub": sub,
+                "sid": sid,
+                "iat": now,
+                "exp": now + 300,
+                "auth_time": int(auth_time if auth_time is not None else now),
+            },
+        )
+
+    def session_cookie(self, op: StandInOP, **claims: Any) -> str:
+        """A signed session holding an ID token, in this adapter's framework format."""
+        extra = claims.pop("extra", {})
+        session_data = {"id_token": self.id_token(op, **claims), **extra}
+        return make_session_cookie(
+            SESSION_SECRET, session_data, format=self.format, timestamp=int(self.clock())
+        )
+
+    def get(self, path: str, cookie: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = dict(kwargs.pop("headers", {}))
+        if cookie is not None:
+            headers["Cookie"] = f"{self.settings.session_cookie}={cookie}"
+        return self.client.get(path, headers=headers, **kwargs)
+
+    def seen_session(self, cookie: str) -> dict[str, Any]:
+        """The session the app saw for a request carrying ``cookie``."""
+        response = self.get("/", cookie)
+        assert response.status_code == 200, response.text
+        session_data: dict[str, Any] = response.json()["session"]
+        return session_data
+
+
+HarnessFactory = Callable[..., Harness]
+
+
+@pytest.fixture(params=["asgi", "wsgi"])
+def make_harness(request: pytest.FixtureRequest, op: StandInOP) -> Iterator[HarnessFactory]:
+    """Build harnesses for the parametrised adapter; all are closed afterwards."""
+    built: list[Harness] = []
+
+    def factory(
+        store: RevocationStore | None = None,
+        clock: Callable[[], float] = time.time,
+        **overrides: Any,
+    ) -> Harness:
+        harness = Harness(
+            request.param, make_settings(op, **overrides), store=store, clock=clock
+        )
+        built.append(harness)
+        return harness
+
+    yield factory
+    for harness in built:
+        harness.close()

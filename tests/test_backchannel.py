@@ -1,0 +1,382 @@
+"""Back-channel logout receiver: every rule of OIDC Back-Channel Logout 1.0 §2.4-§2.8
+(errata set 1) and RFC 8725's algorithm and key rules, through both adapters.
+
+Each case posts one logout token and pins down both the answer (status, error code) and its
+effect: after a 200 the session is anonymous on its next request; after a rejection the
+session still works.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+from joserfc import jws
+from joserfc.jwk import ECKey, RSAKey
+
+from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, mint_logout_token
+
+from .conftest import CLIENT_ID, HarnessFactory
+
+PATH = "/backchannel-logout"
+
+
+def _b64(data: dict[str, Any] | bytes) -> str:
+    raw = data if isinstance(data, bytes) else json.dumps(data).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _claims(op: StandInOP, **overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    claims = {
+        "iss": op.issuer,
+        "aud": CLIENT_ID,
+        "iat": now,
+        "exp": now + 120,
+        "jti": str(uuid.uuid4()),
+        "sub": "user-1",
+        "sid": "session-1",
+        "events": {BACKCHANNEL_EVENT: {}},
+    }
+    claims.update(overrides)
+    return claims
+
+
+def unsigned(op: StandInOP) -> str:
+    return f"{_b64({'alg': 'none', 'typ': 'logout+jwt'})}.{_b64(_claims(op))}."
+
+
+def hmac_with_public_key(op: StandInOP) -> str:
+    """The classic key-confusion attack: HS256 keyed with the RSA public key's PEM.
+
+    Signed by hand: joserfc itself refuses to use a public key as an HMAC secret.
+    """
+    pem = op.key.as_pem(private=False)
+    header = {"alg": "HS256", "typ": "logout+jwt", "kid": op.key.kid}
+    signing_input = f"{_b64(header)}.{_b64(_claims(op))}"
+    signature = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def attacker_key_embedded(op: StandInOP, member: str) -> str:
+    attacker = RSAKey.generate_key(2048)
+    header: dict[str, Any] = {"alg": "RS256", "typ": "logout+jwt", "kid": op.key.kid}
+    if member == "jwk":
+        header["jwk"] = attacker.as_dict(private=False)
+    elif member == "jku":
+        header["jku"] = "http://127.0.0.1:9/evil-jwks"
+    elif member == "x5u":
+        header["x5u"] = "http://127.0.0.1:9/evil.pem"
+    return jws.serialize_compact(
+        header, json.dumps(_claims(op)).encode(), attacker, algorithms=["RS256"]
+    )
+
+
+def signed_raw(op: StandInOP, header: dict[str, Any], claims: dict[str, Any]) -> str:
+    """RS256 by hand, for headers joserfc refuses to produce (e.g. an unknown crit)."""
+    signing_input = f"{_b64(header)}.{_b64(claims)}".encode()
+    signature = op.key.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input.decode()}.{_b64(signature)}"
+
+
+def unknown_crit(op: StandInOP) -> str:
+    header = {"alg": "RS256", "typ": "logout+jwt", "kid": op.key.kid,
+              "crit": ["urn:example:ext"], "urn:example:ext": 1}
+    return signed_raw(op, header, _claims(op))
+
+
+def tampered(op: StandInOP) -> str:
+    head, _payload, signature = op.logout_token(CLIENT_ID).split(".")
+    return f"{head}.{_b64(_claims(op, sid='someone-else'))}.{signature}"
+
+
+def other_key_same_kid(op: StandInOP) -> str:
+    attacker = RSAKey.generate_key(2048, parameters={"kid": op.key.kid})
+    return mint_logout_token(attacker, issuer=op.issuer, audience=CLIENT_ID)
+
+
+def unknown_kid(op: StandInOP) -> str:
+    attacker = RSAKey.generate_key(2048, parameters={"kid": "not-in-jwks"})
+    return mint_logout_token(attacker, issuer=op.issuer, audience=CLIENT_ID)
+
+
+def es256_token(op: StandInOP) -> str:
+    key = ECKey.generate_key("P-256", parameters={"kid": op.key.kid})
+    return jws.serialize_compact(
+        {"alg": "ES256", "typ": "logout+jwt", "kid": op.key.kid},
+        json.dumps(_claims(op)).encode(),
+        key,
+        algorithms=["ES256"],
+    )
+
+
+def jwe_shaped(op: StandInOP) -> str:
+    return f"{_b64({'alg': 'RSA-OAEP', 'enc': 'A256GCM'})}.aaaa.bbbb.cccc.dddd"
+
+
+@dataclass
+class Case:
+    """One back-channel delivery and what it must do."""
+
+    token: Callable[[StandInOP], str]
+    status: int
+    error: str | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    revokes: bool | None = None  # default: status == 200
+
+    def __post_init__(self) -> None:
+        if self.revokes is None:
+            self.revokes = self.status == 200
+
+
+def token(**kwargs: Any) -> Callable[[StandInOP], str]:
+    return lambda op: op.logout_token(CLIENT_ID, **kwargs)
+
+
+CASES = [
+    # ---- accepted shapes
+    pytest.param(Case(token(), 200), id="keycloak 25+ shape (typ logout+jwt, sid and sub)"),
+    pytest.param(Case(token(header={"typ": "JWT"}), 200), id="keycloak <25 typ JWT"),
+    pytest.param(Case(token(drop=["typ"]), 200), id="no typ header"),
+    pytest.param(Case(token(header={"typ": "application/logout+jwt"}), 200),
+                 id="typ application/logout+jwt"),
+    pytest.param(Case(token(header={"typ": "Logout+JWT"}), 200), id="typ in other case"),
+    pytest.param(Case(token(aud=[CLIENT_ID, "other"]), 200), id="aud list containing client"),
+    pytest.param(Case(token(sub=None), 200), id="sid only"),
+    pytest.param(Case(token(events={BACKCHANNEL_EVENT: {}, "revoke_offline_access": True}),
+                      200), id="keycloak revoke_offline_access sibling in events"),
+    pytest.param(Case(token(foo="bar", typ="Logout"), 200), id="unknown claims ignored"),
+    pytest.param(Case(token(drop=["exp"]), 200, settings={"allow_missing_exp": True}),
+                 id="no exp, allowed for keycloak before 23.0.4"),
+    pytest.param(Case(
+        lambda op: op.logout_token(CLIENT_ID, exp=time.time() + 100.5, iat=time.time() - 0.5),
+        200),
+                 id="fractional NumericDates"),
+    # ---- header and signature rules (RFC 8725)
+    pytest.param(Case(unsigned, 400, "unsupported_alg"), id="alg none"),
+    pytest.param(Case(hmac_with_public_key, 400, "unsupported_alg"),
+                 id="HS256 keyed with the public key"),
+    pytest.param(Case(token(header={"alg": "RS512"}), 400, "unsupported_alg"),
+                 id="alg not on the allow list"),
+    pytest.param(Case(es256_token, 400, "unknown_kid", settings={"algorithms": ("ES256",)}),
+                 id="ES256 allowed but no EC key in JWKS"),
+    pytest.param(Case(tampered, 400, "bad_signature"), id="payload tampered"),
+    pytest.param(Case(other_key_same_kid, 400, "bad_signature"),
+                 id="signed by another key with the OP's kid"),
+    pytest.param(Case(unknown_kid, 400, "unknown_kid"), id="kid not in JWKS"),
+    pytest.param(Case(lambda op: attacker_key_embedded(op, "jwk"), 400, "bad_signature"),
+                 id="embedded jwk is not trusted"),
+    pytest.param(Case(lambda op: attacker_key_embedded(op, "jku"), 400, "bad_signature"),
+                 id="jku is not followed"),
+    pytest.param(Case(lambda op: attacker_key_embedded(op, "x5u"), 400, "bad_signature"),
+                 id="x5u is not followed"),
+    pytest.param(Case(unknown_crit, 400, "unsupported_crit"),
+                 id="unknown crit"),
+    pytest.param(Case(token(header={"typ": "at+jwt"}), 400, "bad_typ"), id="typ at+jwt"),
+    pytest.param(Case(token(header={"typ": "secevent+jwt"}), 400, "bad_typ"),
+                 id="typ secevent+jwt"),
+    pytest.param(Case(token(header={"typ": "JWT"}), 400, "bad_typ",
+                      settings={"typ_policy": "strict"}), id="strict typ refuses JWT"),
+    pytest.param(Case(token(drop=["typ"]), 400, "bad_typ", settings={"typ_policy": "strict"}),
+                 id="strict typ refuses no typ"),
+    pytest.param(Case(jwe_shaped, 400, "encrypted_token"), id="encrypted token"),
+    pytest.param(Case(lambda op: "not-a-jwt", 400, "malformed_token"), id="garbage"),
+    pytest.param(Case(lambda op: "a.b.c", 400, "malformed_token"), id="three bad segments"),
+    # ---- claims (§2.4, §2.6)
+    pytest.param(Case(token(iss="http://evil.example/realms/test"), 400, "bad_iss"),
+                 id="wrong iss"),
+    pytest.param(Case(token(drop=["iss"]), 400, "bad_iss"), id="missing iss"),
+    pytest.param(Case(token(aud="other-client"), 400, "bad_aud"), id="wrong aud"),
+    pytest.param(Case(token(aud=["a", "b"]), 400, "bad_aud"), id="aud list without client"),
+    pytest.param(Case(token(aud=[]), 400, "bad_aud"), id="aud empty list"),
+    pytest.param(Case(token(aud=7), 400, "bad_aud"), id="aud not a string"),
+    pytest.param(Case(token(drop=["aud"]), 400, "bad_aud"), id="missing aud"),
+    pytest.param(Case(token(azp="other"), 400, "bad_azp"), id="azp of another client"),
+    pytest.param(Case(token(drop=["iat"]), 400, "missing_iat"), id="missing iat"),
+    pytest.param(Case(token(iat="now"), 400, "bad_iat"), id="iat not a number"),
+    pytest.param(Case(token(iat=True), 400, "bad_iat"), id="iat boolean"),
+    pytest.param(Case(token(iat=time.time() + 3600, exp=time.time() + 3700), 400,
+                      "iat_in_future"), id="iat in the future"),
+    pytest.param(Case(token(iat=time.time() - 3600, exp=time.time() + 60), 400,
+                      "token_too_old"), id="iat outside the window"),
+    pytest.param(Case(token(drop=["exp"]), 400, "missing_exp"), id="missing exp"),
+    pytest.param(Case(token(exp=time.time() - 3600, iat=time.time() - 100), 400, "expired"),
+                 id="exp passed"),
+    pytest.param(Case(token(exp="later"), 400, "bad_exp"), id="exp not a number"),
+    pytest.param(Case(token(nbf=time.time() + 3600), 400, "nbf_in_future"),
+                 id="nbf in the future"),
+    pytest.param(Case(token(drop=["jti"]), 400, "missing_jti"), id="missing jti"),
+    pytest.param(Case(token(jti=""), 400, "bad_jti"), id="empty jti"),
+    pytest.param(Case(token(jti=42), 400, "bad_jti"), id="jti not a string"),
+    pytest.param(Case(token(drop=["events"]), 400, "bad_events"), id="missing events"),
+    pytest.param(Case(token(events=[BACKCHANNEL_EVENT]), 400, "bad_events"),
+                 id="events not an object"),
+    pytest.param(Case(token(events={"http://other/event": {}}), 400, "bad_events"),
+                 id="events without the back-channel member"),
+    pytest.param(Case(token(events={BACKCHANNEL_EVENT: True}), 400, "bad_events"),
+                 id="back-channel event member not an object"),
+    pytest.param(Case(token(sub=None, sid=None), 400, "missing_sub_sid"),
+                 id="neither sub nor sid"),
+    pytest.param(Case(token(sid=123), 400, "bad_sid"), id="sid not a string"),
+    pytest.param(Case(token(sub=""), 400, "bad_sub"), id="empty sub"),
+    pytest.param(Case(token(nonce="n-0S6_WzA2Mj"), 400, "nonce_present"), id="nonce present"),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_logout_token_rules(case: Case, make_harness: HarnessFactory, op: StandInOP) -> None:
+    """Each rule yields its status and error code, and revokes the session only on 200."""
+    harness = make_harness(**case.settings)
+    cookie = harness.session_cookie(op, sid="session-1", sub="user-1",
+                                    auth_time=time.time() - 60)
+    assert harness.seen_session(cookie), "the session works before the logout"
+
+    response = harness.client.post(PATH, data={"logout_token": case.token(op)})
+
+    assert response.status_code == case.status, response.text
+    assert response.headers["cache-control"] == "no-store"
+    if case.error is not None:
+        body = response.json()
+        assert body["error"] == "invalid_request"
+        assert body["error_description"].startswith(f"{case.error}:"), body
+    assert (harness.seen_session(cookie) == {}) is case.revokes
+
+
+def test_replayed_jti_is_refused(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """A second delivery of the same token (same jti) gets 400 replayed_jti."""
+    harness = make_harness()
+    logout_token = op.logout_token(CLIENT_ID, sid="replay-session")
+    first = harness.client.post(PATH, data={"logout_token": logout_token})
+    second = harness.client.post(PATH, data={"logout_token": logout_token})
+    assert first.status_code == 200
+    assert second.status_code == 400
+    assert second.json()["error_description"].startswith("replayed_jti:")
+
+
+def test_sub_only_revokes_earlier_sessions_of_that_user(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """sub without sid ends every session of the user that began before iat, not later ones."""
+    harness = make_harness()
+    now = time.time()
+    older = harness.session_cookie(op, sid="s-old", sub="user-9", auth_time=now - 100)
+    other_user = harness.session_cookie(op, sid="s-x", sub="user-10", auth_time=now - 100)
+    logout_token = op.logout_token(CLIENT_ID, sub="user-9", sid=None, iat=int(now - 10))
+    response = harness.client.post(PATH, data={"logout_token": logout_token})
+    newer = harness.session_cookie(op, sid="s-new", sub="user-9", auth_time=now)
+    assert response.status_code == 200
+    assert harness.seen_session(older) == {}
+    assert harness.seen_session(newer) != {}
+    assert harness.seen_session(other_user) != {}
+
+
+def test_unknown_session_is_still_success(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """A valid token for a session this app never saw answers 200 (§2.8)."""
+    harness = make_harness()
+    response = harness.client.post(
+        PATH, data={"logout_token": op.logout_token(CLIENT_ID, sid="never-seen")}
+    )
+    assert response.status_code == 200
+
+
+def test_unknown_form_fields_are_ignored(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """Extra form fields next to logout_token do not matter."""
+    harness = make_harness()
+    response = harness.client.post(
+        PATH, data={"logout_token": op.logout_token(CLIENT_ID), "extra": "1", "state": "x"}
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("method", "status"),
+    [pytest.param("GET", 405, id="GET"), pytest.param("PUT", 405, id="PUT"),
+     pytest.param("DELETE", 405, id="DELETE")],
+)
+def test_other_methods_get_405(
+    method: str, status: int, make_harness: HarnessFactory
+) -> None:
+    """Only POST is served on the back-channel path."""
+    harness = make_harness()
+    response = harness.client.request(method, PATH)
+    assert response.status_code == status
+    assert "POST" in response.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "error"),
+    [
+        pytest.param(b'{"logout_token": "x"}', {"Content-Type": "application/json"},
+                     "bad_content_type", id="json body"),
+        pytest.param(b"", {"Content-Type": "application/x-www-form-urlencoded"},
+                     "missing_logout_token", id="empty body"),
+        pytest.param(b"logout_token=a&logout_token=b",
+                     {"Content-Type": "application/x-www-form-urlencoded"},
+                     "missing_logout_token", id="two logout_token fields"),
+        pytest.param(b"other=1", {"Content-Type": "application/x-www-form-urlencoded"},
+                     "missing_logout_token", id="no logout_token field"),
+        pytest.param(b"logout_token=\xff\xfe",
+                     {"Content-Type": "application/x-www-form-urlencoded"},
+                     "bad_body", id="not utf-8"),
+    ],
+)
+def test_malformed_requests(
+    content: bytes, headers: dict[str, str], error: str, make_harness: HarnessFactory
+) -> None:
+    """A request that is not a well-formed logout form gets 400 naming the problem."""
+    harness = make_harness()
+    response = harness.client.post(PATH, content=content, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error_description"].startswith(f"{error}:")
+
+
+def test_body_over_the_bound_gets_413(make_harness: HarnessFactory) -> None:
+    """A body over KC_SSO_BACKCHANNEL_MAX_BODY is refused with 413."""
+    harness = make_harness(backchannel_max_body=1024)
+    response = harness.client.post(PATH, data={"logout_token": "x" * 5000})
+    assert response.status_code == 413
+
+
+def test_key_rotation_is_picked_up(make_harness: HarnessFactory) -> None:
+    """A token signed with a new key (new kid) verifies after one JWKS refetch."""
+    with StandInOP() as rotating_op:
+        rotating_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=rotating_op.issuer, jwks_min_refresh_interval=0)
+        first = harness.client.post(
+            PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="a")}
+        )
+        rotating_op.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
+        rotating_op.key.ensure_kid()
+        second = harness.client.post(
+            PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="b")}
+        )
+    assert first.status_code == 200
+    assert second.status_code == 200
+
+
+def test_unknown_kid_refetch_is_throttled(make_harness: HarnessFactory) -> None:
+    """Within the refresh interval an unknown kid does not refetch the JWKS again."""
+    with StandInOP() as rotating_op:
+        rotating_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=rotating_op.issuer, jwks_min_refresh_interval=3600)
+        first = harness.client.post(
+            PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="a")}
+        )
+        rotating_op.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
+        rotating_op.key.ensure_kid()
+        second = harness.client.post(
+            PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="b")}
+        )
+    assert first.status_code == 200
+    assert second.status_code == 400
+    assert second.json()["error_description"].startswith("unknown_kid:")
