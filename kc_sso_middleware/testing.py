@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 import threading
@@ -103,14 +104,12 @@ def make_session_cookie(
     secret: str,
     session: Mapping[str, Any],
     *,
-    format: Literal["flask", "starlette"] = "flask",  # noqa: A002 - mirrors the setting
+    format: Literal["flask", "starlette"] = "flask",
     timestamp: int | None = None,
 ) -> str:
-    """A session cookie value as Flask's cookie session or Starlette's SessionMiddleware signs it."""
+    """A session cookie value, signed as Flask's cookie session or Starlette's would sign it."""
     signer = type("Signer", (_FixedTimeSigner,), {"stamp": timestamp or 0})
     if format == "flask":
-        import hashlib
-
         serializer = URLSafeTimedSerializer(
             secret,
             salt="cookie-session",
@@ -119,7 +118,8 @@ def make_session_cookie(
         )
         return str(serializer.dumps(dict(session)))
     data = base64.b64encode(json.dumps(dict(session)).encode())
-    return signer(secret).sign(data).decode()
+    signed: bytes = signer(secret).sign(data)
+    return signed.decode()
 
 
 # --------------------------------------------------------------------------- stand-in OP
@@ -264,7 +264,7 @@ class StandInOP:
         op = self
 
         class Handler(BaseHTTPRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
             def _send(

@@ -1,0 +1,476 @@
+"""The middleware's behaviour table, run through both adapters (ASGI and WSGI).
+
+Ordinary requests (no cookie, live session, revoked session), the logout path (redirect,
+cookie expiry, open-redirect guard, API clients), front-channel logout and Keycloak's
+legacy admin URL.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from kc_sso_middleware import Revocation, RevocationKind
+from kc_sso_middleware.testing import StandInOP, mint_jwt
+
+from .conftest import CLIENT_ID, Clock, HarnessFactory
+
+
+def _query(location: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def _revoke(harness: Any, *entries: Revocation) -> None:
+    assert harness.store.record(entries)
+
+
+def _sid_entry(sid: str) -> Revocation:
+    return Revocation(RevocationKind.SESSION, sid, 0.0, time.time() + 3600)
+
+
+# ------------------------------------------------------------------ ordinary requests
+
+
+def test_request_without_cookie_passes_untouched(make_harness: HarnessFactory) -> None:
+    """No session cookie: the app answers as if there were no middleware."""
+    harness = make_harness()
+    response = harness.client.get("/", headers={"Cookie": "theme=dark"})
+    assert response.status_code == 200
+    assert response.json() == {"session": {}, "cookie": "theme=dark"}
+    assert "set-cookie" not in response.headers
+
+
+def test_live_session_reaches_the_app(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """A valid, unrevoked session reaches the app unchanged."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="live")
+    assert "id_token" in harness.seen_session(cookie)
+
+
+def test_revoked_session_reaches_app_as_anonymous(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Revoked sid: the app sees no session cookie, other cookies stay, the cookie expires."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="gone")
+    _revoke(harness, _sid_entry("gone"))
+    response = harness.client.get(
+        "/", headers={"Cookie": f"theme=dark; session={cookie}; lang=en"}
+    )
+    assert response.status_code == 200
+    assert response.json() == {"session": {}, "cookie": "theme=dark; lang=en"}
+    set_cookie = response.headers["set-cookie"]
+    assert set_cookie.startswith("session=;")
+    assert "Max-Age=0" in set_cookie
+    assert "Path=/" in set_cookie
+
+
+def test_duplicate_session_cookies_are_all_checked(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A revoked cookie cannot ride next to a valid one: every duplicate is checked."""
+    harness = make_harness()
+    good = harness.session_cookie(op, sid="fine")
+    bad = harness.session_cookie(op, sid="revoked-dup")
+    _revoke(harness, _sid_entry("revoked-dup"))
+    response = harness.client.get("/", headers={"Cookie": f"session={good}; session={bad}"})
+    assert response.json()["session"] == {}
+
+
+def test_app_setting_a_new_session_wins_over_expiry(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """When the app starts a fresh session on the anonymous request, no expiry is added."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="renewed")
+    _revoke(harness, _sid_entry("renewed"))
+    response = harness.get("/login-again", cookie)
+    cookies = response.headers.get_list("set-cookie")
+    assert len(cookies) == 1
+    assert "Max-Age=0" not in cookies[0]
+
+
+def test_revoked_action_401(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """KC_SSO_REVOKED_ACTION=401 answers 401 JSON and expires the cookie."""
+    harness = make_harness(revoked_action="401")
+    cookie = harness.session_cookie(op, sid="gone-401")
+    _revoke(harness, _sid_entry("gone-401"))
+    response = harness.get("/", cookie)
+    assert response.status_code == 401
+    assert response.json()["error"] == "session_revoked"
+    assert "Max-Age=0" in response.headers["set-cookie"]
+
+
+def test_user_wide_revocation_spares_later_logins(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A user entry revokes sessions that began before not_before, not those after."""
+    harness = make_harness()
+    now = time.time()
+    before = harness.session_cookie(op, sid="u-a", sub="carol", auth_time=now - 50)
+    after = harness.session_cookie(op, sid="u-b", sub="carol", auth_time=now)
+    _revoke(harness, Revocation(RevocationKind.USER, "carol", now - 10, now + 3600))
+    assert harness.seen_session(before) == {}
+    assert harness.seen_session(after) != {}
+
+
+def test_session_older_than_max_lifetime_is_refused(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Sessions older than KC_SSO_MAX_SESSION_LIFETIME are treated as ended."""
+    clock = Clock()
+    harness = make_harness(clock=clock, max_session_lifetime=3600)
+    cookie = harness.session_cookie(op, sid="aging", auth_time=clock.now - 10)
+    assert harness.seen_session(cookie) != {}
+    clock.now += 3600
+    assert harness.seen_session(cookie) == {}
+
+
+def test_tampered_cookie_is_left_to_the_app(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """A cookie that does not verify is not ours to judge; the framework ignores it itself."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="t") + "x"
+    response = harness.get("/", cookie)
+    assert response.status_code == 200
+    assert response.json()["session"] == {}
+    assert "set-cookie" not in response.headers
+
+
+def test_claims_dict_without_raw_id_token(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """A session holding only the claims dict (no raw ID token) is checked too."""
+    from kc_sso_middleware.testing import make_session_cookie
+
+    from .conftest import SESSION_SECRET
+
+    harness = make_harness()
+    cookie = make_session_cookie(
+        SESSION_SECRET,
+        {"user": {"sub": "dave", "sid": "claims-only", "auth_time": int(time.time())}},
+        format=harness.format,
+    )
+    assert harness.seen_session(cookie) != {}
+    _revoke(harness, _sid_entry("claims-only"))
+    assert harness.seen_session(cookie) == {}
+
+
+# ------------------------------------------------------------------ logout path
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_logout_redirects_to_end_session(
+    method: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Logout expires the cookie, revokes the sid and redirects with RP-initiated params."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="bye")
+    response = harness.client.request(
+        method, "/logout", headers={"Cookie": f"session={cookie}"}
+    )
+    assert response.status_code == 302
+    location = response.headers["location"]
+    assert location.startswith(f"{op.issuer}/protocol/openid-connect/logout?")
+    params = _query(location)
+    assert params["client_id"] == CLIENT_ID
+    assert params["post_logout_redirect_uri"] == "http://app.test/"
+    assert params["id_token_hint"].count(".") == 2
+    assert len(params["state"]) >= 16
+    assert "redirect_uri" not in params
+    assert "Max-Age=0" in response.headers["set-cookie"]
+    assert response.headers["cache-control"] == "no-store"
+    # a saved copy of the old cookie no longer works
+    assert harness.seen_session(cookie) == {}
+
+
+def test_logout_state_is_fresh_each_time(make_harness: HarnessFactory) -> None:
+    """Every logout gets a new state value."""
+    harness = make_harness()
+    first = _query(harness.client.get("/logout").headers["location"])["state"]
+    second = _query(harness.client.get("/logout").headers["location"])["state"]
+    assert first != second
+
+
+def test_logout_without_session_still_redirects(make_harness: HarnessFactory) -> None:
+    """No session: still a redirect, without id_token_hint (Keycloak asks to confirm)."""
+    harness = make_harness()
+    response = harness.client.get("/logout")
+    assert response.status_code == 302
+    assert "id_token_hint" not in _query(response.headers["location"])
+
+
+def test_configured_post_logout_redirect_uri(make_harness: HarnessFactory) -> None:
+    """KC_SSO_POST_LOGOUT_REDIRECT_URI is sent as configured."""
+    harness = make_harness(post_logout_redirect_uri="https://app.example/bye")
+    params = _query(harness.client.get("/logout").headers["location"])
+    assert params["post_logout_redirect_uri"] == "https://app.example/bye"
+
+
+def test_legacy_redirect_uri_switch(make_harness: HarnessFactory) -> None:
+    """KC_SSO_LEGACY_REDIRECT_URI sends redirect_uri for Keycloak before 18."""
+    harness = make_harness(legacy_redirect_uri=True)
+    params = _query(harness.client.get("/logout").headers["location"])
+    assert params["redirect_uri"] == "http://app.test/"
+    assert "post_logout_redirect_uri" not in params
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [
+        pytest.param("/goodbye", "http://app.test/goodbye", id="same-origin path"),
+        pytest.param("http://app.test/x?y=1", "http://app.test/x?y=1", id="same-origin URL"),
+        pytest.param("https://partner.example/done", "https://partner.example/done",
+                     id="allow-listed"),
+        pytest.param("https://evil.example/", "http://app.test/", id="foreign origin"),
+        pytest.param("//evil.example/", "http://app.test/", id="scheme-relative"),
+        pytest.param("/\\evil.example", "http://app.test/", id="backslash trick"),
+        pytest.param("javascript:alert(1)", "http://app.test/", id="javascript scheme"),
+        pytest.param("https://partner.example.evil.com/", "http://app.test/",
+                     id="allow-list prefix confusion"),
+        pytest.param("http://app.test.evil.com/", "http://app.test/",
+                     id="origin prefix confusion"),
+    ],
+)
+def test_post_logout_target_is_never_an_open_redirect(
+    requested: str, expected: str, make_harness: HarnessFactory
+) -> None:
+    """A requested post_logout_redirect_uri is honoured only same-origin or allow-listed."""
+    harness = make_harness(logout_redirect_allowlist=("https://partner.example",))
+    response = harness.client.get("/logout", params={"post_logout_redirect_uri": requested})
+    assert _query(response.headers["location"])["post_logout_redirect_uri"] == expected
+
+
+def test_api_client_logout_ends_keycloak_session_server_side(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """An API client posting its refresh token gets the OP session ended server-side."""
+    harness = make_harness()
+    tokens = _direct_grant(op)
+    before = len(op.end_session_requests)
+    response = harness.client.post(
+        "/logout",
+        data={"refresh_token": tokens["refresh_token"]},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"logged_out": True, "op_session_ended": True}
+    sent = op.end_session_requests[before]
+    assert sent["refresh_token"] == tokens["refresh_token"]
+    assert sent["client_id"] == CLIENT_ID
+    assert sent["client_secret"] == "app-secret"
+
+
+def test_api_client_logout_surfaces_keycloak_error(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Without client credentials Keycloak answers unauthorized_client; the error is passed on."""
+    harness = make_harness(client_id="unknown-client")
+    response = harness.client.post(
+        "/logout", data={"refresh_token": "r"}, headers={"Accept": "application/json"}
+    )
+    assert response.status_code == 502
+    body = response.json()
+    assert body["error"] == "op_logout_failed"
+    assert body["op_error"] == "unauthorized_client"
+    assert "KC_SSO_CLIENT_SECRET" in body["error_description"]
+
+
+def test_api_client_logout_without_refresh_token(make_harness: HarnessFactory) -> None:
+    """A JSON client without a refresh token is logged out locally and told where to go."""
+    harness = make_harness()
+    response = harness.client.get("/logout", headers={"Accept": "application/json"})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["op_session_ended"] is False
+    assert body["end_session_endpoint"].endswith("/protocol/openid-connect/logout")
+
+
+def test_logout_other_method_gets_405(make_harness: HarnessFactory) -> None:
+    """The logout path serves GET and POST only."""
+    assert make_harness().client.request("PUT", "/logout").status_code == 405
+
+
+def _direct_grant(op: StandInOP) -> dict[str, Any]:
+    import httpx
+
+    response = httpx.post(
+        f"{op.issuer}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": CLIENT_ID,
+            "client_secret": "app-secret",
+            "username": "erin",
+            "password": "x",
+            "scope": "openid",
+        },
+    )
+    response.raise_for_status()
+    tokens: dict[str, Any] = response.json()
+    return tokens
+
+
+# ------------------------------------------------------------------ front-channel
+
+
+def test_frontchannel_logout_revokes_sid(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """GET with matching iss and sid revokes that session; no-cache headers."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="fc-1")
+    response = harness.client.get(
+        "/frontchannel-logout", params={"iss": op.issuer, "sid": "fc-1"}
+    )
+    assert response.status_code == 200
+    assert "no-store" in response.headers["cache-control"]
+    assert response.headers["pragma"] == "no-cache"
+    assert harness.seen_session(cookie) == {}
+
+
+def test_frontchannel_logout_with_own_cookie(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """Without parameters the browser's own session is ended and its cookie expired."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="fc-2")
+    response = harness.get("/frontchannel-logout", cookie)
+    assert response.status_code == 200
+    assert "Max-Age=0" in response.headers["set-cookie"]
+    assert harness.seen_session(cookie) == {}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        pytest.param({"iss": "http://evil.example/realms/x", "sid": "fc-3"}, id="wrong iss"),
+        pytest.param({"sid": "fc-3"}, id="sid without iss"),
+        pytest.param({"iss": "ISSUER"}, id="iss without sid"),
+    ],
+)
+def test_frontchannel_logout_rejects_bad_parameters(
+    params: dict[str, str], make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """iss must match and come together with sid; otherwise 400 and nothing revoked."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="fc-3")
+    params = {k: (op.issuer if v == "ISSUER" else v) for k, v in params.items()}
+    response = harness.client.get("/frontchannel-logout", params=params)
+    assert response.status_code == 400
+    assert harness.seen_session(cookie) != {}
+
+
+# ------------------------------------------------------------------ legacy admin URL
+
+
+def _admin_token(op: StandInOP, kind: str, **claims: Any) -> str:
+    payload = {
+        "id": str(uuid.uuid4()),
+        "expiration": int(time.time()) + 30,
+        "resource": CLIENT_ID,
+        "action": kind,
+        "notBefore": 0,
+    }
+    payload.update(claims)
+    return mint_jwt(op.key, {k: v for k, v in payload.items() if v is not None}, {"typ": "JWT"})
+
+
+def _post_admin(harness: Any, path: str, body: str) -> Any:
+    return harness.client.post(path, content=body, headers={"Content-Type": "text/plain"})
+
+
+def test_admin_logout_all_revokes_every_earlier_session(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """k_logout without session ids ("sign out all sessions") ends every current session."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="adm-1", auth_time=time.time() - 5)
+    response = _post_admin(
+        harness, "/k_logout", _admin_token(op, "LOGOUT", notBefore=int(time.time()))
+    )
+    assert response.status_code == 200
+    assert harness.seen_session(cookie) == {}
+
+
+def test_admin_logout_of_named_sessions(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """k_logout with keycloakSessionIds ends just those sessions."""
+    harness = make_harness()
+    ended = harness.session_cookie(op, sid="adm-2")
+    kept = harness.session_cookie(op, sid="adm-3")
+    response = _post_admin(
+        harness, "/k_logout", _admin_token(op, "LOGOUT", keycloakSessionIds=["adm-2"])
+    )
+    assert response.status_code == 200
+    assert harness.seen_session(ended) == {}
+    assert harness.seen_session(kept) != {}
+
+
+def test_admin_push_not_before(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """k_push_not_before revokes sessions that began before notBefore."""
+    harness = make_harness()
+    now = time.time()
+    old = harness.session_cookie(op, sid="nb-1", auth_time=now - 100)
+    new = harness.session_cookie(op, sid="nb-2", auth_time=now)
+    response = _post_admin(
+        harness,
+        "/k_push_not_before",
+        _admin_token(op, "PUSH_NOT_BEFORE", notBefore=int(now - 10)),
+    )
+    assert response.status_code == 200
+    assert harness.seen_session(old) == {}
+    assert harness.seen_session(new) != {}
+
+
+def test_admin_test_available(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """k_test_available answers 200 to a valid action."""
+    harness = make_harness()
+    response = _post_admin(harness, "/k_test_available", _admin_token(op, "TEST_AVAILABLE"))
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("claims", "status", "code"),
+    [
+        pytest.param({"resource": "other"}, 400, "bad_resource", id="other resource"),
+        pytest.param({"action": "PUSH_NOT_BEFORE"}, 400, "bad_action", id="wrong action"),
+        pytest.param({"expiration": 1}, 400, "expired", id="expired"),
+        pytest.param({"id": None}, 400, "missing_id", id="no id"),
+    ],
+)
+def test_admin_action_rules(
+    claims: dict[str, Any], status: int, code: str, make_harness: HarnessFactory,
+    op: StandInOP
+) -> None:
+    """Admin actions are checked like the old adapters did: resource, action, expiration."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="adm-rule")
+    response = _post_admin(harness, "/k_logout", _admin_token(op, "LOGOUT", **claims))
+    assert response.status_code == status
+    assert response.json()["error_description"].startswith(f"{code}:")
+    assert harness.seen_session(cookie) != {}
+
+
+def test_admin_bad_signature_gets_403(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """A forged admin action is refused with 403, as old Keycloak adapters did."""
+    from joserfc.jwk import RSAKey
+
+    harness = make_harness()
+    forger = RSAKey.generate_key(2048, parameters={"kid": op.key.kid})
+    forged = mint_jwt(
+        forger,
+        {"id": "x", "expiration": int(time.time()) + 30, "resource": CLIENT_ID,
+         "action": "LOGOUT"},
+    )
+    assert _post_admin(harness, "/k_logout", forged).status_code == 403
+
+
+def test_admin_replay_is_refused(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """The same admin action id is accepted once."""
+    harness = make_harness()
+    body = _admin_token(op, "LOGOUT", keycloakSessionIds=["adm-r"])
+    assert _post_admin(harness, "/k_logout", body).status_code == 200
+    assert _post_admin(harness, "/k_logout", body).status_code == 400
+
+
+def test_admin_path_can_be_turned_off(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """KC_SSO_ADMIN_PATH=off leaves /k_logout to the app."""
+    harness = make_harness(admin_path=None)
+    response = _post_admin(harness, "/k_logout", _admin_token(op, "LOGOUT"))
+    assert response.status_code in (404, 405)
