@@ -458,7 +458,10 @@ class SSOCore:
             revocation = Revocation(RevocationKind.USER, claims.sub, claims.iat, expires_at)
         return (
             yield from self._record(
-                (revocation,), f"bcl:{claims.jti}", claims.expires_at, "back-channel logout"
+                (revocation,),
+                self._replay_key("bcl", claims.jti),
+                claims.expires_at,
+                "back-channel logout",
             )
         )
 
@@ -482,6 +485,11 @@ class SSOCore:
                 "unknown_kid", f"no {alg} key with kid {header.get('kid')!r} in the OP's JWKS"
             )
         return verify_signature(obj, candidates, alg)
+
+    def _replay_key(self, kind: str, token_id: str) -> str:
+        # jti is unique per issuer; the client id keeps apps that share one store from
+        # refusing each other's copy of a multi-audience token as a replay.
+        return f"{kind}:{self.settings.client_id}:{self.settings.issuer}:{token_id}"
 
     def _record(
         self,
@@ -599,7 +607,7 @@ class SSOCore:
         return (
             yield from self._record(
                 revocations,
-                f"admin:{action.id}",
+                self._replay_key("admin", action.id),
                 action.expiration + self.settings.clock_skew,
                 f"admin {route.value}",
             )

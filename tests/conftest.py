@@ -6,6 +6,7 @@ with ``SessionMiddleware``) and the WSGI adapter (a Flask app), so the two canno
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
@@ -30,6 +31,22 @@ from kc_sso_middleware.testing import StandInOP, make_session_cookie, mint_jwt
 SESSION_SECRET = "test-session-secret"
 CLIENT_ID = "app"
 CLIENT_SECRET = "app-secret"
+
+
+def services_required() -> bool:
+    """In CI (or with KC_SSO_REQUIRE_SERVICES=1) a missing Keycloak, Redis or browser fails."""
+    return bool(os.environ.get("CI")) or os.environ.get("KC_SSO_REQUIRE_SERVICES") == "1"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Where services are required, any skipped test turns the run red: nothing skips silently."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if services_required() and skipped and exitstatus == 0:
+        reporter.write_line(
+            f"FAILED: {len(skipped)} test(s) skipped while services are required (CI)", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

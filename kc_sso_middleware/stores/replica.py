@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from cachetools import TLRUCache
+from cachetools import Cache, TLRUCache
 
 from .base import Revocation, RevocationKind
 
@@ -51,8 +51,11 @@ class Replica:
         self._lock = threading.Lock()
 
     def is_revoked(self, sid: str | None, sub: str | None, login_time: float | None) -> bool:
+        # The request path.  A TLRUCache's len() (and truthiness) first purges expired
+        # entries, which is slow and which writes do anyway; emptiness is tested with the
+        # base class's plain count instead.  ``in`` and ``get`` check expiry per entry.
         with self._lock:
-            if sid is not None and self._sessions and sid in self._sessions:
+            if sid is not None and sid in self._sessions:
                 return True
             if (
                 self._all_not_before
@@ -60,7 +63,7 @@ class Replica:
                 and self._timer() < self._all_expires_at
             ):
                 return True
-            if sub is not None and self._users:
+            if sub is not None and Cache.__len__(self._users):
                 entry = self._users.get(sub)
                 if entry is not None and (login_time is None or login_time < entry[0]):
                     return True
