@@ -62,6 +62,11 @@ class SSOMiddleware:
         self._expire = (b"set-cookie", self.core.expire_cookie_header[1].encode("latin-1"))
         self._started = False
 
+    async def aclose(self) -> None:
+        """Release the HTTP client and the store's background work (e.g. in tests)."""
+        await self.runner.aclose()
+        self.store.close()
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -85,11 +90,21 @@ class SSOMiddleware:
             await self._serve(route, path, scope, receive, send)
             return
 
-        cookie = None
-        for name, value in scope["headers"]:
-            if name == b"cookie":
-                text = value.decode("latin-1")
-                cookie = text if cookie is None else f"{cookie}; {text}"
+        # Find the Cookie header with one C-level dict() instead of a Python loop over
+        # every header; the loop only runs when some header name repeats, so that several
+        # Cookie headers are still joined with "; ".
+        headers = scope["headers"]
+        by_name = dict(headers)
+        cookie = by_name.get(b"cookie")
+        if cookie is not None:
+            if len(by_name) == len(headers):
+                cookie = cookie.decode("latin-1")
+            else:
+                cookie = None
+                for name, value in headers:
+                    if name == b"cookie":
+                        text = value.decode("latin-1")
+                        cookie = text if cookie is None else f"{cookie}; {text}"
         verdict = self.core.check_session(cookie)
         if verdict is PASS:
             await self.app(scope, receive, send)

@@ -57,6 +57,11 @@ class SSOMiddleware:
         self.runner = SyncRunner(self.settings, self.store)
         self._started = False
 
+    def close(self) -> None:
+        """Release the HTTP client and the store's background work (e.g. in tests)."""
+        self.runner.close()
+        self.store.close()
+
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if not self._started:
             # Started on first use, not at import: a forking server must not inherit threads.

@@ -39,8 +39,11 @@ class AppServer:
         workers: int = 1,
         port: int | None = None,
         log_dir: Path | None = None,
+        module: str | None = None,
     ) -> None:
+        """``module`` overrides what the server imports (``package.module:attribute``)."""
         self.kind = kind
+        self.module = module
         self.env = dict(env)
         self.workers = workers
         self.port = port or free_port()
@@ -54,12 +57,12 @@ class AppServer:
     def command(self) -> list[str]:
         if self.kind == "flask":
             return [
-                sys.executable, "-m", "gunicorn", "examples.flask_app:app",
+                sys.executable, "-m", "gunicorn", self.module or "examples.flask_app:app",
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
                 "--graceful-timeout", "2", "--access-logfile", "-",
             ]
         return [
-            sys.executable, "-m", "uvicorn", "examples.fastapi_app:app",
+            sys.executable, "-m", "uvicorn", self.module or "examples.fastapi_app:app",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]
 
@@ -102,11 +105,13 @@ class AppServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
-    def log_text(self) -> str:
+    def log_text(self, *, full: bool = False) -> str:
+        """The server's log (its last 4000 characters unless ``full``)."""
         try:
-            return self.log_path.read_text(errors="replace")[-4000:]
+            text = self.log_path.read_text(errors="replace")
         except FileNotFoundError:
             return ""
+        return text if full else text[-4000:]
 
     def __enter__(self) -> AppServer:
         return self.start()

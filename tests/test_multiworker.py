@@ -1,0 +1,438 @@
+"""Single sign-out across the workers of real multi-process servers (issue 3 acceptance).
+
+The Flask example runs under gunicorn and the FastAPI example under uvicorn, 3 workers each,
+with the SQLite or the Redis store, served through :mod:`tests.support.served` so every
+answer names the worker that gave it (``X-Worker-Pid``).  Every request in a sample goes
+over a fresh connection, so the samples spread over the workers; a sample goes on until
+every worker has answered, and every answer must be the expected one.
+
+* one back-channel logout is enforced by every worker;
+* a revocation survives a Redis restart, and one delivered after it reaches every worker;
+* a worker respawned after a SIGKILL enforces revocations made before it started;
+* with Redis killed mid-traffic, a revoked session is never served and a back-channel logout
+  is never acknowledged, under both ``KC_SSO_STORE_FAILURE`` policies; all recovers after.
+
+One deployment (its own Redis, one app server) runs at a time; the tests that share one are
+grouped by pytest and run in file order (the Redis kill, which loses Redis' data, comes last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import httpx
+import pytest
+
+from kc_sso_middleware.testing import StandInOP
+
+from .support.apps import AppKind, AppServer, app_env, free_port
+from .support.redis_server import RedisServer
+from .support.served import PID_HEADER
+
+pytestmark = pytest.mark.servers
+
+WORKERS = 3
+#: requests per sample at least; a sample goes on until every worker has answered
+MIN_REQUESTS = 30
+#: requests per sample at most (the bound on "until every worker has answered")
+MAX_REQUESTS = 300
+#: seconds any poll may wait for a condition (respawn, reconnection, outage noticed)
+POLL_DEADLINE = 45.0
+HTTP_TIMEOUT = 15.0
+
+StoreKind = Literal["sqlite", "redis"]
+FailurePolicy = Literal["closed", "open"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """One deployment: which store, which example app, which store-failure policy."""
+
+    store: StoreKind
+    app: AppKind
+    failure: FailurePolicy = "closed"
+
+    @property
+    def name(self) -> str:
+        return f"{self.store}-{self.app}-{self.failure}"
+
+
+def _param(config: Config, id: str | None = None) -> Any:
+    marks = [pytest.mark.redis] if config.store == "redis" else []
+    return pytest.param(config, id=id or f"{config.store}-{config.app}", marks=marks)
+
+
+SQLITE_FLASK = Config("sqlite", "flask")
+SQLITE_FASTAPI = Config("sqlite", "fastapi")
+REDIS_FLASK = Config("redis", "flask")
+REDIS_FASTAPI = Config("redis", "fastapi")
+REDIS_FLASK_OPEN = Config("redis", "flask", "open")
+REDIS_FASTAPI_OPEN = Config("redis", "fastapi", "open")
+
+EVERY_STORE = [_param(c) for c in (SQLITE_FLASK, SQLITE_FASTAPI, REDIS_FLASK, REDIS_FASTAPI)]
+REDIS_ONLY = [_param(c) for c in (REDIS_FLASK, REDIS_FASTAPI)]
+BOTH_POLICIES = [
+    _param(REDIS_FLASK, "redis-flask-fail-closed"),
+    _param(REDIS_FASTAPI, "redis-fastapi-fail-closed"),
+    _param(REDIS_FLASK_OPEN, "redis-flask-fail-open"),
+    _param(REDIS_FASTAPI_OPEN, "redis-fastapi-fail-open"),
+]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fresh_connections() -> httpx.Client:
+    """A client that opens a new connection for every request (no keep-alive)."""
+    return httpx.Client(timeout=HTTP_TIMEOUT, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def poll(condition: Callable[[], bool], what: str, deadline: float = POLL_DEADLINE) -> None:
+    """Call ``condition`` until it is true; fail after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while not condition():
+        if time.monotonic() > end:
+            pytest.fail(f"gave up after {deadline:.0f} s waiting until {what}")
+        time.sleep(0.02)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one request got: the status and the worker that answered."""
+
+    status: int
+    pid: int
+
+
+@dataclass
+class Session:
+    """A logged-in browser and what identifies its session."""
+
+    browser: httpx.Client
+    cookie: str
+    sid: str
+    sub: str
+
+
+@dataclass
+class Deployment:
+    """One example app under its real server with 3 workers, its store and the stand-in OP."""
+
+    config: Config
+    op: StandInOP
+    server: AppServer
+    redis: RedisServer | None
+    client_id: str
+    cookie_name: str
+    http: httpx.Client
+    stack: contextlib.ExitStack
+
+    @property
+    def backchannel_url(self) -> str:
+        return f"{self.server.url}/backchannel-logout"
+
+    @property
+    def redis_server(self) -> RedisServer:
+        assert self.redis is not None, "a Redis deployment"
+        return self.redis
+
+    def login(self) -> Session:
+        """Log in through the stand-in OP in a new browser (its own OP session)."""
+        browser = self.stack.enter_context(httpx.Client(follow_redirects=True,
+                                                        timeout=HTTP_TIMEOUT))
+        page = browser.get(f"{self.server.url}/login")
+        assert page.status_code == 200, page.text
+        assert "Logged in as" in page.text
+        me = browser.get(f"{self.server.url}/me")
+        assert me.status_code == 200, me.text
+        cookie = browser.cookies.get(self.cookie_name)
+        assert cookie, f"no {self.cookie_name} cookie after login"
+        return Session(browser, cookie, str(me.json()["sid"]), str(me.json()["sub"]))
+
+    def me(self, cookie: str, client: httpx.Client | None = None) -> Answer:
+        """``GET /me`` with only this session cookie, on a fresh connection."""
+        response = (client or self.http).get(
+            f"{self.server.url}/me", headers={"Cookie": f"{self.cookie_name}={cookie}"}
+        )
+        return Answer(response.status_code, int(response.headers[PID_HEADER]))
+
+    def backchannel(self, sid: str, sub: str = "sub-alice") -> Answer:
+        """Post one logout token (fresh ``jti``) for ``sid`` to the back-channel endpoint."""
+        token = self.op.logout_token(self.client_id, sid=sid, sub=sub)
+        response = self.http.post(self.backchannel_url, data={"logout_token": token})
+        return Answer(response.status_code, int(response.headers[PID_HEADER]))
+
+    def sample(self, cookie: str, expect: int) -> set[int]:
+        """At least 30 requests, until every worker answered; each must get ``expect``."""
+        seen: set[int] = set()
+        for count in range(1, MAX_REQUESTS + 1):
+            answer = self.me(cookie)
+            assert answer.status == expect, (
+                f"request {count} of the sample: worker {answer.pid} answered "
+                f"{answer.status}, expected {expect}"
+            )
+            seen.add(answer.pid)
+            if count >= MIN_REQUESTS and len(seen) >= WORKERS:
+                return seen
+        pytest.fail(f"only workers {sorted(seen)} answered in {MAX_REQUESTS} requests")
+
+    def until_every_worker(self, cookie: str, expect: int, allowed: Collection[int]) -> None:
+        """Poll until every worker has answered ``expect``; any answer not allowed fails."""
+        answered: set[int] = set()
+
+        def done() -> bool:
+            answer = self.me(cookie)
+            assert answer.status in {expect, *allowed}, (
+                f"worker {answer.pid} answered {answer.status} while waiting for {expect}"
+            )
+            if answer.status == expect:
+                answered.add(answer.pid)
+            return len(answered) >= WORKERS
+
+        poll(done, f"every worker answers {expect} (so far: {sorted(answered)})")
+
+    def log_size(self) -> int:
+        return self.server.log_path.stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with self.server.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def stand_in_op() -> Iterator[StandInOP]:
+    """One stand-in OP for the module; each deployment registers its own client."""
+    with StandInOP() as op:
+        yield op
+
+
+@pytest.fixture(scope="module")
+def shared_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A fresh SQLite file and a fresh Redis key prefix for this module."""
+    return {
+        "sqlite": f"sqlite:///{tmp_path_factory.mktemp('store') / 'revocations.db'}",
+        "redis_prefix": f"kcsso-multiworker-{uuid.uuid4().hex[:12]}:",
+    }
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    request: pytest.FixtureRequest,
+    stand_in_op: StandInOP,
+    shared_store: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    """The parametrised deployment: its own Redis (for Redis), the app with 3 workers."""
+    config: Config = request.param
+    with contextlib.ExitStack() as stack:
+        redis: RedisServer | None = None
+        if config.store == "redis":
+            redis = stack.enter_context(RedisServer())
+            store = f"{redis.url}?prefix={shared_store['redis_prefix']}"
+        else:
+            store = shared_store["sqlite"]
+        port = free_port()
+        client_id = f"mw-{config.name}"
+        cookie_name = f"mw_{config.app}_session"
+        stand_in_op.register_client(
+            client_id, f"{client_id}-secret", f"http://127.0.0.1:{port}/backchannel-logout"
+        )
+        env = app_env(
+            issuer=stand_in_op.issuer,
+            client_id=client_id,
+            client_secret=f"{client_id}-secret",
+            cookie=cookie_name,
+            store=store,
+            store_failure=config.failure,
+        )
+        server = stack.enter_context(
+            AppServer(
+                config.app,
+                env,
+                workers=WORKERS,
+                port=port,
+                log_dir=tmp_path_factory.mktemp(f"logs-{config.name}"),
+                module=f"tests.support.served:{config.app}_app",
+            )
+        )
+        http = stack.enter_context(_fresh_connections())
+        yield Deployment(config, stand_in_op, server, redis, client_id, cookie_name, http, stack)
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@pytest.mark.parametrize("deployment", EVERY_STORE, indirect=True)
+def test_one_backchannel_logout_reaches_every_worker(deployment: Deployment) -> None:
+    """One back-channel logout makes every worker refuse the old session cookie at once."""
+    session = deployment.login()
+    deployment.sample(session.cookie, expect=200)
+
+    delivered = deployment.backchannel(session.sid, session.sub)
+
+    assert delivered.status == 200
+    workers = deployment.sample(session.cookie, expect=401)
+    assert len(workers) == WORKERS
+
+
+@pytest.mark.parametrize("deployment", REDIS_ONLY, indirect=True)
+def test_revocations_survive_a_redis_restart(deployment: Deployment) -> None:
+    """A revocation made before a Redis restart holds after it, and a new one reaches all."""
+    before = deployment.login()
+    after = deployment.login()
+    assert before.sid != after.sid
+    assert deployment.backchannel(before.sid, before.sub).status == 200
+    deployment.until_every_worker(before.cookie, 401, allowed={200})
+    deployment.sample(after.cookie, expect=200)
+
+    deployment.redis_server.restart()
+
+    deployment.sample(before.cookie, expect=401)
+    # Fail-closed: a worker answers 200 again only once its follower has reconnected.
+    deployment.until_every_worker(after.cookie, 200, allowed={503})
+    # Logout through the OP: the app's /logout, end-session, back-channel fan-out.
+    sent = len(deployment.op.deliveries)
+    landing = after.browser.get(f"{deployment.server.url}/logout")
+    assert landing.status_code == 200, landing.text
+    assert "Not logged in" in landing.text
+    deliveries = [d for d in deployment.op.deliveries[sent:]
+                  if d.url == deployment.backchannel_url]
+    assert [d.status for d in deliveries] == [200], deliveries
+    deployment.until_every_worker(after.cookie, 401, allowed={200})
+    deployment.sample(after.cookie, expect=401)
+    deployment.sample(before.cookie, expect=401)
+
+
+@pytest.mark.parametrize("deployment", EVERY_STORE, indirect=True)
+def test_respawned_worker_rejects_revoked_session(deployment: Deployment) -> None:
+    """A worker respawned after a SIGKILL refuses a session revoked before it started."""
+    session = deployment.login()
+    assert deployment.backchannel(session.sid, session.sub).status == 200
+    deployment.until_every_worker(session.cookie, 401, allowed={200})
+    before = deployment.sample(session.cookie, expect=401)
+    victim = min(before & set(deployment.server.worker_pids()))
+
+    os.kill(victim, signal.SIGKILL)
+
+    newcomers: set[int] = set()
+
+    def new_worker_answered() -> bool:
+        answer = deployment.me(session.cookie)
+        assert answer.status == 401, f"worker {answer.pid} answered {answer.status}"
+        assert answer.pid != victim, "the killed worker answered"
+        if answer.pid not in before:
+            newcomers.add(answer.pid)
+        return bool(newcomers)
+
+    poll(new_worker_answered, "a respawned worker answers")
+    after = deployment.sample(session.cookie, expect=401)
+    assert victim not in after
+    assert newcomers <= after
+
+
+@dataclass
+class Traffic:
+    """Background requests with a valid and a revoked session, recording every answer."""
+
+    deployment: Deployment
+    cookies: Mapping[str, str]
+    phase: str = "redis up"
+    answers: list[tuple[str, str, Answer]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+
+    def _run(self) -> None:
+        with _fresh_connections() as client:
+            while not self._stop.is_set():
+                for kind, cookie in self.cookies.items():
+                    phase = self.phase
+                    try:
+                        answer = self.deployment.me(cookie, client)
+                    except (httpx.HTTPError, KeyError) as exc:
+                        self.errors.append(f"{phase}, {kind}: {exc!r}")
+                        continue
+                    self.answers.append((phase, kind, answer))
+
+    def count(self, phase: str) -> int:
+        return sum(1 for p, _, _ in self.answers if p == phase)
+
+    def statuses(self, kind: str) -> set[int]:
+        return {a.status for _, k, a in self.answers if k == kind}
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        poll(lambda: self.count("redis up") >= 10, "traffic is flowing")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=HTTP_TIMEOUT * 2)
+
+
+@pytest.mark.parametrize("deployment", BOTH_POLICIES, indirect=True)
+def test_redis_killed_mid_traffic(deployment: Deployment) -> None:
+    """While Redis is down a revoked session and a back-channel logout never get 200."""
+    closed = deployment.config.failure == "closed"
+    valid = deployment.login()
+    revoked = deployment.login()
+    assert deployment.backchannel(revoked.sid, revoked.sub).status == 200
+    deployment.until_every_worker(revoked.cookie, 401, allowed={200})
+    deployment.sample(revoked.cookie, expect=401)
+    deployment.sample(valid.cookie, expect=200)
+    redis = deployment.redis_server
+
+    with Traffic(deployment, {"valid": valid.cookie, "revoked": revoked.cookie}) as traffic:
+        log_offset = deployment.log_size()
+        traffic.phase = "redis down"
+        redis.kill()
+
+        if closed:
+            deployment.until_every_worker(valid.cookie, 503, allowed={200})
+        else:
+            # Nothing in an answer tells that a worker noticed; each logs it once.
+            poll(lambda: deployment.log_since(log_offset).count("disconnected (") >= WORKERS,
+                 "every worker logged that Redis is unreachable")
+            deployment.sample(valid.cookie, expect=200)
+        deployment.sample(revoked.cookie, expect=401)
+
+        refused: set[int] = set()
+        for _ in range(MAX_REQUESTS):
+            delivery = deployment.backchannel(f"not-stored-{uuid.uuid4()}")
+            assert delivery.status == 503, (
+                f"worker {delivery.pid} answered {delivery.status} to a back-channel "
+                "logout while Redis was down"
+            )
+            refused.add(delivery.pid)
+            if len(refused) >= WORKERS:
+                break
+        assert len(refused) == WORKERS, f"only workers {sorted(refused)} got a delivery"
+        assert traffic.count("redis down") > 0
+
+        traffic.phase = "redis back"
+        redis.start()
+        # Fail-closed: 200 again means the worker's follower has reconnected.
+        deployment.until_every_worker(valid.cookie, 200, allowed={503})
+        poll(lambda: traffic.count("redis back") >= 10, "traffic flows after the restart")
+
+    assert not traffic.errors, traffic.errors[:5]
+    assert traffic.statuses("revoked") == {401}, "a revoked session was served"
+    assert traffic.statuses("valid") <= ({200, 503} if closed else {200})
+    # Redis came back empty (killed without saving): the workers' replicas still hold it.
+    deployment.sample(revoked.cookie, expect=401)
+
+    assert deployment.backchannel(valid.sid, valid.sub).status == 200
+    deployment.until_every_worker(valid.cookie, 401, allowed={200})
+    deployment.sample(valid.cookie, expect=401)
+
