@@ -185,23 +185,20 @@ class SSOCore:
 
     def check_session(self, cookie_header: str | None) -> Verdict:
         """Decide an ordinary request from its ``Cookie`` header; memory only, no I/O."""
-        if not cookie_header or self.cookie_name not in cookie_header:
+        name = self.cookie_name
+        if not cookie_header or name not in cookie_header:
             return PASS
-        values = parse_cookie_values(cookie_header, self.cookie_name)
-        revoked = False
+        read = self.sessions.read
         has_session = False
-        for value in values:
-            identity = self.sessions.read(value)
+        for value in parse_cookie_values(cookie_header, name):
+            identity = read(value)
             if identity is None:
                 continue
-            has_session = True
             if self._is_revoked(identity):
-                revoked = True
-                break
-        if revoked:
-            if self.settings.revoked_action == "401":
-                return Verdict(response=self._revoked_response)
-            return ANONYMOUS
+                if self.settings.revoked_action == "401":
+                    return Verdict(response=self._revoked_response)
+                return ANONYMOUS
+            has_session = True
         if (
             has_session
             and self.settings.store_failure == "closed"
@@ -218,6 +215,10 @@ class SSOCore:
         ):
             logger.debug("session %s is older than KC_SSO_MAX_SESSION_LIFETIME", identity.sid)
             return True
+        if identity.instance is not None and self.store.is_revoked(
+            identity.instance, None, login_time
+        ):
+            return True  # this very app session was logged out locally
         return self.store.is_revoked(identity.sid, identity.sub, login_time)
 
     def strip_cookie(self, cookie_header: str) -> str:
@@ -289,10 +290,12 @@ class SSOCore:
             return Response(405, (("Allow", "GET, POST"), NO_STORE))
         identity = self._session_of(request)
         params = self._params(request)
-        if identity is not None and identity.sid is not None:
+        if identity is not None and identity.instance is not None:
+            # This app session only (see SessionIdentity.instance); Keycloak's back-channel
+            # request then revokes the whole sid once the Keycloak session really ends.
             revocation = Revocation(
                 RevocationKind.SESSION,
-                identity.sid,
+                identity.instance,
                 0.0,
                 self.clock() + self.settings.max_session_lifetime,
             )
@@ -301,7 +304,7 @@ class SSOCore:
             except StoreUnavailableError as exc:
                 # The browser is still logged out and Keycloak still back-channels every
                 # client; only a copied old cookie stays usable until then.
-                logger.error("logout: could not record sid %s as revoked: %s", identity.sid, exc)
+                logger.error("logout: could not record %s as revoked: %s", identity.instance, exc)
         try:
             metadata = yield from self.provider.metadata()
             end_session = metadata.end_session_endpoint

@@ -199,7 +199,7 @@ class Harness:
         extra = claims.pop("extra", {})
         session_data = {"id_token": self.id_token(op, **claims), **extra}
         return make_session_cookie(
-            SESSION_SECRET, session_data, format=self.format, timestamp=int(self.clock())
+            SESSION_SECRET, session_data, format=self.format
         )
 
     def get(self, path: str, cookie: str | None = None, **kwargs: Any) -> httpx.Response:

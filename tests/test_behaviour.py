@@ -185,6 +185,24 @@ def test_logout_redirects_to_end_session(
     assert harness.seen_session(cookie) == {}
 
 
+def test_local_logout_spares_a_new_login_into_the_same_keycloak_session(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A local logout ends this app session, not the sid: a later SSO login still works.
+
+    When Keycloak's session survives (the user left the logout confirmation page), logging
+    in again gets a new ID token with the same sid; refusing it would loop forever.
+    """
+    clock = Clock()
+    harness = make_harness(clock=clock)
+    old = harness.session_cookie(op, sid="kept-alive", auth_time=clock.now - 100)
+    harness.client.get("/logout", headers={"Cookie": f"session={old}"})
+    clock.now += 5
+    relogin = harness.session_cookie(op, sid="kept-alive", auth_time=clock.now - 105)
+    assert harness.seen_session(old) == {}
+    assert harness.seen_session(relogin) != {}
+
+
 def test_logout_state_is_fresh_each_time(make_harness: HarnessFactory) -> None:
     """Every logout gets a new state value."""
     harness = make_harness()
