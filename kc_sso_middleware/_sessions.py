@@ -53,6 +53,11 @@ class SessionIdentity:
     login_time: float | None
     id_token: str | None
     refresh_token: str | None
+    #: this app session's own ID token ("sid#jti" or "sid#iat"): the key a local logout
+    #: revokes.  Revoking the sid itself would also refuse a fresh SSO login into the same,
+    #: still-alive Keycloak session (e.g. when the user left Keycloak's logout
+    #: confirmation page), a login loop; the token instance ends only this copy.
+    instance: str | None = None
 
 
 def parse_cookie_values(header: str, name: str) -> list[str]:
@@ -62,13 +67,39 @@ def parse_cookie_values(header: str, name: str) -> list[str]:
     one would let a revoked cookie ride next to a harmless one.
     """
     values = []
-    for part in header.split(";"):
-        key, sep, value = part.partition("=")
-        if sep and key.strip() == name:
-            value = value.strip()
+    if not name or "=" in name or ";" in name or name.strip() != name:
+        # No real cookie name looks like this; the definition, spelled out.
+        for part in header.split(";"):
+            key, sep, value = part.partition("=")
+            if sep and key.strip() == name:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                values.append(value)
+        return values
+    # The same result without splitting the header into copies of every (often long)
+    # cookie, on every request: only the occurrences of ``name`` are looked at.  One is a
+    # key when nothing but whitespace separates it from the start of its ";"-part and from
+    # the part's first "=".  Only a part's first occurrence can be one, so the search
+    # resumes at the end of the part.
+    find = header.find
+    at = find(name)
+    while at >= 0:
+        end = find(";", at)
+        if end < 0:
+            end = len(header)
+        after = at + len(name)
+        equals = find("=", after, end)
+        if (
+            equals >= 0
+            and not header[after:equals].strip()
+            and not header[header.rfind(";", 0, at) + 1 : at].strip()
+        ):
+            value = header[equals + 1 : end].strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             values.append(value)
+        at = find(name, end)
     return values
 
 
@@ -126,7 +157,10 @@ class SessionReader:
         """The identity in a cookie value, or None if it is not a valid Keycloak session."""
         now = self._clock()
         with self._lock:
-            hit = self._cache.get(cookie_value)
+            try:
+                hit = self._cache[cookie_value]  # one LRU lookup; .get() would do two
+            except KeyError:
+                hit = None
         if hit is not None and now < hit[1]:
             return hit[0]
         identity, valid_until = self._decode(cookie_value, now)
@@ -175,13 +209,18 @@ class SessionReader:
         sub = _string(claims.get("sub"))
         if sid is None and sub is None:
             return None
+        issued_at = _number(claims.get("iat"))
         login_time = _number(claims.get("auth_time"))
         if login_time is None:
-            login_time = _number(claims.get("iat"))
+            login_time = issued_at
+        token_id = _string(claims.get("jti")) or (
+            None if issued_at is None else f"{issued_at:.0f}"
+        )
         return SessionIdentity(
             sid=sid,
             sub=sub,
             login_time=login_time,
             id_token=id_token,
             refresh_token=_string(session.get(settings.session_refresh_token_key)),
+            instance=None if token_id is None else f"{sid or sub}#{token_id}",
         )
