@@ -236,9 +236,6 @@ class SSOCore:
 
     # ------------------------------------------------------------------ own paths
 
-    def route(self, path: str) -> Route | None:
-        return self.routes.get(path)
-
     def body_too_large(self, content_length: str | None) -> Response | None:
         """413 before reading, when the declared length is over the bound."""
         if content_length is None:
