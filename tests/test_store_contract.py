@@ -1,17 +1,23 @@
 """One contract for every revocation store: memory://, sqlite:///… and redis://….
 
 The first part runs the same tests over every store; the second part runs over the
-shared stores only (a revocation recorded by one process reaches the others); the last
-parts cover each backend's own failure modes.  Waiting is always "poll until true or a
-generous deadline": timing itself is measured by the benchmarks, never asserted here.
+shared stores only (a revocation recorded by one process reaches the others, and
+``record()`` returns only once every live follower has applied it); the last parts cover
+each backend's own failure modes.  Waiting is always "poll until true or a generous
+deadline": timing itself is measured by the benchmarks, never asserted here (beyond "it
+did not hang").
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -19,7 +25,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -36,6 +42,8 @@ from kc_sso_middleware.stores.sqlite import SQLiteStore
 from .support.redis_server import RedisSentinel, RedisServer
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     import redis
 
 DEADLINE = 15.0  # seconds; only ever reached when a test is about to fail
@@ -404,6 +412,195 @@ def test_store_keeps_working_in_a_forked_child(shared_backend: Backend) -> None:
     assert process.exitcode == 0
 
 
+# ------------------------------------------------------------------ acknowledgements
+
+
+def _with_options(url: str, **options: object) -> str:
+    """``url`` with query options appended (a repeated option: the last one wins)."""
+    extra = "&".join(f"{name}={value}" for name, value in options.items())
+    return f"{url}{'&' if '?' in url else '?'}{extra}"
+
+
+def _followers(store: RevocationStore) -> dict[str, int]:
+    """The followers a shared store's backend lists, with their applied positions."""
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn:
+            return dict(conn.execute("SELECT worker, applied FROM followers").fetchall())
+    from kc_sso_middleware.stores.redis import RedisStore
+
+    assert isinstance(store, RedisStore)
+    applied = store._client.hgetall(f"{store.prefix}followers:applied")
+    return {name: int(value) for name, value in applied.items()}
+
+
+def _fake_follower(store: RevocationStore, name: str, *, heartbeat_age: float) -> None:
+    """A follower row at position 0 whose last heartbeat is ``heartbeat_age`` seconds old.
+
+    Nothing ever advances it: fresh, it is a hung worker; old, a dead one.
+    """
+    if isinstance(store, SQLiteStore):
+        with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
+            conn.execute("INSERT OR REPLACE INTO followers (worker, applied, seen) "
+                         "VALUES (?, 0, ?)", (name, time.time() - heartbeat_age))
+        return
+    from kc_sso_middleware.stores.redis import RedisStore
+
+    assert isinstance(store, RedisStore)
+    seconds, micros = store._client.time()  # heartbeats are on Redis' clock
+    now_ms = seconds * 1000 + micros // 1000
+    store._client.hset(f"{store.prefix}followers:applied", name, 0)
+    store._client.zadd(f"{store.prefix}followers:seen",
+                       {name: now_ms - int(heartbeat_age * 1000)})
+
+
+def _replica_in_child(url: str, conn: Connection) -> None:
+    """Runs in a spawned process: one started store, driven over ``conn``.
+
+    ``("check", sid)`` answers whether the replica revokes ``sid`` right now (memory only,
+    no waiting); ``("record", sid)`` records it and answers record()'s result.
+    """
+    store = open_store(url)
+    store.start()
+    try:
+        conn.send("ready")
+        while True:
+            command, sid = conn.recv()
+            if command == "check":
+                conn.send(store.is_revoked(sid, None, None))
+            elif command == "record":
+                conn.send(store.record([session(sid, time.time() + LONG)]))
+            else:
+                return
+    finally:
+        store.close()
+
+
+def test_record_returns_once_another_process_has_applied_it(shared_backend: Backend) -> None:
+    """Once record() or arecord() returns, another process's replica already holds the entry.
+
+    The other process is asked right after the return, with no polling: that is the
+    single sign-out guarantee (a back-channel 200 means every worker refuses the session).
+    SQLite followers poll every 50 ms here, so a record() that did not wait would be caught.
+    """
+    url = _with_options(shared_backend.url, poll_interval=0.05) if (
+        shared_backend.name == "sqlite") else shared_backend.url
+    store = open_url(url)
+    shared_backend.opened.append(store)
+    store.start()
+    context = multiprocessing.get_context("spawn")
+    parent_end, child_end = context.Pipe()
+    child = context.Process(target=_replica_in_child, args=(url, child_end))
+    child.start()
+    try:
+        assert parent_end.poll(DEADLINE), "the child process did not start its store"
+        assert parent_end.recv() == "ready"
+
+        def ask(command: str, sid: str) -> Any:
+            parent_end.send((command, sid))
+            assert parent_end.poll(DEADLINE), f"the child did not answer {command}"
+            return parent_end.recv()
+
+        for round_ in range(10):
+            sid = f"from-parent-{round_}"
+            expires = time.time() + LONG
+            if round_ % 2:
+                assert asyncio.run(store.arecord([session(sid, expires)]))
+            else:
+                assert store.record([session(sid, expires)])
+            assert ask("check", sid) is True, f"round {round_}: the child has not applied it"
+
+            sid = f"from-child-{round_}"
+            assert ask("record", sid) is True
+            assert store.is_revoked(sid, None, None), f"round {round_}: not applied here"
+    finally:
+        with contextlib.suppress(OSError):
+            parent_end.send(("stop", ""))
+        child.join(DEADLINE)
+        if child.is_alive():
+            child.kill()
+    assert child.exitcode == 0
+    gc.collect()
+
+
+def test_followers_register_and_unregister(shared_backend: Backend) -> None:
+    """A started store lists its follower at the position it applied; close() removes it,
+    and so does a process that exits without closing its store (servers rarely close it).
+    """
+    first, second = shared_backend.open(), shared_backend.open()
+    assert first.record([session("registered", time.time() + LONG)])
+    listed = _followers(first)
+    assert {first.follower_name, second.follower_name} <= set(listed)  # type: ignore[attr-defined]
+    assert listed[second.follower_name] >= 1  # type: ignore[attr-defined]
+    second.close()
+    assert second.follower_name not in _followers(first)  # type: ignore[attr-defined]
+    assert first.follower_name in _followers(first)  # type: ignore[attr-defined]
+
+    script = (
+        "import sys\n"
+        "from kc_sso_middleware.stores import open_store\n"
+        "store = open_store(sys.argv[1])\n"
+        "store.start()\n"
+        "print(store.follower_name)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, shared_backend.url],
+                          capture_output=True, text=True, timeout=DEADLINE, check=True)
+    departed = done.stdout.strip()
+    assert departed
+    assert departed not in _followers(first)
+
+
+def test_hung_follower_delays_record_at_most_ack_timeout(
+    shared_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A live-looking follower that never applies: record() waits ack_timeout, succeeds, warns.
+
+    A replay does not wait at all, and ack_timeout=0 does not wait either.
+    """
+    store = open_url(_with_options(shared_backend.url, ack_timeout=0.3))
+    shared_backend.opened.append(store)
+    store.start()
+    _fake_follower(store, "hung-worker", heartbeat_age=0.0)
+    t = time.time()
+    with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
+        began = time.monotonic()
+        assert store.record([session("despite-hung", t + LONG)], jti="hung-1",
+                            jti_expires_at=t + LONG)
+        waited = time.monotonic() - began
+    assert 0.25 <= waited < 5.0
+    assert store.is_revoked("despite-hung", None, None)
+    lagging = [r.getMessage() for r in caplog.records if "hung-worker" in r.getMessage()]
+    assert lagging, "no warning names the lagging follower"
+    assert "ack_timeout" in lagging[0]
+
+    began = time.monotonic()
+    assert not store.record([session("replayed", t + LONG)], jti="hung-1",
+                            jti_expires_at=t + LONG)
+    assert time.monotonic() - began < 0.25, "a replay waited for the followers"
+
+    impatient = open_url(_with_options(shared_backend.url, ack_timeout=0))
+    shared_backend.opened.append(impatient)
+    began = time.monotonic()
+    assert impatient.record([session("no-wait", t + LONG)])
+    assert time.monotonic() - began < 0.25, "ack_timeout=0 waited"
+
+
+def test_dead_follower_is_not_waited_for(
+    shared_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A follower whose heartbeat is stale (a crashed worker) never delays record()."""
+    store = open_url(_with_options(shared_backend.url, ack_timeout=60))
+    shared_backend.opened.append(store)
+    store.start()
+    live = shared_backend.open()
+    _fake_follower(store, "dead-worker", heartbeat_age=10.0)
+    with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
+        began = time.monotonic()
+        assert store.record([session("despite-dead", time.time() + LONG)])
+        assert time.monotonic() - began < 5.0  # it would take 60 s if it waited
+    assert live.is_revoked("despite-dead", None, None)  # the live one was waited for
+    assert not [r for r in caplog.records if "dead-worker" in r.getMessage()]
+
+
 # ------------------------------------------------------------------ sqlite
 
 
@@ -419,7 +616,12 @@ def test_sqlite_url_forms() -> None:
     assert SQLiteStore.from_url("sqlite:///relative/revocations.db").path == (
         "relative/revocations.db"
     )
+    assert SQLiteStore.from_url("sqlite:///x.db").ack_timeout == 1.0
+    assert SQLiteStore.from_url("sqlite:///x.db?ack_timeout=0").ack_timeout == 0
+    assert SQLiteStore.from_url("sqlite:///x.db?ack_timeout=2.5").ack_timeout == 2.5
     for bad, reason in [
+        ("sqlite:///x.db?ack_timeout=-1", "non-negative"),
+        ("sqlite:///x.db?ack_timeout=inf", "non-negative"),
         ("sqlite://host/x.db", "no host"),
         ("sqlite:///", "accepted forms"),
         ("sqlite:///x.db?poll=1", "unknown option"),
@@ -511,11 +713,17 @@ def test_redis_url_forms() -> None:
     assert store.stream_maxlen == 50
     assert "secret" not in repr(store)
     assert "secret" not in store.connector.description
-    sentinel = RedisStore.from_url("redis+sentinel://:pw@s1:26380,s2/mymaster/1")
+    assert store.ack_timeout == 1.0
+    assert RedisStore.from_url("redis://h/0?ack_timeout=0").ack_timeout == 0
+    assert RedisStore.from_url("redis://h/0?ack_timeout=0.25").ack_timeout == 0.25
+    sentinel = RedisStore.from_url("redis+sentinel://:pw@s1:26380,s2/mymaster/1?ack_timeout=2")
+    assert sentinel.ack_timeout == 2
     assert sentinel.connector.description == "redis+sentinel://s1:26380,s2:26379/mymaster"
     for bad, reason in [
         ("redis://h/0?prefix=", "prefix"),
         ("redis://h/0?max_entries=0", "positive"),
+        ("redis://h/0?ack_timeout=-1", "non-negative"),
+        ("redis://h/0?ack_timeout=nan", "non-negative"),
         ("redis://h/0?protocol=3", "protocol"),
         ("redis+sentinel://s1/", "accepted form"),
         ("redis+sentinel://s1:x/m", "sentinel address"),
@@ -651,15 +859,20 @@ def test_redis_purges_expired_entries(redis_server: RedisServer) -> None:
 
 @pytest.mark.redis
 def test_redis_retried_write_is_not_a_replay(redis_server: RedisServer) -> None:
-    """The same script call run twice (a retry after a lost reply) succeeds both times."""
+    """The same script call run twice (a retry after a lost reply) succeeds both times.
+
+    Both report a seq to wait for (the retry's is at or past the first attempt's); only a
+    real replay reports 0.
+    """
     from kc_sso_middleware.stores.redis import RedisStore
 
     store = RedisStore.from_url(f"{redis_server.url}?prefix={_prefix()}")
     try:
         t = time.time()
         keys, args = store._script_call([session("retried", t + LONG)], "jti-r", t + LONG)
-        assert store._script(keys=keys, args=args) == 1
-        assert store._script(keys=keys, args=args) == 1
+        first = store._script(keys=keys, args=args)
+        assert first >= 1
+        assert store._script(keys=keys, args=args) >= first
         assert not store.record([session("replay", t + LONG)], jti="jti-r",
                                 jti_expires_at=t + LONG)
     finally:

@@ -97,7 +97,8 @@ class RevocationStore(abc.ABC):
         Returns ``False`` (and stores nothing) if ``jti`` was claimed before: a replay.
         Raises :class:`~kc_sso_middleware.errors.StoreUnavailableError` when the write could
         not be confirmed.  After a successful return this process's replica already holds
-        the entries.
+        the entries, and for a shared store so does every live follower's (each worker's
+        replica), unless the store's ``ack_timeout`` ran out first, which it logs.
         """
 
     async def arecord(

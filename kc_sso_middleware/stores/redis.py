@@ -4,7 +4,8 @@ URLs: ``redis://[[user]:password@]host:port/db``, ``rediss://…`` (TLS), ``unix
 and ``redis+sentinel://[[user]:password@]host:port[,host:port…]/service_name[/db]`` (the
 master is found through Sentinel, and failovers are followed).  This store's own query
 options are ``prefix`` (default ``kcsso:``), ``max_entries`` (replica bound),
-``stream_maxlen`` (change-feed length, default 10000) and, for Sentinel,
+``stream_maxlen`` (change-feed length, default 10000), ``ack_timeout`` (seconds a write
+waits for every live worker to apply it, default 1, ``0`` to not wait) and, for Sentinel,
 ``sentinel_password``.  Other query options go to redis-py unchanged (``socket_timeout``,
 ``ssl_cert_reqs``, …).  Needs Redis 6.2 or later (``ZADD GT``, ``ZRANGE … BYSCORE``).
 
@@ -24,6 +25,12 @@ Keys (``P`` is the prefix)
     Counter, the ``seq`` of the newest message.
 ``P jti:<jti>``
     String with a TTL, a claimed logout-token ``jti``.
+``P followers:applied``
+    Hash from each follower's name (``"<hostname>:<pid>:<random>"``, one per store
+    instance and process) to the ``seq`` it has applied.
+``P followers:seen``
+    Sorted set of the same names, scored by their last heartbeat (Redis' own clock, in
+    milliseconds, so the hosts' clocks do not matter).
 
 Writes
 ------
@@ -32,9 +39,10 @@ Writes
 claims the ``jti`` with ``SET NX PX`` and returns 0 on a replay, writing nothing.
 Otherwise it merges the entries (``ZADD GT`` keeps the latest expiry; a ``not_before``
 is only ever raised), removes at most 100 expired entries so the keyspace stays bounded,
-increments ``seq`` and appends the message with ``XADD``.  The ``jti`` value is a random
-token per call.  A retry after a lost reply then finds its own token and reports
-success, not a replay.
+increments ``seq``, appends the message with ``XADD`` and returns the new ``seq``.  The
+``jti`` value is a random token per call.  A retry after a lost reply then finds its own
+token and reports success, not a replay (it returns the current ``seq``, which is at or
+past the first attempt's).  A call with no live entry writes no message and returns -1.
 
 A write is confirmed once Redis holds it in memory.  Whether it also survives a Redis
 restart depends on Redis' persistence (``appendonly yes``).  Workers that have already
@@ -55,10 +63,34 @@ this worker forget what it already enforced.  While the follower is disconnected
 :meth:`~RedisStore.status` reports ``available=False``, and the follower reconnects with
 jittered exponential backoff.  Redis being down at start-up is not an error.
 
+Acknowledgements
+----------------
+
+A back-channel logout reaches one worker, and Keycloak's 200 must mean that *every*
+worker, on every host, refuses the session from then on.  So :meth:`~RedisStore.record`
+and :meth:`~RedisStore.arecord` return only once every live follower has applied the new
+message:
+
+* A follower publishes its position (one small script: ``HSET`` of ``followers:applied``,
+  ``ZADD`` to ``followers:seen`` at ``TIME``) after every batch it applies and after each
+  resync (the position it resynced to), and at least once a second while idle (its
+  ``XREAD BLOCK`` lasts half a second).  On every (re)connection it registers with
+  position 0 *before* its resync, so a writer either waits for it or wrote before the
+  resync began and is part of it.
+* After its script, a writer checks the positions every millisecond (one read-only script:
+  the followers seen in the last 3 seconds, other than itself, whose position is below the
+  new ``seq``) until none is left.  A follower silent for longer is dead or hung and is not
+  waited for; the heartbeat script deletes followers silent for 30 seconds.  The wait is
+  bounded by ``ack_timeout`` (default 1 s): when it runs out the write is still a success
+  (it is in Redis) and a warning names the followers that lag.  ``arecord`` waits with
+  ``asyncio.sleep`` on the loop's own client.  A ``jti`` replay returns at once.
+* :meth:`~RedisStore.close` deletes the instance's entries, and so does a normal
+  interpreter exit (``atexit``), since servers seldom close a worker's store.
+
 Redis Cluster
 -------------
 
-The key layout is ready for Cluster.  The script touches up to five keys, which Cluster
+The key layout is ready for Cluster.  The scripts touch up to five keys, which Cluster
 requires to share one hash slot (otherwise it answers ``CROSSSLOT``).  Put a hash tag in
 the prefix (``?prefix={kcsso}:``); every key, each ``jti`` key included, then hashes on
 ``kcsso`` alone, so the whole store lives on one shard.  The URL forms above connect to
@@ -73,12 +105,14 @@ the replies itself.  The URL's ``protocol`` option is therefore rejected.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
 import os
 import random
 import secrets
+import socket
 import threading
 import time
 import weakref
@@ -107,8 +141,19 @@ logger = logging.getLogger(__name__)
 DEFAULT_PREFIX = "kcsso:"
 DEFAULT_STREAM_MAXLEN = 10_000
 DEFAULT_SENTINEL_PORT = 26379
+DEFAULT_ACK_TIMEOUT = 1.0
 
-_BLOCK_SECONDS = 1.0  # XREAD BLOCK; close() interrupts it with CLIENT UNBLOCK
+#: seconds between a follower's heartbeats while idle
+HEARTBEAT_INTERVAL = 1.0
+#: a follower whose heartbeat is older than this is dead or hung and is not waited for
+FOLLOWER_STALE_AFTER = 3.0
+_FOLLOWER_PURGE_AFTER = 30.0  # followers silent this long are deleted
+_ACK_POLL = 0.001  # how often a writer checks the followers' positions while it waits
+_EXIT_JOIN_TIMEOUT = 1.0
+
+# XREAD BLOCK; close() interrupts it with CLIENT UNBLOCK.  Half the heartbeat interval,
+# so an idle follower's heartbeats are at most 1.5 s apart.
+_BLOCK_SECONDS = 0.5
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 5.0
 _START_WAIT = 10.0  # how long start() waits for the first sync before returning anyway
@@ -130,12 +175,18 @@ _RECORD_LUA = """
 --       then (member, not_before, expires_at) per entry
 if KEYS[5] then
   if not redis.call('SET', KEYS[5], ARGV[5], 'NX', 'PX', ARGV[4]) then
-    -- Our own earlier attempt, retried after its reply was lost, is not a replay.
-    if redis.call('GET', KEYS[5]) == ARGV[5] then return 1 end
+    -- Our own earlier attempt, retried after its reply was lost, is not a replay; the
+    -- current seq is at or past the one that attempt wrote.
+    if redis.call('GET', KEYS[5]) == ARGV[5] then
+      local current = tonumber(redis.call('GET', KEYS[4]) or '0')
+      if current > 0 then return current end
+      return -1
+    end
     return 0
   end
 end
-if #ARGV < 6 then return 1 end
+-- Returns 0 for a replay, else the seq of the message written, or -1 when none was.
+if #ARGV < 6 then return -1 end
 for i = 6, #ARGV, 3 do
   redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 2], ARGV[i])
   if string.sub(ARGV[i], 1, 4) ~= 'sid:' then
@@ -152,7 +203,45 @@ if #expired > 0 then
 end
 local seq = redis.call('INCR', KEYS[4])
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[2], '*', 'seq', seq, 'data', ARGV[3])
+return seq
+"""
+
+# Redis' clock, not the hosts': followers on several hosts compare their heartbeats.
+_PUBLISH_LUA = """
+-- KEYS: followers:applied hash, followers:seen zset
+-- ARGV: follower name, applied seq, purge age ms
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+local dead = redis.call('ZRANGE', KEYS[2], '-inf', now - tonumber(ARGV[3]), 'BYSCORE',
+                        'LIMIT', 0, 100)
+if #dead > 0 then
+  redis.call('ZREM', KEYS[2], unpack(dead))
+  redis.call('HDEL', KEYS[1], unpack(dead))
+end
 return 1
+"""
+
+_LAGGING_LUA = """
+-- KEYS: followers:applied hash, followers:seen zset
+-- ARGV: seq to reach, live window ms, the asking follower's own name
+-- Returns name, applied, name, applied, ... of the live followers below the seq.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZRANGE', KEYS[2], now - tonumber(ARGV[2]), '+inf', 'BYSCORE')
+local target = tonumber(ARGV[1])
+local lagging = {}
+for _, name in ipairs(live) do
+  if name ~= ARGV[3] then
+    local applied = tonumber(redis.call('HGET', KEYS[1], name) or '-1')
+    if applied < target then
+      lagging[#lagging + 1] = name
+      lagging[#lagging + 1] = tostring(applied)
+    end
+  end
+end
+return lagging
 """
 
 _LIVE_STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
@@ -165,6 +254,17 @@ def _reinit_stores_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork()
     os.register_at_fork(after_in_child=_reinit_stores_in_child)
+
+
+def _unregister_stores_at_exit() -> None:
+    # Servers rarely close() their app's store when a worker exits; without this, every
+    # write in the next few seconds would wait ack_timeout for the departed worker.
+    for store in list(_LIVE_STORES):
+        with contextlib.suppress(Exception):
+            store._unregister_at_exit()
+
+
+atexit.register(_unregister_stores_at_exit)
 
 
 @dataclass(frozen=True)
@@ -280,6 +380,7 @@ def _redact(url: str) -> str:
 class _AsyncHandle:
     client: redis.asyncio.Redis
     script: Any
+    lagging: Any
     #: the suspended generator that owns ``client``; kept referenced until the loop ends
     owner: AsyncIterator[redis.asyncio.Redis]
 
@@ -308,21 +409,27 @@ class RedisStore(RevocationStore):
         prefix: str = DEFAULT_PREFIX,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         stream_maxlen: int = DEFAULT_STREAM_MAXLEN,
+        ack_timeout: float = DEFAULT_ACK_TIMEOUT,
         timer: Callable[[], float] = time.time,
     ) -> None:
         self.connector = connector
         self.prefix = prefix
         self.stream_maxlen = stream_maxlen
+        self.ack_timeout = ack_timeout
         self._timer = timer
         self.replica = Replica(max_entries, timer)
         self._entries_key = f"{prefix}entries"
         self._not_before_key = f"{prefix}not_before"
         self._feed_key = f"{prefix}feed"
         self._seq_key = f"{prefix}seq"
+        self._followers_keys = [f"{prefix}followers:applied", f"{prefix}followers:seen"]
         self._closed = False
         self._resources = contextlib.ExitStack()
         self._client = connector.sync_client(False, self._resources)
         self._script = self._client.register_script(_RECORD_LUA)
+        # Script objects only hold the SHA; each call names the client that runs it.
+        self._publish_script = self._client.register_script(_PUBLISH_LUA)
+        self._lagging_script = self._client.register_script(_LAGGING_LUA)
         self._init_process_state()
         _LIVE_STORES.add(self)
 
@@ -335,6 +442,10 @@ class RedisStore(RevocationStore):
         self._follower_id: int | None = None
         self._last_id = "0-0"
         self._last_seq = 0
+        #: this instance's name among the followers; new in every process (see fork)
+        self.follower_name = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._registered = False
+        self._next_heartbeat = 0.0
         self._status = StoreStatus(available=False, detail="not started")
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncHandle] = (
             weakref.WeakKeyDictionary()
@@ -356,6 +467,7 @@ class RedisStore(RevocationStore):
             raise ConfigurationError(f"KC_SSO_STORE={_redact(url)!r}: prefix must not be empty")
         max_entries = _positive_int(url, own, "max_entries", DEFAULT_MAX_ENTRIES)
         stream_maxlen = _positive_int(url, own, "stream_maxlen", DEFAULT_STREAM_MAXLEN)
+        ack_timeout = _non_negative_float(url, own, "ack_timeout", DEFAULT_ACK_TIMEOUT)
         if parts.scheme == "redis+sentinel":
             connector = _sentinel_connector(url, parts.netloc, parts.path, query, own)
         elif parts.scheme in {"redis", "rediss", "unix"}:
@@ -371,6 +483,7 @@ class RedisStore(RevocationStore):
             prefix=prefix,
             max_entries=max_entries,
             stream_maxlen=stream_maxlen,
+            ack_timeout=ack_timeout,
             timer=timer,
         )
 
@@ -396,10 +509,27 @@ class RedisStore(RevocationStore):
     ) -> bool:
         keys, args = self._script_call(revocations, jti, jti_expires_at)
         try:
-            claimed = self._script(keys=keys, args=args, client=self._client)
+            reply = self._script(keys=keys, args=args, client=self._client)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return self._recorded(claimed, revocations)
+        position = self._recorded(reply, revocations)
+        if position is None:
+            return False
+        if position > 0 and self.ack_timeout > 0:
+            deadline = time.monotonic() + self.ack_timeout
+            while True:
+                try:
+                    lagging = self._lagging_script(
+                        keys=self._followers_keys, args=self._lagging_args(position),
+                        client=self._client,
+                    )
+                except (RedisError, OSError) as exc:
+                    self._unconfirmed(position, exc)
+                    break
+                if not lagging or self._timed_out(position, lagging, deadline):
+                    break
+                time.sleep(_ACK_POLL)
+        return True
 
     async def arecord(
         self,
@@ -411,10 +541,27 @@ class RedisStore(RevocationStore):
         keys, args = self._script_call(revocations, jti, jti_expires_at)
         try:
             handle = await self._async_handle()
-            claimed = await handle.script(keys=keys, args=args, client=handle.client)
+            reply = await handle.script(keys=keys, args=args, client=handle.client)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
-        return self._recorded(claimed, revocations)
+        position = self._recorded(reply, revocations)
+        if position is None:
+            return False
+        if position > 0 and self.ack_timeout > 0:
+            deadline = time.monotonic() + self.ack_timeout
+            while True:
+                try:
+                    lagging = await handle.lagging(
+                        keys=self._followers_keys, args=self._lagging_args(position),
+                        client=handle.client,
+                    )
+                except (RedisError, OSError) as exc:
+                    self._unconfirmed(position, exc)
+                    break
+                if not lagging or self._timed_out(position, lagging, deadline):
+                    break
+                await asyncio.sleep(_ACK_POLL)
+        return True
 
     def _script_call(
         self, revocations: Sequence[Revocation], jti: str | None, jti_expires_at: float
@@ -445,11 +592,34 @@ class RedisStore(RevocationStore):
             args += [_member(entry), repr(entry.not_before), repr(entry.expires_at)]
         return keys, args
 
-    def _recorded(self, claimed: object, revocations: Sequence[Revocation]) -> bool:
-        if not claimed:
-            return False
+    def _recorded(self, reply: Any, revocations: Sequence[Revocation]) -> int | None:
+        """``None`` for a replay, else the ``seq`` every live follower must reach (or -1)."""
+        if not reply:
+            return None
         self.replica.apply(revocations)
+        return int(reply)
+
+    def _lagging_args(self, position: int) -> list[str | int]:
+        return [position, int(FOLLOWER_STALE_AFTER * 1000), self.follower_name]
+
+    def _timed_out(self, position: int, lagging: list[str], deadline: float) -> bool:
+        """Whether to stop waiting for ``lagging`` (``[name, applied, …]``); warns if so."""
+        if time.monotonic() < deadline:
+            return False
+        pairs = zip(lagging[::2], lagging[1::2], strict=True)
+        names = ", ".join(f"{name} (at {applied})" for name, applied in pairs)
+        logger.warning(
+            "Redis store %s: change %d is recorded, but after ack_timeout=%gs %d worker(s) "
+            "had not applied it and may accept the revoked session(s) until they do: %s",
+            self.connector.description, position, self.ack_timeout, len(lagging) // 2, names,
+        )
         return True
+
+    def _unconfirmed(self, position: int, exc: BaseException) -> None:
+        logger.warning(
+            "Redis store %s: change %d is recorded, but whether every worker applied it "
+            "could not be checked: %s", self.connector.description, position, exc,
+        )
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(
@@ -462,7 +632,12 @@ class RedisStore(RevocationStore):
         if handle is None:
             owner = _client_until_loop_shutdown(self.connector)
             client = await owner.__anext__()  # first iteration: the loop now tracks it
-            handle = _AsyncHandle(client, client.register_script(_RECORD_LUA), owner)
+            handle = _AsyncHandle(
+                client,
+                client.register_script(_RECORD_LUA),
+                client.register_script(_LAGGING_LUA),
+                owner,
+            )
             self._async[loop] = handle
         return handle
 
@@ -492,19 +667,45 @@ class RedisStore(RevocationStore):
             self._closed = True
             self._stop.set()
             thread, self._thread = self._thread, None
+        self._unblock_follower()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        self._status = StoreStatus(available=False, detail="closed")
+        # After the join, so that no last heartbeat brings the entries back.
+        self._unregister()
+        self._resources.close()
+        # Async clients close with their event loops (see _client_until_loop_shutdown).
+        self._async.clear()
+        _LIVE_STORES.discard(self)
+
+    def _unblock_follower(self) -> None:
         follower_id = self._follower_id
         if follower_id is not None:
             # Wake the follower from XREAD BLOCK now rather than when the block times out.
             # Failing means the follower is not blocked on a live connection anyway.
             with contextlib.suppress(RedisError, OSError):
                 self._client.client_unblock(follower_id)
+
+    def _unregister(self) -> None:
+        """Delete this follower's entries (best effort: else they go stale in seconds)."""
+        if not self._registered:
+            return
+        self._registered = False
+        with contextlib.suppress(RedisError, OSError), self._client.pipeline() as pipe:
+            pipe.hdel(self._followers_keys[0], self.follower_name)
+            pipe.zrem(self._followers_keys[1], self.follower_name)
+            pipe.execute()
+
+    def _unregister_at_exit(self) -> None:
+        """At interpreter exit: stop following, then unregister (bounded waits)."""
+        if not self._registered or not self._status.available:
+            return  # nothing to delete, or Redis is away and would only delay the exit
+        self._stop.set()
+        self._unblock_follower()
+        thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        self._status = StoreStatus(available=False, detail="closed")
-        self._resources.close()
-        # Async clients close with their event loops (see _client_until_loop_shutdown).
-        self._async.clear()
-        _LIVE_STORES.discard(self)
+            thread.join(_EXIT_JOIN_TIMEOUT)
+        self._unregister()
 
     # -- follower -------------------------------------------------------------------
 
@@ -516,6 +717,10 @@ class RedisStore(RevocationStore):
                     client = self.connector.sync_client(True, connection)
                     self._follower_id = client.client_id()
                     try:
+                        # Register (at position 0) before the resync: a writer that does
+                        # not see this follower yet wrote before the resync began.
+                        self._last_seq = 0
+                        self._publish(client)
                         self._resync(client)
                         if not self._status.available:
                             logger.info(
@@ -544,6 +749,7 @@ class RedisStore(RevocationStore):
         """Merge every active entry from the keyspace; then follow from the noted position."""
         # Position first, entries second: anything written in between is both in the scan
         # and after the position, and applying it twice is harmless.
+        previous = self._last_seq
         with client.pipeline(transaction=True) as pipe:
             pipe.get(self._seq_key)
             pipe.xrevrange(self._feed_key, count=1)
@@ -553,6 +759,8 @@ class RedisStore(RevocationStore):
             self._last_seq = int(fields["seq"])
         else:
             self._last_id, self._last_seq = "0-0", int(seq or 0)
+        # Until the scan is done, the position published stays the one before the resync.
+        resynced_to, self._last_seq = self._last_seq, previous
         now = self._timer()
         batch: list[tuple[str, float]] = []
         for member, expires_at in client.zscan_iter(self._entries_key, count=_SCAN_BATCH):
@@ -561,7 +769,11 @@ class RedisStore(RevocationStore):
             if len(batch) >= _SCAN_BATCH:
                 self._apply_scanned(client, batch)
                 batch = []
+                if time.monotonic() >= self._next_heartbeat:  # a long scan is not death
+                    self._publish(client)
         self._apply_scanned(client, batch)
+        self._last_seq = resynced_to
+        self._publish(client)
 
     def _apply_scanned(self, client: redis.Redis, batch: list[tuple[str, float]]) -> None:
         wide = [member for member, _ in batch if not member.startswith("sid:")]
@@ -586,6 +798,7 @@ class RedisStore(RevocationStore):
             reply = client.xread(
                 {self._feed_key: self._last_id}, count=_READ_BATCH, block=int(block * 1000)
             )
+            applied = False
             for msg_id, fields in _messages(reply):
                 seq = int(fields["seq"])
                 if seq != self._last_seq + 1:
@@ -593,10 +806,25 @@ class RedisStore(RevocationStore):
                         "Redis store %s: change feed gap (seq %d after %d); full resync",
                         self.connector.description, seq, self._last_seq,
                     )
-                    self._resync(client)
+                    self._resync(client)  # publishes the position it resynced to
+                    applied = False
                     break
                 self.replica.apply(_decode(fields["data"]))
                 self._last_id, self._last_seq = msg_id, seq
+                applied = True
+            # At once after applying (a writer is waiting); else when the heartbeat is due.
+            if applied or time.monotonic() >= self._next_heartbeat:
+                self._publish(client)
+
+    def _publish(self, client: redis.Redis) -> None:
+        """Publish this follower's position and heartbeat (Redis errors propagate)."""
+        self._next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
+        self._publish_script(
+            keys=self._followers_keys,
+            args=[self.follower_name, self._last_seq, int(_FOLLOWER_PURGE_AFTER * 1000)],
+            client=client,
+        )
+        self._registered = True
 
     def _reinit_after_fork(self) -> None:
         """Runs in a forked child: new follower, fresh replica; redis-py resets its pools."""
@@ -609,7 +837,7 @@ class RedisStore(RevocationStore):
             self.start()
 
 
-_OWN_OPTIONS = ("prefix", "max_entries", "stream_maxlen", "sentinel_password")
+_OWN_OPTIONS = ("prefix", "max_entries", "stream_maxlen", "ack_timeout", "sentinel_password")
 
 
 def _positive_int(url: str, options: dict[str, str], name: str, default: int) -> int:
@@ -623,6 +851,21 @@ def _positive_int(url: str, options: dict[str, str], name: str, default: int) ->
     if value <= 0:
         raise ConfigurationError(
             f"KC_SSO_STORE={_redact(url)!r}: {name}={raw!r} must be a positive whole number"
+        )
+    return value
+
+
+def _non_negative_float(url: str, options: dict[str, str], name: str, default: float) -> float:
+    raw = options.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):  # also rejects nan
+        raise ConfigurationError(
+            f"KC_SSO_STORE={_redact(url)!r}: {name}={raw!r} must be a non-negative number"
         )
     return value
 

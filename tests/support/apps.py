@@ -15,6 +15,8 @@ from typing import Literal
 
 import httpx
 
+from .gunicorn_conf import READY_MARKER
+
 REPO = Path(__file__).resolve().parents[2]
 
 AppKind = Literal["flask", "fastapi"]
@@ -60,13 +62,27 @@ class AppServer:
                 sys.executable, "-m", "gunicorn", self.module or "examples.flask_app:app",
                 "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
                 "--graceful-timeout", "2", "--access-logfile", "-",
+                "--config", "python:tests.support.gunicorn_conf",
             ]
         return [
             sys.executable, "-m", "uvicorn", self.module or "examples.fastapi_app:app",
             "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
         ]
 
+    def _ready_marker(self) -> str:
+        if self.kind == "flask":
+            return READY_MARKER
+        return "Application startup complete."
+
+    def _workers_ready(self, log_offset: int) -> bool:
+        """Every worker has loaded the app (the first answer proves only one has)."""
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            text = log.read().decode(errors="replace")
+        return text.count(self._ready_marker()) >= self.workers
+
     def start(self, timeout: float = 60.0) -> AppServer:
+        log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 self.command(),
@@ -81,7 +97,8 @@ class AppServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.kind} app exited early:\n{self.log_text()}")
             try:
-                if httpx.get(f"{self.url}/", timeout=1).status_code == 200:
+                answered = httpx.get(f"{self.url}/", timeout=1).status_code == 200
+                if answered and self._workers_ready(log_offset):
                     return self
             except httpx.HTTPError:
                 pass

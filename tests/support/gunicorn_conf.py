@@ -1,0 +1,15 @@
+"""gunicorn settings for the test servers: say when each worker has loaded the app.
+
+gunicorn logs "Booting worker" before the worker imports the app; the readiness check in
+``apps.AppServer`` needs to know that every worker can serve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+READY_MARKER = "kc-sso worker ready"
+
+
+def post_worker_init(worker: Any) -> None:
+    worker.log.info("%s pid=%s", READY_MARKER, worker.pid)
