@@ -50,6 +50,7 @@ class SessionIdentity:
 
     sid: str | None
     sub: str | None
+    #: when the Keycloak session began (``auth_time``, else ``iat``): for the lifetime limit
     login_time: float | None
     id_token: str | None
     refresh_token: str | None
@@ -58,6 +59,10 @@ class SessionIdentity:
     #: still-alive Keycloak session (e.g. when the user left Keycloak's logout
     #: confirmation page), a login loop; the token instance ends only this copy.
     instance: str | None = None
+    #: when this app session began (its ID token's ``iat``, else ``auth_time``): what user-
+    #: and realm-wide revocations compare with, as Keycloak compares a token's iat with its
+    #: not-before.  An SSO login after the revocation gets a new ID token, so it survives.
+    issued_at: float | None = None
 
 
 def parse_cookie_values(header: str, name: str) -> list[str]:
@@ -223,4 +228,5 @@ class SessionReader:
             id_token=id_token,
             refresh_token=_string(session.get(settings.session_refresh_token_key)),
             instance=None if token_id is None else f"{sid or sub}#{token_id}",
+            issued_at=issued_at if issued_at is not None else login_time,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -215,11 +216,12 @@ class SSOCore:
         ):
             logger.debug("session %s is older than KC_SSO_MAX_SESSION_LIFETIME", identity.sid)
             return True
+        began = identity.issued_at
         if identity.instance is not None and self.store.is_revoked(
-            identity.instance, None, login_time
+            identity.instance, None, began
         ):
             return True  # this very app session was logged out locally
-        return self.store.is_revoked(identity.sid, identity.sub, login_time)
+        return self.store.is_revoked(identity.sid, identity.sub, began)
 
     def strip_cookie(self, cookie_header: str) -> str:
         """The ``Cookie`` header without the session cookie (other cookies kept)."""
@@ -455,7 +457,10 @@ class SSOCore:
             revocation = Revocation(RevocationKind.SESSION, claims.sid, 0.0, expires_at)
         else:
             assert claims.sub is not None
-            revocation = Revocation(RevocationKind.USER, claims.sub, claims.iat, expires_at)
+            # Every session of the user established up to the token's second (NumericDates
+            # are whole seconds, so a session from that very second counts as earlier).
+            not_before = math.floor(claims.iat) + 1
+            revocation = Revocation(RevocationKind.USER, claims.sub, not_before, expires_at)
         return (
             yield from self._record(
                 (revocation,),

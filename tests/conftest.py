@@ -179,8 +179,10 @@ class Harness:
         self.client.close()
 
     def id_token(self, op: StandInOP, *, sid: str = "session-1", sub: str = "user-1",
-                 auth_time: float | None = None) -> str:
+                 auth_time: float | None = None, issued_at: float | None = None) -> str:
         now = int(self.clock())
+        if issued_at is None:  # by default issued at login, like the token an app stores
+            issued_at = auth_time if auth_time is not None else now
         return mint_jwt(
             op.key,
             {
@@ -188,7 +190,7 @@ class Harness:
                 "aud": CLIENT_ID,
                 "sub": sub,
                 "sid": sid,
-                "iat": now,
+                "iat": int(issued_at),
                 "exp": now + 300,
                 "auth_time": int(auth_time if auth_time is not None else now),
             },

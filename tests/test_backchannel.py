@@ -280,6 +280,18 @@ def test_sub_only_revokes_earlier_sessions_of_that_user(
     assert harness.seen_session(other_user) != {}
 
 
+def test_sub_only_revokes_a_session_from_the_same_second(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A session established in the logout token's own second counts as earlier."""
+    harness = make_harness()
+    now = int(time.time())
+    same_second = harness.session_cookie(op, sid="s-same", sub="user-11", auth_time=now)
+    logout_token = op.logout_token(CLIENT_ID, sub="user-11", sid=None, iat=now)
+    assert harness.client.post(PATH, data={"logout_token": logout_token}).status_code == 200
+    assert harness.seen_session(same_second) == {}
+
+
 def test_unknown_session_is_still_success(make_harness: HarnessFactory, op: StandInOP) -> None:
     """A valid token for a session this app never saw answers 200 (§2.8)."""
     harness = make_harness()

@@ -198,7 +198,9 @@ def test_local_logout_spares_a_new_login_into_the_same_keycloak_session(
     old = harness.session_cookie(op, sid="kept-alive", auth_time=clock.now - 100)
     harness.client.get("/logout", headers={"Cookie": f"session={old}"})
     clock.now += 5
-    relogin = harness.session_cookie(op, sid="kept-alive", auth_time=clock.now - 105)
+    relogin = harness.session_cookie(
+        op, sid="kept-alive", auth_time=clock.now - 105, issued_at=clock.now
+    )
     assert harness.seen_session(old) == {}
     assert harness.seen_session(relogin) != {}
 
