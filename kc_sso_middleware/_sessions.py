@@ -160,18 +160,21 @@ class SessionReader:
 
     def read(self, cookie_value: str) -> SessionIdentity | None:
         """The identity in a cookie value, or None if it is not a valid Keycloak session."""
-        now = self._clock()
+        return self.read_entry(cookie_value, self._clock())[0]
+
+    def read_entry(self, cookie_value: str, now: float) -> tuple[SessionIdentity | None, float]:
+        """The identity and until when that answer holds (the signature's max age)."""
         with self._lock:
             try:
                 hit = self._cache[cookie_value]  # one LRU lookup; .get() would do two
             except KeyError:
                 hit = None
         if hit is not None and now < hit[1]:
-            return hit[0]
-        identity, valid_until = self._decode(cookie_value, now)
+            return hit
+        entry = self._decode(cookie_value, now)
         with self._lock:
-            self._cache[cookie_value] = (identity, valid_until)
-        return identity
+            self._cache[cookie_value] = entry
+        return entry
 
     def _decode(self, value: str, now: float) -> tuple[SessionIdentity | None, float]:
         for fmt in self._formats:

@@ -90,21 +90,12 @@ class SSOMiddleware:
             await self._serve(route, path, scope, receive, send)
             return
 
-        # Find the Cookie header with one C-level dict() instead of a Python loop over
-        # every header; the loop only runs when some header name repeats, so that several
-        # Cookie headers are still joined with "; ".
-        headers = scope["headers"]
-        by_name = dict(headers)
-        cookie = by_name.get(b"cookie")
-        if cookie is not None:
-            if len(by_name) == len(headers):
-                cookie = cookie.decode("latin-1")
-            else:
-                cookie = None
-                for name, value in headers:
-                    if name == b"cookie":
-                        text = value.decode("latin-1")
-                        cookie = text if cookie is None else f"{cookie}; {text}"
+        # Raw bytes go to the core: it caches by the exact header, so a repeat request
+        # costs no decoding at all.  Several Cookie headers (HTTP/2) are joined with "; ".
+        cookie: bytes | None = None
+        for name, value in scope["headers"]:
+            if name == b"cookie":
+                cookie = value if cookie is None else b"; ".join((cookie, value))
         verdict = self.core.check_session(cookie)
         if verdict is PASS:
             await self.app(scope, receive, send)
@@ -115,7 +106,7 @@ class SSOMiddleware:
 
         assert cookie is not None
         headers = [(n, v) for n, v in scope["headers"] if n != b"cookie"]
-        remaining = self.core.strip_cookie(cookie)
+        remaining = self.core.strip_cookie(cookie.decode("latin-1"))
         if remaining:
             headers.append((b"cookie", remaining.encode("latin-1")))
         scope = dict(scope, headers=headers)

@@ -49,6 +49,7 @@ logger = logging.getLogger("kc_sso_middleware")
 
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 NO_STORE = ("Cache-Control", "no-store")
+HEADER_CACHE_SIZE = 10_000
 JSON_TYPE = ("Content-Type", "application/json")
 
 
@@ -140,6 +141,10 @@ class SSOCore:
             strict_typ=settings.typ_policy == "strict",
         )
         self.cookie_name = settings.session_cookie
+        self._cookie_name_bytes = self.cookie_name.encode("latin-1")
+        self._sessions_by_header: dict[
+            str | bytes, tuple[tuple[SessionIdentity, ...], float]
+        ] = {}
         self.routes: dict[str, Route] = {
             settings.logout_path: Route.LOGOUT,
             settings.backchannel_path: Route.BACKCHANNEL,
@@ -184,44 +189,68 @@ class SSOCore:
 
     # ------------------------------------------------------------------ ordinary requests
 
-    def check_session(self, cookie_header: str | None) -> Verdict:
-        """Decide an ordinary request from its ``Cookie`` header; memory only, no I/O."""
-        name = self.cookie_name
-        if not cookie_header or name not in cookie_header:
+    def check_session(self, cookie_header: str | bytes | None) -> Verdict:
+        """Decide an ordinary request from its ``Cookie`` header; memory only, no I/O.
+
+        ``cookie_header`` is text (WSGI) or the raw latin-1 bytes (ASGI, decoded only when
+        the header was not seen before).
+        """
+        if not cookie_header:
             return PASS
-        read = self.sessions.read
-        has_session = False
-        for value in parse_cookie_values(cookie_header, name):
-            identity = read(value)
-            if identity is None:
-                continue
-            if self._is_revoked(identity):
+        if isinstance(cookie_header, str):
+            if self.cookie_name not in cookie_header:
+                return PASS
+        elif self._cookie_name_bytes not in cookie_header:
+            return PASS
+        now = self.clock()
+        # A browser sends the same Cookie header request after request, so the parsed,
+        # verified sessions are remembered by the whole header: a hit costs one hash and
+        # one dict look-up instead of parsing the header and hashing each cookie again.
+        cached = self._sessions_by_header.get(cookie_header)
+        if cached is None or now >= cached[1]:
+            cached = self._read_header(cookie_header, now)
+        identities = cached[0]
+        if not identities:
+            return PASS
+        for identity in identities:
+            if self._is_revoked(identity, now):
                 if self.settings.revoked_action == "401":
                     return Verdict(response=self._revoked_response)
                 return ANONYMOUS
-            has_session = True
-        if (
-            has_session
-            and self.settings.store_failure == "closed"
-            and not self.store.status().available
-        ):
+        if self.settings.store_failure == "closed" and not self.store.status().available:
             return Verdict(response=self._unavailable_response)
         return PASS
 
-    def _is_revoked(self, identity: SessionIdentity) -> bool:
+    def _read_header(
+        self, cookie_header: str | bytes, now: float
+    ) -> tuple[tuple[SessionIdentity, ...], float]:
+        text = cookie_header if isinstance(cookie_header, str) else cookie_header.decode("latin-1")
+        identities = []
+        valid_until = math.inf
+        for value in parse_cookie_values(text, self.cookie_name):
+            identity, until = self.sessions.read_entry(value, now)
+            valid_until = min(valid_until, until)
+            if identity is not None:
+                identities.append(identity)
+        entry = (tuple(identities), valid_until)
+        cache = self._sessions_by_header
+        if len(cache) >= HEADER_CACHE_SIZE:
+            # A plain dict, not an LRU: its look-up is C-level and needs no lock (the GIL
+            # makes get/set atomic).  Clearing when full keeps it bounded; live browsers
+            # refill it on their next request.
+            cache.clear()
+        cache[cookie_header] = entry
+        return entry
+
+    def _is_revoked(self, identity: SessionIdentity, now: float) -> bool:
         login_time = identity.login_time
-        if (
-            login_time is not None
-            and login_time + self.settings.max_session_lifetime < self.clock()
-        ):
+        if login_time is not None and login_time + self.settings.max_session_lifetime < now:
             logger.debug("session %s is older than KC_SSO_MAX_SESSION_LIFETIME", identity.sid)
             return True
-        began = identity.issued_at
-        if identity.instance is not None and self.store.is_revoked(
-            identity.instance, None, began
-        ):
-            return True  # this very app session was logged out locally
-        return self.store.is_revoked(identity.sid, identity.sub, began)
+        # ``instance`` is this app session's own token, revoked by a local logout.
+        return self.store.is_revoked(
+            identity.sid, identity.sub, identity.issued_at, identity.instance
+        )
 
     def strip_cookie(self, cookie_header: str) -> str:
         """The ``Cookie`` header without the session cookie (other cookies kept)."""

@@ -21,6 +21,10 @@ import asyncio
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .replica import Replica
 
 __all__ = ["Revocation", "RevocationKind", "RevocationStore", "StoreStatus"]
 
@@ -69,14 +73,24 @@ class RevocationStore(abc.ABC):
 
     # -- request path -------------------------------------------------------------
 
-    @abc.abstractmethod
-    def is_revoked(self, sid: str | None, sub: str | None, login_time: float | None) -> bool:
+    #: the in-memory replica every store keeps; the request path reads nothing else
+    replica: Replica
+
+    def is_revoked(
+        self,
+        sid: str | None,
+        sub: str | None,
+        login_time: float | None,
+        instance: str | None = None,
+    ) -> bool:
         """Whether a session is revoked, answered from memory only.
 
-        ``login_time`` is when the Keycloak session began (the ID token's ``auth_time``,
-        else its ``iat``); ``None`` means unknown, which counts as revoked whenever a user-
-        or realm-wide entry could apply.
+        ``login_time`` is when the app session began (its ID token's ``iat``); ``None``
+        means unknown, which counts as revoked whenever a user- or realm-wide entry could
+        apply.  ``instance`` is a second session key: the app session's own token, which a
+        local logout revokes.
         """
+        return self.replica.is_revoked(sid, sub, login_time, instance)
 
     @abc.abstractmethod
     def status(self) -> StoreStatus:

@@ -20,6 +20,9 @@ from .replica import DEFAULT_MAX_ENTRIES, Replica
 __all__ = ["MemoryStore"]
 
 
+_ALWAYS_AVAILABLE = StoreStatus(available=True)
+
+
 def _jti_expiry(_key: str, expires_at: float, _now: float) -> float:
     return expires_at
 
@@ -38,11 +41,8 @@ class MemoryStore(RevocationStore):
         self._jtis: TLRUCache[str, float] = TLRUCache(max_entries, _jti_expiry, timer)
         self._lock = threading.Lock()
 
-    def is_revoked(self, sid: str | None, sub: str | None, login_time: float | None) -> bool:
-        return self.replica.is_revoked(sid, sub, login_time)
-
     def status(self) -> StoreStatus:
-        return StoreStatus(available=True)
+        return _ALWAYS_AVAILABLE
 
     def record(
         self,

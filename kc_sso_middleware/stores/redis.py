@@ -492,9 +492,6 @@ class RedisStore(RevocationStore):
 
     # -- request path -------------------------------------------------------------
 
-    def is_revoked(self, sid: str | None, sub: str | None, login_time: float | None) -> bool:
-        return self.replica.is_revoked(sid, sub, login_time)
-
     def status(self) -> StoreStatus:
         return self._status
 

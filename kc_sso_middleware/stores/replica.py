@@ -46,27 +46,44 @@ class Replica:
         )
         self._all_not_before = 0.0
         self._all_expires_at = 0.0
-        # cachetools caches are not thread-safe and TLRUCache reorders on read, so every
-        # access holds the lock; uncontended it costs well under a microsecond.
+        # cachetools caches are not thread-safe: writes and snapshots hold the lock.
         self._lock = threading.Lock()
 
-    def is_revoked(self, sid: str | None, sub: str | None, login_time: float | None) -> bool:
-        # The request path.  A TLRUCache's len() (and truthiness) first purges expired
-        # entries, which is slow and which writes do anyway; emptiness is tested with the
-        # base class's plain count instead.  ``in`` and ``get`` check expiry per entry.
-        with self._lock:
-            if sid is not None and sid in self._sessions:
+    def is_revoked(
+        self,
+        sid: str | None,
+        sub: str | None,
+        login_time: float | None,
+        instance: str | None = None,
+    ) -> bool:
+        """The request path: a few dict look-ups, without the lock.
+
+        TLRUCache reads do not reorder anything: ``in`` and ``get`` look an entry up and
+        compare its expiry, dict operations the GIL makes atomic, so a concurrent write is
+        seen either whole or not yet (and ``record()`` has not returned before it is
+        whole).  A TLRUCache's ``len()`` purges expired entries, which is slow and which
+        writes do anyway: emptiness is tested with the base class's plain count.
+        """
+        sessions = self._sessions
+        if Cache.__len__(sessions) and (
+            (sid is not None and sid in sessions)
+            or (instance is not None and instance in sessions)
+        ):
+            return True
+        if (
+            self._all_not_before
+            and (login_time is None or login_time < self._all_not_before)
+            and self._timer() < self._all_expires_at
+        ):
+            return True
+        users = self._users
+        if sub is not None and Cache.__len__(users):
+            try:
+                entry = users.get(sub)
+            except KeyError:  # being written this very moment: not whole yet
+                return False
+            if entry is not None and (login_time is None or login_time < entry[0]):
                 return True
-            if (
-                self._all_not_before
-                and (login_time is None or login_time < self._all_not_before)
-                and self._timer() < self._all_expires_at
-            ):
-                return True
-            if sub is not None and Cache.__len__(self._users):
-                entry = self._users.get(sub)
-                if entry is not None and (login_time is None or login_time < entry[0]):
-                    return True
         return False
 
     def apply(self, revocations: Iterable[Revocation]) -> None:
