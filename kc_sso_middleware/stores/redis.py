@@ -105,7 +105,6 @@ the replies itself.  The URL's ``protocol`` option is therefore rejected.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import contextlib
 import json
 import logging
@@ -131,6 +130,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from ..errors import ConfigurationError, StoreUnavailableError
+from . import _process
 from .base import Revocation, RevocationKind, RevocationStore, StoreStatus
 from .replica import DEFAULT_MAX_ENTRIES, Replica
 
@@ -244,27 +244,6 @@ end
 return lagging
 """
 
-_LIVE_STORES: weakref.WeakSet[RedisStore] = weakref.WeakSet()
-
-
-def _reinit_stores_in_child() -> None:
-    for store in list(_LIVE_STORES):
-        store._reinit_after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork()
-    os.register_at_fork(after_in_child=_reinit_stores_in_child)
-
-
-def _unregister_stores_at_exit() -> None:
-    # Servers rarely close() their app's store when a worker exits; without this, every
-    # write in the next few seconds would wait ack_timeout for the departed worker.
-    for store in list(_LIVE_STORES):
-        with contextlib.suppress(Exception):
-            store._unregister_at_exit()
-
-
-atexit.register(_unregister_stores_at_exit)
 
 
 @dataclass(frozen=True)
@@ -431,7 +410,7 @@ class RedisStore(RevocationStore):
         self._publish_script = self._client.register_script(_PUBLISH_LUA)
         self._lagging_script = self._client.register_script(_LAGGING_LUA)
         self._init_process_state()
-        _LIVE_STORES.add(self)
+        _process.track(self)
 
     def _init_process_state(self) -> None:
         """Everything that belongs to one process: locks, the follower, async clients."""
@@ -673,7 +652,7 @@ class RedisStore(RevocationStore):
         self._resources.close()
         # Async clients close with their event loops (see _client_until_loop_shutdown).
         self._async.clear()
-        _LIVE_STORES.discard(self)
+        _process.forget(self)
 
     def _unblock_follower(self) -> None:
         follower_id = self._follower_id

@@ -72,8 +72,6 @@ the parent had started one.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import logging
 import math
 import os
@@ -87,6 +85,7 @@ from collections.abc import Callable, Iterable, Sequence
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..errors import ConfigurationError, StoreUnavailableError
+from . import _process
 from .base import Revocation, RevocationKind, RevocationStore, StoreStatus
 from .replica import DEFAULT_MAX_ENTRIES, Replica
 
@@ -178,27 +177,6 @@ _OPTIONS = {
 # Connections opened before a fork(), set aside in the child: SQLite forbids using them
 # there, and closing them could release or checkpoint state the parent still relies on.
 _INHERITED: list[sqlite3.Connection] = []
-_LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
-
-
-def _reinit_stores_in_child() -> None:
-    for store in list(_LIVE_STORES):
-        store._reinit_after_fork()
-
-
-if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork()
-    os.register_at_fork(after_in_child=_reinit_stores_in_child)
-
-
-def _unregister_stores_at_exit() -> None:
-    # Servers rarely close() their app's store when a worker exits; without this, every
-    # write in the next few seconds would wait ack_timeout for the departed worker.
-    for store in list(_LIVE_STORES):
-        with contextlib.suppress(Exception):
-            store._unregister_at_exit()
-
-
-atexit.register(_unregister_stores_at_exit)
 
 
 class SQLiteStore(RevocationStore):
@@ -226,7 +204,7 @@ class SQLiteStore(RevocationStore):
         self.replica = Replica(max_entries, timer)
         self._closed = False
         self._init_process_state()
-        _LIVE_STORES.add(self)
+        _process.track(self)
 
     def _init_process_state(self) -> None:
         """Everything that belongs to one process: connections, locks, the follower."""
@@ -437,7 +415,7 @@ class SQLiteStore(RevocationStore):
             connections, self._connections = self._connections, []
         for _owner, conn in connections:
             conn.close()
-        _LIVE_STORES.discard(self)
+        _process.forget(self)
 
     # -- internals ------------------------------------------------------------------
 
