@@ -50,6 +50,9 @@ logger = logging.getLogger("kc_sso_middleware")
 FORM_CONTENT_TYPE = "application/x-www-form-urlencoded"
 NO_STORE = ("Cache-Control", "no-store")
 HEADER_CACHE_SIZE = 10_000
+#: a Cookie header's sessions, until when that reading holds, and the replica version at
+#: which they were last found not revoked (-1: not yet checked)
+HeaderEntry = tuple[tuple[SessionIdentity, ...], float, int]
 JSON_TYPE = ("Content-Type", "application/json")
 
 
@@ -142,9 +145,8 @@ class SSOCore:
         )
         self.cookie_name = settings.session_cookie
         self._cookie_name_bytes = self.cookie_name.encode("latin-1")
-        self._sessions_by_header: dict[
-            str | bytes, tuple[tuple[SessionIdentity, ...], float]
-        ] = {}
+        self._sessions_by_header: dict[str | bytes, HeaderEntry] = {}
+        self._fail_closed = settings.store_failure == "closed"
         self.routes: dict[str, Route] = {
             settings.logout_path: Route.LOGOUT,
             settings.backchannel_path: Route.BACKCHANNEL,
@@ -206,33 +208,41 @@ class SSOCore:
         # A browser sends the same Cookie header request after request, so the parsed,
         # verified sessions are remembered by the whole header: a hit costs one hash and
         # one dict look-up instead of parsing the header and hashing each cookie again.
-        cached = self._sessions_by_header.get(cookie_header)
+        cache = self._sessions_by_header
+        cached = cache.get(cookie_header)
         if cached is None or now >= cached[1]:
             cached = self._read_header(cookie_header, now)
-        identities = cached[0]
+        identities, valid_until, checked_at_version = cached
         if not identities:
             return PASS
-        for identity in identities:
-            if self._is_revoked(identity, now):
-                if self.settings.revoked_action == "401":
-                    return Verdict(response=self._revoked_response)
-                return ANONYMOUS
-        if self.settings.store_failure == "closed" and not self.store.status().available:
+        # Read the version before checking: "not revoked at version V" holds until the
+        # replica's next write, so an unchanged replica needs no look-up at all.
+        version = self.store.replica.version
+        if checked_at_version != version:
+            for identity in identities:
+                if self._is_revoked(identity, now):
+                    if self.settings.revoked_action == "401":
+                        return Verdict(response=self._revoked_response)
+                    return ANONYMOUS
+            cache[cookie_header] = (identities, valid_until, version)
+        if self._fail_closed and not self.store.status().available:
             return Verdict(response=self._unavailable_response)
         return PASS
 
-    def _read_header(
-        self, cookie_header: str | bytes, now: float
-    ) -> tuple[tuple[SessionIdentity, ...], float]:
+    def _read_header(self, cookie_header: str | bytes, now: float) -> HeaderEntry:
         text = cookie_header if isinstance(cookie_header, str) else cookie_header.decode("latin-1")
         identities = []
         valid_until = math.inf
+        lifetime = self.settings.max_session_lifetime
         for value in parse_cookie_values(text, self.cookie_name):
             identity, until = self.sessions.read_entry(value, now)
             valid_until = min(valid_until, until)
             if identity is not None:
                 identities.append(identity)
-        entry = (tuple(identities), valid_until)
+                if identity.login_time is not None:
+                    # Past its lifetime the session must be judged again (and refused).
+                    valid_until = min(valid_until, identity.login_time + lifetime)
+        entry: HeaderEntry = (tuple(identities), valid_until, -1)
         cache = self._sessions_by_header
         if len(cache) >= HEADER_CACHE_SIZE:
             # A plain dict, not an LRU: its look-up is C-level and needs no lock (the GIL

@@ -9,6 +9,7 @@ as Keycloak compares a token's ``iat`` with its not-before (strictly earlier is 
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -20,6 +21,7 @@ from .base import Revocation, RevocationKind
 __all__ = ["Replica"]
 
 DEFAULT_MAX_ENTRIES = 1_000_000
+_VERSIONS = itertools.count()
 
 
 def _session_expiry(_key: str, expires_at: float, _now: float) -> float:
@@ -46,6 +48,10 @@ class Replica:
         )
         self._all_not_before = 0.0
         self._all_expires_at = 0.0
+        #: changed by every write: a verdict reached at one version holds until it changes
+        #: (entries only ever appear, or expire, which cannot revoke anything).  Drawn from
+        #: one process-wide counter, so a new replica (e.g. after fork) never repeats one.
+        self.version = next(_VERSIONS)
         # cachetools caches are not thread-safe: writes and snapshots hold the lock.
         self._lock = threading.Lock()
 
@@ -112,6 +118,9 @@ class Replica:
                 ):
                     self._all_not_before = entry.not_before
                     self._all_expires_at = max(self._all_expires_at, entry.expires_at)
+            # After the entries: a reader reads the version before it checks, so one that
+            # saw only part of this write has cached the old version and checks again.
+            self.version = next(_VERSIONS)
 
     def replace(self, revocations: Iterable[Revocation]) -> None:
         """Swap the whole content for a fresh snapshot (full resync)."""
@@ -122,6 +131,7 @@ class Replica:
             self._users = fresh._users
             self._all_not_before = fresh._all_not_before
             self._all_expires_at = fresh._all_expires_at
+            self.version = next(_VERSIONS)
 
     def __len__(self) -> int:
         with self._lock:
