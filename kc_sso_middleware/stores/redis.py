@@ -115,7 +115,7 @@ import socket
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
@@ -483,29 +483,26 @@ class RedisStore(RevocationStore):
         jti: str | None = None,
         jti_expires_at: float = 0.0,
     ) -> bool:
-        keys, args = self._script_call(revocations, jti, jti_expires_at)
-        try:
-            reply = self._script(keys=keys, args=args, client=self._client)
-        except (RedisError, OSError) as exc:
-            raise self._unavailable(exc) from exc
-        position = self._recorded(reply, revocations)
-        if position is None:
-            return False
-        if position > 0 and self.ack_timeout > 0:
-            deadline = time.monotonic() + self.ack_timeout
-            while True:
-                try:
-                    lagging = self._lagging_script(
-                        keys=self._followers_keys, args=self._lagging_args(position),
-                        client=self._client,
+        steps = self._record_steps(revocations, jti, jti_expires_at)
+        reply: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(reply)
+            except StopIteration as done:
+                return bool(done.value)
+            reply, error = None, None
+            try:
+                if step[0] == "record":
+                    reply = self._script(keys=step[1], args=step[2], client=self._client)
+                elif step[0] == "lagging":
+                    reply = self._lagging_script(
+                        keys=self._followers_keys, args=step[1], client=self._client
                     )
-                except (RedisError, OSError) as exc:
-                    self._unconfirmed(position, exc)
-                    break
-                if not lagging or self._timed_out(position, lagging, deadline):
-                    break
-                time.sleep(_ACK_POLL)
-        return True
+                else:
+                    time.sleep(_ACK_POLL)
+            except (RedisError, OSError) as exc:
+                error = exc
 
     async def arecord(
         self,
@@ -514,10 +511,38 @@ class RedisStore(RevocationStore):
         jti: str | None = None,
         jti_expires_at: float = 0.0,
     ) -> bool:
+        steps = self._record_steps(revocations, jti, jti_expires_at)
+        reply: Any = None
+        error: Exception | None = None
+        while True:
+            try:
+                step = steps.throw(error) if error is not None else steps.send(reply)
+            except StopIteration as done:
+                return bool(done.value)
+            reply, error = None, None
+            try:
+                if step[0] == "record":
+                    handle = await self._async_handle()
+                    reply = await handle.script(keys=step[1], args=step[2], client=handle.client)
+                elif step[0] == "lagging":
+                    handle = await self._async_handle()
+                    reply = await handle.lagging(
+                        keys=self._followers_keys, args=step[1], client=handle.client
+                    )
+                else:
+                    await asyncio.sleep(_ACK_POLL)
+            except (RedisError, OSError) as exc:
+                error = exc
+
+    def _record_steps(
+        self, revocations: Sequence[Revocation], jti: str | None, jti_expires_at: float
+    ) -> Generator[tuple[Any, ...], Any, bool]:
+        """The logic of record()/arecord(), once: it yields each Redis call (or a pause)
+        and is sent the reply; record() and arecord() only differ in how they perform them.
+        """
         keys, args = self._script_call(revocations, jti, jti_expires_at)
         try:
-            handle = await self._async_handle()
-            reply = await handle.script(keys=keys, args=args, client=handle.client)
+            reply = yield ("record", keys, args)
         except (RedisError, OSError) as exc:
             raise self._unavailable(exc) from exc
         position = self._recorded(reply, revocations)
@@ -527,16 +552,13 @@ class RedisStore(RevocationStore):
             deadline = time.monotonic() + self.ack_timeout
             while True:
                 try:
-                    lagging = await handle.lagging(
-                        keys=self._followers_keys, args=self._lagging_args(position),
-                        client=handle.client,
-                    )
+                    lagging = yield ("lagging", self._lagging_args(position))
                 except (RedisError, OSError) as exc:
                     self._unconfirmed(position, exc)
                     break
                 if not lagging or self._timed_out(position, lagging, deadline):
                     break
-                await asyncio.sleep(_ACK_POLL)
+                yield ("pause",)
         return True
 
     def _script_call(
