@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from joserfc.jws import CompactSignature
 
 from ._effects import Flow, HttpCall, RecordRevocations
-from ._oidc import Provider, ProviderMetadata
+from ._oidc import Provider
 from ._sessions import SessionIdentity, SessionReader, parse_cookie_values
 from ._tokens import (
     LogoutClaims,
@@ -344,17 +344,15 @@ class SSOCore:
                 # client; only a copied old cookie stays usable until then.
                 logger.error("logout: could not record %s as revoked: %s", identity.instance, exc)
         try:
-            metadata = yield from self.provider.metadata()
-            end_session = metadata.end_session_endpoint
+            end_session = (yield from self.provider.metadata()).end_session_endpoint
         except DiscoveryError as exc:
             logger.warning("logout: discovery failed (%s); using Keycloak's default path", exc)
             end_session = f"{self.settings.issuer}/protocol/openid-connect/logout"
-            metadata = None
 
         accept = request.headers.get("accept", "")
         wants_json = "application/json" in accept and "text/html" not in accept
         if wants_json or (request.method == "POST" and "refresh_token" in params):
-            return (yield from self._api_logout(request, identity, params, end_session, metadata))
+            return (yield from self._api_logout(identity, params, end_session))
 
         target = self._post_logout_target(request, params.get("post_logout_redirect_uri"))
         query: dict[str, str] = {}
@@ -371,11 +369,9 @@ class SSOCore:
 
     def _api_logout(
         self,
-        request: Request,
         identity: SessionIdentity | None,
         params: Mapping[str, str],
         end_session: str,
-        metadata: ProviderMetadata | None,
     ) -> Flow[Response]:
         """Logout for API clients: end the Keycloak session server-side with a refresh token."""
         refresh_token = params.get("refresh_token") or (identity and identity.refresh_token)
