@@ -69,42 +69,17 @@ def parse_cookie_values(header: str, name: str) -> list[str]:
     """Every value the ``Cookie`` header gives ``name`` (browsers may send duplicates).
 
     All of them are checked: frameworks disagree on which duplicate wins, so checking only
-    one would let a revoked cookie ride next to a harmless one.
+    one would let a revoked cookie ride next to a harmless one.  This runs only when a
+    Cookie header is new to the middleware (``SSOCore`` caches by the whole header).
     """
     values = []
-    if not name or "=" in name or ";" in name or name.strip() != name:
-        # No real cookie name looks like this; the definition, spelled out.
-        for part in header.split(";"):
-            key, sep, value = part.partition("=")
-            if sep and key.strip() == name:
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                values.append(value)
-        return values
-    # The same result without splitting the header into copies of every (often long)
-    # cookie, on every request: only the occurrences of ``name`` are looked at.  One is a
-    # key when nothing but whitespace separates it from the start of its ";"-part and from
-    # the part's first "=".  Only a part's first occurrence can be one, so the search
-    # resumes at the end of the part.
-    find = header.find
-    at = find(name)
-    while at >= 0:
-        end = find(";", at)
-        if end < 0:
-            end = len(header)
-        after = at + len(name)
-        equals = find("=", after, end)
-        if (
-            equals >= 0
-            and not header[after:equals].strip()
-            and not header[header.rfind(";", 0, at) + 1 : at].strip()
-        ):
-            value = header[equals + 1 : end].strip()
+    for part in header.split(";"):
+        key, sep, value = part.partition("=")
+        if sep and key.strip() == name:
+            value = value.strip()
             if len(value) >= 2 and value[0] == value[-1] == '"':
                 value = value[1:-1]
             values.append(value)
-        at = find(name, end)
     return values
 
 
