@@ -2,7 +2,7 @@
 
 Every script in ``bench/`` is run from the repository root as ``.venv/bin/python
 bench/<name>.py``; this module puts the repository root on ``sys.path`` so that the scripts
-can import ``kc_sso_middleware``, ``examples`` and ``tests.support`` (the servers and the
+can import ``kc_sso_middleware``, ``examples`` and ``devtools`` (the servers and the
 throwaway ``redis-server`` used by the test suite).
 """
 
@@ -129,8 +129,12 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     lines = []
     for n, row in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
-                               for i, (c, w) in enumerate(zip(row, widths, strict=True))))
+        lines.append(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

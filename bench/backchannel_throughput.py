@@ -8,7 +8,7 @@ What it measures
     discovery document and JWKS already cached.  Every answer must be 200.
 
     For the ``memory://``, ``sqlite:///…`` (``synchronous=FULL``: one fsync per logout) and
-    ``redis://…`` stores (a real ``redis-server`` from ``tests/support/redis_server.py``),
+    ``redis://…`` stores (a real ``redis-server`` from ``devtools/redis_server.py``),
     each with 0, 10k and 100k sessions already revoked (``--sizes``), in a fresh store.
     Reported: tokens/s by wall clock and by this process's CPU time, and the median time of
     one logout.  A reference row times the signature check alone (joserfc + cryptography).
@@ -40,13 +40,13 @@ from _common import machine, table
 from joserfc import jws
 from joserfc.jwk import KeySet
 
+from devtools.redis_server import RedisServer
 from kc_sso_middleware import Settings
 from kc_sso_middleware.stores import MemoryStore, Revocation, RevocationKind, RevocationStore
 from kc_sso_middleware.stores.redis import RedisStore
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 from kc_sso_middleware.testing import StandInOP
 from kc_sso_middleware.wsgi import SSOMiddleware
-from tests.support.redis_server import RedisServer
 
 CLIENT_ID = "bench-app"
 TOKEN_MAX_AGE = 240.0  # re-sign before the middleware's 300 s logout-token max age
@@ -104,10 +104,12 @@ class Tokens:
 def preload(store: RevocationStore, count: int) -> None:
     expires = time.time() + 36000
     for start in range(0, count, 5000):
-        store.record([
-            Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, expires)
-            for _ in range(min(5000, count - start))
-        ])
+        store.record(
+            [
+                Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, expires)
+                for _ in range(min(5000, count - start))
+            ]
+        )
 
 
 def measure(app: SSOMiddleware, tokens: list[str]) -> tuple[float, float, float]:
@@ -144,20 +146,37 @@ def verify_only(op: StandInOP, token: str, count: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--tokens", type=int, default=1000,
-                        help="logouts per measurement (default 1000)")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[0, 10_000, 100_000],
-                        help="sessions already revoked (default 0 10000 100000)")
-    parser.add_argument("--stores", nargs="+", choices=("memory", "sqlite", "redis"),
-                        default=["memory", "sqlite", "redis"])
+    parser.add_argument(
+        "--tokens", type=int, default=1000, help="logouts per measurement (default 1000)"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[0, 10_000, 100_000],
+        help="sessions already revoked (default 0 10000 100000)",
+    )
+    parser.add_argument(
+        "--stores",
+        nargs="+",
+        choices=("memory", "sqlite", "redis"),
+        default=["memory", "sqlite", "redis"],
+    )
     args = parser.parse_args()
     print(machine())
     rows = []
     lowest = float("inf")
-    with StandInOP() as op, RedisServer() as redis_server, \
-            tempfile.TemporaryDirectory(prefix="kcsso-bcl-") as db_dir:
-        settings = Settings(issuer=op.issuer, client_id=CLIENT_ID,
-                            session_secret="bench-session-secret", store="memory://")
+    with (
+        StandInOP() as op,
+        RedisServer() as redis_server,
+        tempfile.TemporaryDirectory(prefix="kcsso-bcl-") as db_dir,
+    ):
+        settings = Settings(
+            issuer=op.issuer,
+            client_id=CLIENT_ID,
+            session_secret="bench-session-secret",
+            store="memory://",
+        )
         tokens = Tokens(op, args.tokens)
         counter = 0
         for store_name in args.stores:
@@ -179,18 +198,43 @@ def main() -> int:
                 store.close()
                 app.runner.close()
                 lowest = min(lowest, wall)
-                rows.append((store_name, f"{size:,}", f"{wall:,.0f}", f"{cpu:,.0f}",
-                             f"{per_ms:.3f}", "met" if wall >= 2000 else "MISSED"))
+                rows.append(
+                    (
+                        store_name,
+                        f"{size:,}",
+                        f"{wall:,.0f}",
+                        f"{cpu:,.0f}",
+                        f"{per_ms:.3f}",
+                        "met" if wall >= 2000 else "MISSED",
+                    )
+                )
                 print(f"  {store_name} with {size:,} revoked: {wall:,.0f}/s")
         signature_rate = verify_only(op, tokens.fresh()[0], 2000)
-    print(f"\n{args.tokens} distinct RS256 logout tokens per run, one thread, WSGI adapter in "
-          "process, JWKS cached\n")
-    print(table(("store", "already revoked", "tokens/s (wall)", "tokens/s (CPU)",
-                 "median ms", "target >= 2000/s"), rows))
-    print(f"\nreference: RS256 signature check alone (joserfc.jws.deserialize_compact): "
-          f"{signature_rate:,.0f}/s")
-    print(f"RESULT backchannel_throughput tokens_per_s={lowest:,.0f} (lowest of "
-          f"{'/'.join(args.stores)} x {'/'.join(f'{s:,}' for s in args.sizes)} revoked)")
+    print(
+        f"\n{args.tokens} distinct RS256 logout tokens per run, one thread, WSGI adapter in "
+        "process, JWKS cached\n"
+    )
+    print(
+        table(
+            (
+                "store",
+                "already revoked",
+                "tokens/s (wall)",
+                "tokens/s (CPU)",
+                "median ms",
+                "target >= 2000/s",
+            ),
+            rows,
+        )
+    )
+    print(
+        f"\nreference: RS256 signature check alone (joserfc.jws.deserialize_compact): "
+        f"{signature_rate:,.0f}/s"
+    )
+    print(
+        f"RESULT backchannel_throughput tokens_per_s={lowest:,.0f} (lowest of "
+        f"{'/'.join(args.stores)} x {'/'.join(f'{s:,}' for s in args.sizes)} revoked)"
+    )
     return 0
 
 

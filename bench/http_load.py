@@ -10,8 +10,8 @@ What it measures
     each served three ways at once on 127.0.0.1: bare (the same example minus
     ``SSOMiddleware``, see ``bench/_app_fastapi.py`` and ``bench/_app_flask.py``), wrapped
     with the SQLite store, wrapped with the Redis store (a real ``redis-server`` from
-    ``tests/support/redis_server.py``).  Each store holds ``--preload`` other revoked
-    sessions.  Access logs are off.  Servers come from ``tests/support/apps.py``.
+    ``devtools/redis_server.py``).  Each store holds ``--preload`` other revoked
+    sessions.  Access logs are off.  Servers come from ``devtools/apps.py``.
 
     The load generator is Debian's ``wrk`` (1 thread), else a small keep-alive Python client.
     Runs alternate: each round loads every variant of one app for ``--duration`` seconds,
@@ -51,11 +51,11 @@ from pathlib import Path
 import httpx
 from _common import REPO, machine, median, session_cookie, session_data, table
 
+from devtools.apps import AppServer, app_env
+from devtools.redis_server import RedisServer
 from kc_sso_middleware.stores import Revocation, RevocationKind, RevocationStore
 from kc_sso_middleware.stores.redis import RedisStore
 from kc_sso_middleware.stores.sqlite import SQLiteStore
-from tests.support.apps import AppServer, app_env
-from tests.support.redis_server import RedisServer
 
 ISSUER = "http://127.0.0.1:9/realms/bench"  # never contacted: /me needs no OP
 CLIENT_ID = "bench-app"
@@ -71,8 +71,10 @@ class BenchServer(AppServer):
         super().__init__(kind, env, **kwargs)  # type: ignore[arg-type]
 
     def command(self) -> list[str]:
-        command = [BENCH_TARGETS[self.kind] if part == DEFAULT_TARGETS[self.kind] else part
-                   for part in super().command()]
+        command = [
+            BENCH_TARGETS[self.kind] if part == DEFAULT_TARGETS[self.kind] else part
+            for part in super().command()
+        ]
         if "--access-logfile" in command:  # gunicorn: no access log at all
             at = command.index("--access-logfile")
             del command[at : at + 2]
@@ -97,13 +99,21 @@ class Variant:
 def run_wrk(url: str, cookie: str, args: argparse.Namespace) -> tuple[float, float]:
     """(requests/s, p50 latency ms) from one wrk run; fails on any non-2xx answer."""
     command = [
-        "wrk", "-t1", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-        "--timeout", "5s", "-H", f"Cookie: {COOKIE}={cookie}", url,
+        "wrk",
+        "-t1",
+        f"-c{args.connections}",
+        f"-d{args.duration}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-H",
+        f"Cookie: {COOKIE}={cookie}",
+        url,
     ]
-    out = subprocess.run(command, capture_output=True, text=True, check=True,
-                         timeout=args.duration + 30).stdout
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                       out)
+    out = subprocess.run(
+        command, capture_output=True, text=True, check=True, timeout=args.duration + 30
+    ).stdout
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     if "Non-2xx" in out or (errors and int(errors.group(1)) + int(errors.group(4))):
         raise RuntimeError(f"wrk saw failed requests:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -157,10 +167,12 @@ def run_python_load(url: str, cookie: str, args: argparse.Namespace) -> tuple[fl
 def preload(store: RevocationStore, count: int) -> None:
     expires = time.time() + 36000
     for start in range(0, count, 5000):
-        store.record([
-            Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, expires)
-            for _ in range(min(5000, count - start))
-        ])
+        store.record(
+            [
+                Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, expires)
+                for _ in range(min(5000, count - start))
+            ]
+        )
     store.close()
 
 
@@ -173,8 +185,10 @@ def check(variant: Variant) -> None:
     probe = httpx.post(f"{url}/backchannel-logout", data={"logout_token": "x"}, timeout=10)
     served_by_middleware = probe.status_code == 400 and "invalid_request" in probe.text
     if served_by_middleware != (variant.name != "bare"):
-        raise RuntimeError(f"{variant.app} {variant.name}: back-channel probe answered "
-                           f"{probe.status_code}; is SSOMiddleware (not) there?")
+        raise RuntimeError(
+            f"{variant.app} {variant.name}: back-channel probe answered "
+            f"{probe.status_code}; is SSOMiddleware (not) there?"
+        )
 
 
 @contextlib.contextmanager
@@ -190,15 +204,24 @@ def servers(args: argparse.Namespace, log_dir: Path) -> Iterator[list[Variant]]:
             }
             preload(SQLiteStore.from_url(stores["sqlite"]), args.preload)
             preload(RedisStore.from_url(stores["redis"]), args.preload)
-            env = app_env(issuer=ISSUER, client_id=CLIENT_ID, client_secret="bench-secret",
-                          cookie=COOKIE, store="")
+            env = app_env(
+                issuer=ISSUER,
+                client_id=CLIENT_ID,
+                client_secret="bench-secret",
+                cookie=COOKIE,
+                store="",
+            )
             secret = env["KC_SSO_SESSION_SECRET"]
             data = session_data(issuer=ISSUER, client_id=CLIENT_ID)
-            cookie = session_cookie("flask" if app == "flask" else "starlette",
-                                    secret=secret, data=data)
+            cookie = session_cookie(
+                "flask" if app == "flask" else "starlette", secret=secret, data=data
+            )
             for name, store in stores.items():
-                server_env = {**env, "KC_SSO_STORE": store,
-                              "BENCH_WRAPPED": "0" if name == "bare" else "1"}
+                server_env = {
+                    **env,
+                    "KC_SSO_STORE": store,
+                    "BENCH_WRAPPED": "0" if name == "bare" else "1",
+                }
                 server = BenchServer(app, server_env, workers=args.workers, log_dir=log_dir)
                 variants.append(Variant(app, name, server, cookie))
         try:
@@ -213,16 +236,21 @@ def run(args: argparse.Namespace) -> int:
     print(machine())
     use_wrk = shutil.which("wrk") is not None and not args.python_client
     load = run_wrk if use_wrk else run_python_load
-    print(f"load generator: {'wrk -t1' if use_wrk else 'python http.client threads'}, "
-          f"{args.connections} connections, {args.duration} s per run; "
-          f"{args.workers} worker(s) per server")
+    print(
+        f"load generator: {'wrk -t1' if use_wrk else 'python http.client threads'}, "
+        f"{args.connections} connections, {args.duration} s per run; "
+        f"{args.workers} worker(s) per server"
+    )
     log_dir = Path(tempfile.mkdtemp(prefix="kcsso-load-logs-"))
     rng = random.Random(7)
     with servers(args, log_dir) as variants:
         for variant in variants:
             check(variant)
-            load(f"{variant.server.url}/me", variant.cookie,
-                 argparse.Namespace(**{**vars(args), "duration": 1}))  # warm-up
+            load(
+                f"{variant.server.url}/me",
+                variant.cookie,
+                argparse.Namespace(**{**vars(args), "duration": 1}),
+            )  # warm-up
         started = time.monotonic()
         for round_no in range(args.rounds):
             for app in args.apps:
@@ -241,8 +269,10 @@ def run(args: argparse.Namespace) -> int:
 
 def report(variants: list[Variant], args: argparse.Namespace) -> int:
     rounds = len(variants[0].rps)
-    print(f"\n{rounds} rounds; req/s and p50 = medians over rounds; wrapped/bare = median of "
-          "the same round's ratio\n")
+    print(
+        f"\n{rounds} rounds; req/s and p50 = medians over rounds; wrapped/bare = median of "
+        "the same round's ratio\n"
+    )
     rows = []
     worst = float("inf")
     for app in args.apps:
@@ -252,31 +282,51 @@ def report(variants: list[Variant], args: argparse.Namespace) -> int:
             if v.name != "bare":
                 worst = min(worst, ratio)
             server = "gunicorn (sync)" if app == "flask" else "uvicorn"
-            rows.append((f"{app} / {server}", v.name, f"{median(v.rps):.0f}",
-                         f"{median(v.latency_ms):.2f}", "-" if v.name == "bare" else
-                         f"{ratio:.3f}", " ".join(f"{x:.0f}" for x in v.rps)))
+            rows.append(
+                (
+                    f"{app} / {server}",
+                    v.name,
+                    f"{median(v.rps):.0f}",
+                    f"{median(v.latency_ms):.2f}",
+                    "-" if v.name == "bare" else f"{ratio:.3f}",
+                    " ".join(f"{x:.0f}" for x in v.rps),
+                )
+            )
     print(table(("app", "variant", "req/s", "p50 ms", "wrapped/bare", "per round"), rows))
     met = worst >= 0.95
     print(f"\ntarget wrapped/bare >= 0.95 for sqlite and redis: {'met' if met else 'MISSED'}")
-    print(f"RESULT http_load wrapped/bare={worst:.3f} (worst of {'/'.join(args.apps)} x "
-          f"sqlite/redis)")
+    print(
+        f"RESULT http_load wrapped/bare={worst:.3f} (worst of {'/'.join(args.apps)} x sqlite/redis)"
+    )
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--apps", nargs="+", choices=("fastapi", "flask"),
-                        default=["fastapi", "flask"])
+    parser.add_argument(
+        "--apps", nargs="+", choices=("fastapi", "flask"), default=["fastapi", "flask"]
+    )
     parser.add_argument("--rounds", type=int, default=4, help="rounds (default 4)")
     parser.add_argument("--duration", type=int, default=2, help="seconds per run (default 2)")
     parser.add_argument("--connections", type=int, default=8, help="concurrent connections")
     parser.add_argument("--workers", type=int, default=1, help="server workers (default 1)")
-    parser.add_argument("--preload", type=int, default=10_000,
-                        help="other revoked sessions in each store (default 10000)")
-    parser.add_argument("--max-seconds", type=float, default=90.0,
-                        help="start no new round after this many seconds (default 90)")
-    parser.add_argument("--python-client", action="store_true",
-                        help="use the Python load generator even if wrk is installed")
+    parser.add_argument(
+        "--preload",
+        type=int,
+        default=10_000,
+        help="other revoked sessions in each store (default 10000)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=90.0,
+        help="start no new round after this many seconds (default 90)",
+    )
+    parser.add_argument(
+        "--python-client",
+        action="store_true",
+        help="use the Python load generator even if wrk is installed",
+    )
     args = parser.parse_args()
     os.chdir(REPO)
     return run(args)

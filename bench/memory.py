@@ -43,11 +43,11 @@ from pathlib import Path
 import redis
 from _common import machine, table
 
+from devtools.redis_server import RedisServer
 from kc_sso_middleware.stores import Revocation, RevocationKind
 from kc_sso_middleware.stores.redis import DEFAULT_STREAM_MAXLEN, RedisStore
 from kc_sso_middleware.stores.replica import Replica
 from kc_sso_middleware.stores.sqlite import SQLiteStore
-from tests.support.redis_server import RedisServer
 
 PAGE = 5000
 
@@ -55,16 +55,18 @@ PAGE = 5000
 def sids(count: int) -> list[str]:
     """Random UUID-shaped sids (36 characters, like Keycloak's), faster than uuid4()."""
     raw = os.urandom(16 * count).hex()
-    return [f"{raw[i:i + 8]}-{raw[i + 8:i + 12]}-{raw[i + 12:i + 16]}-{raw[i + 16:i + 20]}-"
-            f"{raw[i + 20:i + 32]}" for i in range(0, 32 * count, 32)]
+    return [
+        f"{raw[i : i + 8]}-{raw[i + 8 : i + 12]}-{raw[i + 12 : i + 16]}-{raw[i + 16 : i + 20]}-"
+        f"{raw[i + 20 : i + 32]}"
+        for i in range(0, 32 * count, 32)
+    ]
 
 
 def revocations(count: int, expires_at: float) -> Iterator[list[Revocation]]:
     """Pages of session revocations with fresh sid strings (nothing else keeps them)."""
     session = RevocationKind.SESSION
     for start in range(0, count, PAGE):
-        yield [Revocation(session, sid, 0.0, expires_at)
-               for sid in sids(min(PAGE, count - start))]
+        yield [Revocation(session, sid, 0.0, expires_at) for sid in sids(min(PAGE, count - start))]
 
 
 class NoReplica(Replica):
@@ -101,8 +103,9 @@ def child(mode: str, count: int) -> None:
 
 
 def run_child(mode: str, count: int) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, __file__, "--child", mode, str(count)],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, __file__, "--child", mode, str(count)], stdout=subprocess.PIPE, text=True
+    )
 
 
 def sqlite_size(count: int, directory: Path) -> tuple[int, float]:
@@ -132,26 +135,31 @@ def redis_sizes(count: int, url: str, client: redis.Redis) -> dict[str, float]:
         store.record(page)
     seconds = time.perf_counter() - started
     after = int(client.info("memory")["used_memory"])
-    usage = {key: int(client.memory_usage(key, samples=0) or 0)
-             for key in client.scan_iter(f"{prefix}*")}
+    usage = {
+        key: int(client.memory_usage(key, samples=0) or 0) for key in client.scan_iter(f"{prefix}*")
+    }
     feed = usage.get(f"{prefix}feed", 0)
     store.close()
-    return {"used_memory": after - before, "keys": sum(usage.values()),
-            "feed_bulk": feed, "seconds": seconds}
+    return {
+        "used_memory": after - before,
+        "keys": sum(usage.values()),
+        "feed_bulk": feed,
+        "seconds": seconds,
+    }
 
 
 def redis_feed(url: str, client: redis.Redis, messages: int) -> tuple[float, float]:
     """(bytes per single-revocation feed message, bytes per claimed jti key)."""
     prefix = "bench-memory-feed:"
     store = RedisStore.from_url(f"{url}?prefix={prefix}")
-    store.record([Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0,
-                             time.time() + 36000)])
+    store.record([Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, time.time() + 36000)])
     empty = int(client.memory_usage(f"{prefix}feed", samples=0) or 0)
     for _ in range(messages):
-        store.record([Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0,
-                                 time.time() + 36000)],
-                     jti=f"bcl:bench-app:http://127.0.0.1:9/realms/bench:{uuid.uuid4()}",
-                     jti_expires_at=time.time() + 180)
+        store.record(
+            [Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, time.time() + 36000)],
+            jti=f"bcl:bench-app:http://127.0.0.1:9/realms/bench:{uuid.uuid4()}",
+            jti_expires_at=time.time() + 180,
+        )
     full = int(client.memory_usage(f"{prefix}feed", samples=0) or 0)
     jti_keys = list(client.scan_iter(f"{prefix}jti:*", count=1000))
     jti_bytes = sum(int(client.memory_usage(k, samples=0) or 0) for k in jti_keys)
@@ -161,10 +169,19 @@ def redis_feed(url: str, client: redis.Redis, messages: int) -> tuple[float, flo
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000],
-                        help="revocations (default 100000 1000000)")
-    parser.add_argument("--feed-messages", type=int, default=1000,
-                        help="single-revocation records to size the change feed (default 1000)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        default=[100_000, 1_000_000],
+        help="revocations (default 100000 1000000)",
+    )
+    parser.add_argument(
+        "--feed-messages",
+        type=int,
+        default=1000,
+        help="single-revocation records to size the change feed (default 1000)",
+    )
     parser.add_argument("--child", nargs=2, metavar=("MODE", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -186,34 +203,73 @@ def main() -> int:
                 results[mode] = json.loads(out.strip().splitlines()[-1])
             traced = results["tracemalloc"]["bytes"] / count
             last_traced = traced
-            replica_rows.append((f"{count:,}", f"{traced:.0f}",
-                                 f"{results['rss']['bytes'] / count:.0f}",
-                                 f"{results['tracemalloc']['bytes'] / 2**20:.1f}",
-                                 f"{results['rss']['bytes'] / 2**20:.1f}",
-                                 f"{results['rss']['seconds']:.1f}"))
-            store_rows.append(("sqlite file (db + wal)", f"{count:,}",
-                               f"{db_bytes / count:.0f}", f"{db_bytes / 2**20:.1f}",
-                               f"{db_seconds:.1f}"))
-            store_rows.append(("redis used_memory growth", f"{count:,}",
-                               f"{r['used_memory'] / count:.0f}",
-                               f"{r['used_memory'] / 2**20:.1f}", f"{r['seconds']:.1f}"))
+            replica_rows.append(
+                (
+                    f"{count:,}",
+                    f"{traced:.0f}",
+                    f"{results['rss']['bytes'] / count:.0f}",
+                    f"{results['tracemalloc']['bytes'] / 2**20:.1f}",
+                    f"{results['rss']['bytes'] / 2**20:.1f}",
+                    f"{results['rss']['seconds']:.1f}",
+                )
+            )
+            store_rows.append(
+                (
+                    "sqlite file (db + wal)",
+                    f"{count:,}",
+                    f"{db_bytes / count:.0f}",
+                    f"{db_bytes / 2**20:.1f}",
+                    f"{db_seconds:.1f}",
+                )
+            )
+            store_rows.append(
+                (
+                    "redis used_memory growth",
+                    f"{count:,}",
+                    f"{r['used_memory'] / count:.0f}",
+                    f"{r['used_memory'] / 2**20:.1f}",
+                    f"{r['seconds']:.1f}",
+                )
+            )
             entries = r["keys"] - r["feed_bulk"]
-            store_rows.append(("redis keys w/o feed (MEMORY USAGE)", f"{count:,}",
-                               f"{entries / count:.0f}", f"{entries / 2**20:.1f}", "-"))
+            store_rows.append(
+                (
+                    "redis keys w/o feed (MEMORY USAGE)",
+                    f"{count:,}",
+                    f"{entries / count:.0f}",
+                    f"{entries / 2**20:.1f}",
+                    "-",
+                )
+            )
         per_message, per_jti = redis_feed(server.url, client, args.feed_messages)
         client.close()
     print("\nreplica of one worker (what every process holds in memory)\n")
-    print(table(("revocations", "bytes/rev (tracemalloc)", "bytes/rev (RSS)",
-                 "MiB (tracemalloc)", "MiB (RSS)", "build s"), replica_rows))
+    print(
+        table(
+            (
+                "revocations",
+                "bytes/rev (tracemalloc)",
+                "bytes/rev (RSS)",
+                "MiB (tracemalloc)",
+                "MiB (RSS)",
+                "build s",
+            ),
+            replica_rows,
+        )
+    )
     print("\nshared store\n")
     print(table(("store", "revocations", "bytes/rev", "MiB", "record s"), store_rows))
     cap = per_message * DEFAULT_STREAM_MAXLEN
-    print(f"\nredis change feed: {per_message:.0f} bytes per single-revocation message "
-          f"({args.feed_messages} measured), so about {cap / 2**20:.1f} MiB at its cap of "
-          f"{DEFAULT_STREAM_MAXLEN:,} messages, whatever the number of revocations; "
-          f"a claimed jti key: {per_jti:.0f} bytes, kept until the token's exp")
-    print(f"RESULT memory replica_bytes_per_revocation={last_traced:.0f} "
-          f"(tracemalloc, {args.sizes[-1]:,} revocations)")
+    print(
+        f"\nredis change feed: {per_message:.0f} bytes per single-revocation message "
+        f"({args.feed_messages} measured), so about {cap / 2**20:.1f} MiB at its cap of "
+        f"{DEFAULT_STREAM_MAXLEN:,} messages, whatever the number of revocations; "
+        f"a claimed jti key: {per_jti:.0f} bytes, kept until the token's exp"
+    )
+    print(
+        f"RESULT memory replica_bytes_per_revocation={last_traced:.0f} "
+        f"(tracemalloc, {args.sizes[-1]:,} revocations)"
+    )
     return 0
 
 

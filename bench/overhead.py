@@ -12,7 +12,7 @@ What it measures
                      cookie out, the app runs anonymous, the cookie is expired);
 
     for the ``memory://``, ``sqlite:///…`` and ``redis://…`` stores (a real ``redis-server``
-    on 127.0.0.1, from ``tests/support/redis_server.py``); each store also holds
+    on 127.0.0.1, from ``devtools/redis_server.py``); each store also holds
     ``--preload`` other revoked sessions.  The Cookie header carries two other cookies.
 
     "bare" is the hello-world with the framework's own session handling: Starlette +
@@ -71,6 +71,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from devtools.redis_server import RedisServer
 from kc_sso_middleware import Settings
 from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware import wsgi as wsgi_adapter
@@ -78,7 +79,6 @@ from kc_sso_middleware._sessions import CACHE_SIZE
 from kc_sso_middleware.stores import MemoryStore, Revocation, RevocationKind, RevocationStore
 from kc_sso_middleware.stores.redis import RedisStore
 from kc_sso_middleware.stores.sqlite import SQLiteStore
-from tests.support.redis_server import RedisServer
 
 STORES = ("memory", "sqlite", "redis")
 CASES = ("none", "valid", "revoked")
@@ -379,28 +379,41 @@ def build_variants(
         scope = asgi_scope(cookies["starlette"][case])
         add(f"asgi plain-starlette bare {case}", "asgi", plain, scope)
         add(f"asgi bare {case}", "asgi", with_session, scope)
-    add("asgi naive-redis valid", "asgi", NaiveRedisASGI(with_session, async_client),
-        asgi_scope(cookies["starlette"]["valid"]))
+    add(
+        "asgi naive-redis valid",
+        "asgi",
+        NaiveRedisASGI(with_session, async_client),
+        asgi_scope(cookies["starlette"]["valid"]),
+    )
     add("asgi bare fresh", "asgi", with_session, *map(asgi_scope, fresh["starlette"]))
     for store_name in STORES:
         store = new_store(store_name)
         wrapped = asgi_adapter.SSOMiddleware(with_session, settings, store=store)
         for case in CASES:
-            add(f"asgi {store_name} {case}", "asgi", wrapped,
-                asgi_scope(cookies["starlette"][case]))
+            add(
+                f"asgi {store_name} {case}", "asgi", wrapped, asgi_scope(cookies["starlette"][case])
+            )
         if store_name == "memory":
             add("asgi memory fresh", "asgi", wrapped, *map(asgi_scope, fresh["starlette"]))
             plain_wrapped = asgi_adapter.SSOMiddleware(plain, settings, store=store)
             for case in ("none", "valid"):
-                add(f"asgi plain-starlette memory {case}", "asgi", plain_wrapped,
-                    asgi_scope(cookies["starlette"][case]))
+                add(
+                    f"asgi plain-starlette memory {case}",
+                    "asgi",
+                    plain_wrapped,
+                    asgi_scope(cookies["starlette"][case]),
+                )
 
     # WSGI: Flask hello-world (wrapping app.wsgi_app, as the Flask example does)
     flask = flask_app()
     for case in ("none", "valid"):
         add(f"wsgi bare {case}", "wsgi", flask.wsgi_app, wsgi_environ(cookies["flask"][case]))
-    add("wsgi naive-redis valid", "wsgi", NaiveRedisWSGI(flask.wsgi_app, sync_client),
-        wsgi_environ(cookies["flask"]["valid"]))
+    add(
+        "wsgi naive-redis valid",
+        "wsgi",
+        NaiveRedisWSGI(flask.wsgi_app, sync_client),
+        wsgi_environ(cookies["flask"]["valid"]),
+    )
     add("wsgi bare fresh", "wsgi", flask.wsgi_app, *map(wsgi_environ, fresh["flask"]))
     for store_name in STORES:
         store = new_store(store_name)
@@ -496,32 +509,57 @@ def report(variant_list: list[Variant], args: argparse.Namespace) -> int:
             for store_name in STORES:
                 wrapped = f"{adapter} {store_name} {case}"
                 delta, ratio = paired(v, wrapped, bare)
-                rows.append((f"{adapter} {case}", store_name, f"{t[bare]:.2f}",
-                             f"{t[wrapped]:.2f}", f"{delta:+.2f}", f"{ratio:.3f}"))
+                rows.append(
+                    (
+                        f"{adapter} {case}",
+                        store_name,
+                        f"{t[bare]:.2f}",
+                        f"{t[wrapped]:.2f}",
+                        f"{delta:+.2f}",
+                        f"{ratio:.3f}",
+                    )
+                )
     print(table(("request", "store", "bare us", "wrapped us", "delta us", "wrapped/bare"), rows))
 
     print("\nreference points")
     ref_rows = []
     for label, bare, wrapped in (
-        ("asgi plain Starlette, no cookie", "asgi plain-starlette bare none",
-         "asgi plain-starlette memory none"),
-        ("asgi plain Starlette, valid cookie", "asgi plain-starlette bare valid",
-         "asgi plain-starlette memory valid"),
-        ("asgi valid cookie never seen (cache miss), memory", "asgi bare fresh",
-         "asgi memory fresh"),
-        ("wsgi valid cookie never seen (cache miss), memory", "wsgi bare fresh",
-         "wsgi memory fresh"),
-        ("asgi naive EXISTS middleware (redis.asyncio)", "asgi bare valid",
-         "asgi naive-redis valid"),
-        ("wsgi naive EXISTS middleware (sync redis)", "wsgi bare valid",
-         "wsgi naive-redis valid"),
+        (
+            "asgi plain Starlette, no cookie",
+            "asgi plain-starlette bare none",
+            "asgi plain-starlette memory none",
+        ),
+        (
+            "asgi plain Starlette, valid cookie",
+            "asgi plain-starlette bare valid",
+            "asgi plain-starlette memory valid",
+        ),
+        (
+            "asgi valid cookie never seen (cache miss), memory",
+            "asgi bare fresh",
+            "asgi memory fresh",
+        ),
+        (
+            "wsgi valid cookie never seen (cache miss), memory",
+            "wsgi bare fresh",
+            "wsgi memory fresh",
+        ),
+        (
+            "asgi naive EXISTS middleware (redis.asyncio)",
+            "asgi bare valid",
+            "asgi naive-redis valid",
+        ),
+        ("wsgi naive EXISTS middleware (sync redis)", "wsgi bare valid", "wsgi naive-redis valid"),
     ):
         delta, ratio = paired(v, wrapped, bare)
-        ref_rows.append((label, f"{t[bare]:.2f}", f"{t[wrapped]:.2f}", f"{delta:+.2f}",
-                         f"{ratio:.3f}"))
+        ref_rows.append(
+            (label, f"{t[bare]:.2f}", f"{t[wrapped]:.2f}", f"{delta:+.2f}", f"{ratio:.3f}")
+        )
     print(table(("variant", "bare us", "wrapped us", "delta us", "wrapped/bare"), ref_rows))
-    print("  plain Starlette: SSOMiddleware (memory store) directly around Starlette, no "
-          "SessionMiddleware; naive rows: bare is the same app without the naive middleware")
+    print(
+        "  plain Starlette: SSOMiddleware (memory store) directly around Starlette, no "
+        "SessionMiddleware; naive rows: bare is the same app without the naive middleware"
+    )
 
     print("\ntargets")
     worst_ratio = 0.0
@@ -531,8 +569,10 @@ def report(variant_list: list[Variant], args: argparse.Namespace) -> int:
         worst_ratio = max(worst_ratio, ratio)
         met = ratio <= 1.10
         ok &= met
-        print(f"  (b) Starlette {store_name}: wrapped/bare = {ratio:.3f} "
-              f"(target <= 1.10: {'met' if met else 'MISSED'})")
+        print(
+            f"  (b) Starlette {store_name}: wrapped/bare = {ratio:.3f} "
+            f"(target <= 1.10: {'met' if met else 'MISSED'})"
+        )
     for adapter in ("asgi", "wsgi"):
         naive_cost, _ = paired(v, f"{adapter} naive-redis valid", f"{adapter} bare valid")
         for store_name in STORES:
@@ -540,26 +580,40 @@ def report(variant_list: list[Variant], args: argparse.Namespace) -> int:
             factor = naive_cost / own if own > 0 else float("inf")
             met = factor >= 20
             ok &= met
-            print(f"  (b) {adapter} {store_name}: own cost {own:.2f} us, naive EXISTS "
-                  f"{naive_cost:.2f} us: {factor:.1f}x (target >= 20x: "
-                  f"{'met' if met else 'MISSED'})")
-    print(f"RESULT overhead_valid_session_starlette wrapped/bare={worst_ratio:.3f} "
-          f"(worst of {'/'.join(STORES)}; all targets {'met' if ok else 'NOT met'})")
+            print(
+                f"  (b) {adapter} {store_name}: own cost {own:.2f} us, naive EXISTS "
+                f"{naive_cost:.2f} us: {factor:.1f}x (target >= 20x: "
+                f"{'met' if met else 'MISSED'})"
+            )
+    print(
+        f"RESULT overhead_valid_session_starlette wrapped/bare={worst_ratio:.3f} "
+        f"(worst of {'/'.join(STORES)}; all targets {'met' if ok else 'NOT met'})"
+    )
     return 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--rounds", type=int, default=19, help="timed rounds (default 19)")
-    parser.add_argument("--calls", type=int, default=300,
-                        help="calls per variant per round (default 300)")
+    parser.add_argument(
+        "--calls", type=int, default=300, help="calls per variant per round (default 300)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
-    parser.add_argument("--preload", type=int, default=10_000,
-                        help="other revoked sessions in each store (default 10000)")
-    parser.add_argument("--max-seconds", type=float, default=60.0,
-                        help="start no new round after this many seconds (default 60)")
-    parser.add_argument("--profile", metavar="VARIANT",
-                        help="cProfile one variant instead, e.g. asgi-redis-valid")
+    parser.add_argument(
+        "--preload",
+        type=int,
+        default=10_000,
+        help="other revoked sessions in each store (default 10000)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=60.0,
+        help="start no new round after this many seconds (default 60)",
+    )
+    parser.add_argument(
+        "--profile", metavar="VARIANT", help="cProfile one variant instead, e.g. asgi-redis-valid"
+    )
     args = parser.parse_args()
     return asyncio.run(run(args))
 

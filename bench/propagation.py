@@ -51,10 +51,10 @@ from urllib.parse import urlencode
 
 from _common import REPO, machine, median, percentile, session_cookie, session_data, table
 
+from devtools.apps import AppServer, app_env
+from devtools.redis_server import RedisServer
 from kc_sso_middleware.stores import Revocation, RevocationKind, RevocationStore, open_store
 from kc_sso_middleware.testing import StandInOP
-from tests.support.apps import AppServer, app_env
-from tests.support.redis_server import RedisServer
 
 CLIENT_ID = "bench-app"
 COOKIE = "session"
@@ -67,13 +67,16 @@ class PidServer(AppServer):
     """The FastAPI example plus /bench/whoami, long keep-alive, no access log."""
 
     def command(self) -> list[str]:
-        command = ["bench._app_pid:app" if part == "examples.fastapi_app:app" else part
-                   for part in super().command()]
+        command = [
+            "bench._app_pid:app" if part == "examples.fastapi_app:app" else part
+            for part in super().command()
+        ]
         return [*command, "--no-access-log", "--timeout-keep-alive", "120"]
 
 
-def send(conn: http.client.HTTPConnection, method: str, path: str,
-         **kwargs: Any) -> http.client.HTTPResponse:
+def send(
+    conn: http.client.HTTPConnection, method: str, path: str, **kwargs: Any
+) -> http.client.HTTPResponse:
     """One request on a keep-alive connection, answered without a delayed-ACK stall.
 
     Under ``uvicorn --workers N`` the answer's body segment waits for the client's ACK of
@@ -104,7 +107,10 @@ class Worker:
 
     def backchannel(self, token: str) -> int:
         response = send(
-            self.conn, "POST", "/backchannel-logout", body=urlencode({"logout_token": token}),
+            self.conn,
+            "POST",
+            "/backchannel-logout",
+            body=urlencode({"logout_token": token}),
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         response.read()
@@ -167,17 +173,25 @@ def watch(worker: Worker, cookie: str, start: threading.Event, done: Watch) -> N
         done.last_valid = answer["at"]
 
 
-def http_level(store_url: str, op: StandInOP, args: argparse.Namespace,
-               log_dir: Path) -> Result:
-    env = app_env(issuer=op.issuer, client_id=CLIENT_ID, client_secret="bench-secret",
-                  cookie=COOKIE, store=store_url)
+def http_level(store_url: str, op: StandInOP, args: argparse.Namespace, log_dir: Path) -> Result:
+    env = app_env(
+        issuer=op.issuer,
+        client_id=CLIENT_ID,
+        client_secret="bench-secret",
+        cookie=COOKIE,
+        store=store_url,
+    )
     secret = env["KC_SSO_SESSION_SECRET"]
     trials = []
     for _ in range(args.trials):  # signed up front: RSA signing is the slow part
         sid = str(uuid.uuid4())
         data = session_data(sid=sid, issuer=op.issuer, client_id=CLIENT_ID, key=op.key)
-        trials.append((session_cookie("starlette", secret=secret, data=data),
-                       op.logout_token(CLIENT_ID, sid=sid, sub="user-1")))
+        trials.append(
+            (
+                session_cookie("starlette", secret=secret, data=data),
+                op.logout_token(CLIENT_ID, sid=sid, sub="user-1"),
+            )
+        )
     result = Result()
     with PidServer("fastapi", env, workers=args.workers, log_dir=log_dir) as server:
         workers = pin_workers(server, args.workers)
@@ -192,8 +206,11 @@ def http_level(store_url: str, op: StandInOP, args: argparse.Namespace,
             target = next(targets)
             start = threading.Event()
             watches = {w.pid: Watch() for w in workers if w is not target}
-            threads = [threading.Thread(target=watch, args=(w, cookie, start, watches[w.pid]))
-                       for w in workers if w is not target]
+            threads = [
+                threading.Thread(target=watch, args=(w, cookie, start, watches[w.pid]))
+                for w in workers
+                if w is not target
+            ]
             for thread in threads:
                 thread.start()
             start.set()  # the other workers are polled while the logout is under way
@@ -295,56 +312,108 @@ def summary(result: Result) -> tuple[str, ...]:
     d, s = result.delays_ms, result.from_start_ms
     if not d:
         return ("-", "-", "-", "0", str(result.early), str(result.timeouts), "-")
-    return (f"{percentile(d, 50):.2f}", f"{percentile(d, 99):.2f}", f"{max(d):.2f}",
-            f"{len(d)}", str(result.early), str(result.timeouts),
-            f"{percentile(s, 50):.2f} / {percentile(s, 99):.2f}")
+    return (
+        f"{percentile(d, 50):.2f}",
+        f"{percentile(d, 99):.2f}",
+        f"{max(d):.2f}",
+        f"{len(d)}",
+        str(result.early),
+        str(result.timeouts),
+        f"{percentile(s, 50):.2f} / {percentile(s, 99):.2f}",
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--trials", type=int, default=200,
-                        help="logouts per store and level (default 200)")
+    parser.add_argument(
+        "--trials", type=int, default=200, help="logouts per store and level (default 200)"
+    )
     parser.add_argument("--workers", type=int, default=3, help="uvicorn workers (default 3)")
-    parser.add_argument("--watchers", type=int, default=2,
-                        help="other processes at store level (default 2)")
-    parser.add_argument("--stores", nargs="+", choices=("sqlite", "redis"),
-                        default=["sqlite", "redis"])
+    parser.add_argument(
+        "--watchers", type=int, default=2, help="other processes at store level (default 2)"
+    )
+    parser.add_argument(
+        "--stores", nargs="+", choices=("sqlite", "redis"), default=["sqlite", "redis"]
+    )
     args = parser.parse_args()
     os.chdir(REPO)
     print(machine())
     log_dir = Path(tempfile.mkdtemp(prefix="kcsso-propagation-logs-"))
     rows = []
     worst_p99 = 0.0
-    with RedisServer() as redis_server, StandInOP() as op, \
-            tempfile.TemporaryDirectory(prefix="kcsso-propagation-") as db_dir:
+    with (
+        RedisServer() as redis_server,
+        StandInOP() as op,
+        tempfile.TemporaryDirectory(prefix="kcsso-propagation-") as db_dir,
+    ):
         op.register_client(CLIENT_ID, "bench-secret")
-        urls = {"sqlite": f"sqlite:///{db_dir}/revocations.db",
-                "redis": f"{redis_server.url}?prefix=bench-propagation:"}
+        urls = {
+            "sqlite": f"sqlite:///{db_dir}/revocations.db",
+            "redis": f"{redis_server.url}?prefix=bench-propagation:",
+        }
         for name in args.stores:
             http_result = http_level(urls[name], op, args, log_dir)
-            store_result = store_level(urls[name].replace("propagation:", "store-level:")
-                                       if name == "redis" else
-                                       f"sqlite:///{db_dir}/store-level.db", args)
+            store_result = store_level(
+                urls[name].replace("propagation:", "store-level:")
+                if name == "redis"
+                else f"sqlite:///{db_dir}/store-level.db",
+                args,
+            )
             p99 = percentile(http_result.delays_ms, 99) if http_result.delays_ms else 1e9
             if http_result.timeouts:
                 p99 = float("inf")
             worst_p99 = max(worst_p99, p99)
-            rows.append((name, f"HTTP, {args.workers} uvicorn workers", *summary(http_result),
-                         f"{median(http_result.gaps_ms):.2f}" if http_result.gaps_ms else "-",
-                         f"{median(http_result.op_ms):.2f}"))
-            rows.append((name, f"store, {args.watchers} other processes",
-                         *summary(store_result), "~0.25", f"{median(store_result.op_ms):.2f}"))
-    print(f"\ndelay from the back-channel 200 (HTTP) or from record() returning (store) to "
-          f"rejection elsewhere, ms; {args.trials} logouts each; server logs in {log_dir}\n")
-    print(table(("store", "level", "p50", "p99", "max", "samples", "before t0", "timeouts",
-                 "from start p50 / p99", "resolution", "write"), rows))
-    print("  before t0: already refused before the 200 arrived (counted as 0); resolution: "
-          "median gap between a worker's last 'valid' and first 'refused' answer;\n"
-          "  write: median duration of the back-channel POST (HTTP) or of record() (store); "
-          "from start: delay counted from the start of the POST / record() instead")
+            rows.append(
+                (
+                    name,
+                    f"HTTP, {args.workers} uvicorn workers",
+                    *summary(http_result),
+                    f"{median(http_result.gaps_ms):.2f}" if http_result.gaps_ms else "-",
+                    f"{median(http_result.op_ms):.2f}",
+                )
+            )
+            rows.append(
+                (
+                    name,
+                    f"store, {args.watchers} other processes",
+                    *summary(store_result),
+                    "~0.25",
+                    f"{median(store_result.op_ms):.2f}",
+                )
+            )
+    print(
+        f"\ndelay from the back-channel 200 (HTTP) or from record() returning (store) to "
+        f"rejection elsewhere, ms; {args.trials} logouts each; server logs in {log_dir}\n"
+    )
+    print(
+        table(
+            (
+                "store",
+                "level",
+                "p50",
+                "p99",
+                "max",
+                "samples",
+                "before t0",
+                "timeouts",
+                "from start p50 / p99",
+                "resolution",
+                "write",
+            ),
+            rows,
+        )
+    )
+    print(
+        "  before t0: already refused before the 200 arrived (counted as 0); resolution: "
+        "median gap between a worker's last 'valid' and first 'refused' answer;\n"
+        "  write: median duration of the back-channel POST (HTTP) or of record() (store); "
+        "from start: delay counted from the start of the POST / record() instead"
+    )
     print(f"\ntarget p99 <= 50 ms: {'met' if worst_p99 <= 50 else 'MISSED'}")
-    print(f"RESULT propagation p99_ms={worst_p99:.2f} (worst HTTP-level p99 of "
-          f"{'/'.join(args.stores)})")
+    print(
+        f"RESULT propagation p99_ms={worst_p99:.2f} (worst HTTP-level p99 of "
+        f"{'/'.join(args.stores)})"
+    )
     return 0
 
 

@@ -196,9 +196,7 @@ class SessionReader:
         login_time = _number(claims.get("auth_time"))
         if login_time is None:
             login_time = issued_at
-        token_id = _string(claims.get("jti")) or (
-            None if issued_at is None else f"{issued_at:.0f}"
-        )
+        token_id = _string(claims.get("jti")) or (None if issued_at is None else f"{issued_at:.0f}")
         return SessionIdentity(
             sid=sid,
             sub=sub,

@@ -38,6 +38,7 @@ __all__ = [
     "mint_logout_token",
 ]
 
+
 def mint_jwt(
     key: RSAKey,
     claims: Mapping[str, Any],
@@ -354,9 +355,7 @@ class StandInOP:
                 op_session = self._op_session()
                 if op_session is None:
                     sid = str(uuid.uuid4())
-                    op_session = _Session(
-                        sid, f"sub-{op.username}", op.username, int(time.time())
-                    )
+                    op_session = _Session(sid, f"sub-{op.username}", op.username, int(time.time()))
                     op.sessions[sid] = op_session
                 code = secrets.token_urlsafe(16)
                 op._codes[code] = {

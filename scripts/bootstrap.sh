@@ -34,10 +34,16 @@ fi
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[tests]"
+# Reinstall only when the declared dependencies changed since the last install.
+stamp=.venv/.kc-sso-installed
+wanted=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[tests]"
+  echo "$wanted" >"$stamp"
+fi
 
 # Keycloak needs Java; without one (a laptop) its tests skip, in CI they fail.
 if have_java; then
-  .venv/bin/python -m tests.support.keycloak --prepare-only
+  .venv/bin/python -m devtools.keycloak --prepare-only
 fi

@@ -20,14 +20,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.support.apps import AppServer, app_env, free_port  # noqa: E402
-from tests.support.keycloak import (  # noqa: E402
+from devtools.apps import AppServer, app_env, free_port  # noqa: E402
+from devtools.keycloak import (  # noqa: E402
     ADMIN_PASSWORD,
     ADMIN_USERNAME,
     KEYCLOAK_VERSION,
     KeycloakServer,
 )
-from tests.support.redis_server import RedisServer  # noqa: E402
+from devtools.redis_server import RedisServer  # noqa: E402
 
 REALM_FILE = REPO / "examples" / "keycloak" / "realm.json"
 USERS = (("alice", "alice-password"), ("bob", "bob-password"))

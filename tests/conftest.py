@@ -178,8 +178,15 @@ class Harness:
     def close(self) -> None:
         self.client.close()
 
-    def id_token(self, op: StandInOP, *, sid: str = "session-1", sub: str = "user-1",
-                 auth_time: float | None = None, issued_at: float | None = None) -> str:
+    def id_token(
+        self,
+        op: StandInOP,
+        *,
+        sid: str = "session-1",
+        sub: str = "user-1",
+        auth_time: float | None = None,
+        issued_at: float | None = None,
+    ) -> str:
         now = int(self.clock())
         if issued_at is None:  # by default issued at login, like the token an app stores
             issued_at = auth_time if auth_time is not None else now
@@ -200,9 +207,7 @@ class Harness:
         """A signed session holding an ID token, in this adapter's framework format."""
         extra = claims.pop("extra", {})
         session_data = {"id_token": self.id_token(op, **claims), **extra}
-        return make_session_cookie(
-            SESSION_SECRET, session_data, format=self.format
-        )
+        return make_session_cookie(SESSION_SECRET, session_data, format=self.format)
 
     def get(self, path: str, cookie: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = dict(kwargs.pop("headers", {}))
@@ -231,9 +236,7 @@ def make_harness(request: pytest.FixtureRequest, op: StandInOP) -> Iterator[Harn
         clock: Callable[[], float] = time.time,
         **overrides: Any,
     ) -> Harness:
-        harness = Harness(
-            request.param, make_settings(op, **overrides), store=store, clock=clock
-        )
+        harness = Harness(request.param, make_settings(op, **overrides), store=store, clock=clock)
         built.append(harness)
         return harness
 

@@ -245,7 +245,6 @@ return lagging
 """
 
 
-
 @dataclass(frozen=True)
 class RedisConnector:
     """How to build clients for one Redis deployment; no I/O until a client is used.
@@ -609,14 +608,21 @@ class RedisStore(RevocationStore):
         logger.warning(
             "Redis store %s: change %d is recorded, but after ack_timeout=%gs %d worker(s) "
             "had not applied it and may accept the revoked session(s) until they do: %s",
-            self.connector.description, position, self.ack_timeout, len(lagging) // 2, names,
+            self.connector.description,
+            position,
+            self.ack_timeout,
+            len(lagging) // 2,
+            names,
         )
         return True
 
     def _unconfirmed(self, position: int, exc: BaseException) -> None:
         logger.warning(
             "Redis store %s: change %d is recorded, but whether every worker applied it "
-            "could not be checked: %s", self.connector.description, position, exc,
+            "could not be checked: %s",
+            self.connector.description,
+            position,
+            exc,
         )
 
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
@@ -802,7 +808,9 @@ class RedisStore(RevocationStore):
                 if seq != self._last_seq + 1:
                     logger.warning(
                         "Redis store %s: change feed gap (seq %d after %d); full resync",
-                        self.connector.description, seq, self._last_seq,
+                        self.connector.description,
+                        seq,
+                        self._last_seq,
                     )
                     self._resync(client)  # publishes the position it resynced to
                     applied = False
@@ -927,9 +935,7 @@ def _sentinel_connector(
             raise ConfigurationError(
                 f"KC_SSO_STORE={_redact(url)!r}: bad value for {name}"
             ) from None
-    sentinel_kwargs = (
-        {"password": own["sentinel_password"]} if "sentinel_password" in own else None
-    )
+    sentinel_kwargs = {"password": own["sentinel_password"]} if "sentinel_password" in own else None
     return RedisConnector.sentinel(
         sentinels, segments[0], sentinel_kwargs=sentinel_kwargs, **kwargs
     )

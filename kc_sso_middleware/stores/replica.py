@@ -72,8 +72,7 @@ class Replica:
         """
         sessions = self._sessions
         if Cache.__len__(sessions) and (
-            (sid is not None and sid in sessions)
-            or (instance is not None and instance in sessions)
+            (sid is not None and sid in sessions) or (instance is not None and instance in sessions)
         ):
             return True
         if (

@@ -266,8 +266,7 @@ class SQLiteStore(RevocationStore):
             if not (value > 0 or (zero and value == 0)) or math.isinf(value):  # nan too
                 kind = "a non-negative" if zero else "a positive"
                 raise ConfigurationError(
-                    f"KC_SSO_STORE={url!r}: {name}={raw!r} must be {kind} number "
-                    f"({_OPTIONS[name]})"
+                    f"KC_SSO_STORE={url!r}: {name}={raw!r} must be {kind} number ({_OPTIONS[name]})"
                 )
             return value
 
@@ -310,16 +309,15 @@ class SQLiteStore(RevocationStore):
             conn = self._connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if jti is not None and not conn.execute(
-                    _CLAIM_JTI, (jti, jti_expires_at, now)
-                ).rowcount:
+                if (
+                    jti is not None
+                    and not conn.execute(_CLAIM_JTI, (jti, jti_expires_at, now)).rowcount
+                ):
                     conn.execute("ROLLBACK")
                     return False
                 conn.executemany(_INSERT, rows)
                 # executemany() leaves Cursor.lastrowid alone; the connection knows.
-                position = (
-                    conn.execute("SELECT last_insert_rowid()").fetchone()[0] if rows else 0
-                )
+                position = conn.execute("SELECT last_insert_rowid()").fetchone()[0] if rows else 0
                 conn.execute("COMMIT")
             finally:
                 # Reached with a transaction still open only when a statement failed.
@@ -351,7 +349,10 @@ class SQLiteStore(RevocationStore):
             except sqlite3.Error as exc:
                 logger.warning(
                     "SQLite store %s: change %d is recorded, but whether every worker applied "
-                    "it could not be checked: %s", self.path, position, exc,
+                    "it could not be checked: %s",
+                    self.path,
+                    position,
+                    exc,
                 )
                 return
             if not lagging:
@@ -360,7 +361,11 @@ class SQLiteStore(RevocationStore):
                 logger.warning(
                     "SQLite store %s: change %d is recorded, but after ack_timeout=%gs "
                     "%d worker(s) had not applied it and may accept the revoked session(s) "
-                    "until they do: %s", self.path, position, self.ack_timeout, len(lagging),
+                    "until they do: %s",
+                    self.path,
+                    position,
+                    self.ack_timeout,
+                    len(lagging),
                     ", ".join(f"{name} (at {applied})" for name, applied in lagging),
                 )
                 return
@@ -510,7 +515,9 @@ class SQLiteStore(RevocationStore):
             if not self._publish_failed:
                 logger.warning(
                     "SQLite store %s: could not publish this worker's position (writers "
-                    "wait up to ack_timeout for it): %s", self.path, exc,
+                    "wait up to ack_timeout for it): %s",
+                    self.path,
+                    exc,
                 )
             self._publish_failed = True
             return
@@ -542,9 +549,7 @@ class SQLiteStore(RevocationStore):
         conn.execute("DELETE FROM revocations WHERE expires_at <= ?", (now,))
         conn.execute("DELETE FROM claimed_jtis WHERE expires_at <= ?", (now,))
         # Heartbeats are wall-clock time on this host, not the injectable timer.
-        conn.execute(
-            "DELETE FROM followers WHERE seen < ?", (time.time() - _FOLLOWER_PURGE_AFTER,)
-        )
+        conn.execute("DELETE FROM followers WHERE seen < ?", (time.time() - _FOLLOWER_PURGE_AFTER,))
 
     def _follow(self) -> None:
         last_version: int | None = None

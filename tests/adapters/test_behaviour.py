@@ -16,8 +16,7 @@ import pytest
 
 from kc_sso_middleware import Revocation, RevocationKind
 from kc_sso_middleware.testing import StandInOP, mint_jwt
-
-from .conftest import CLIENT_ID, Clock, HarnessFactory
+from tests.conftest import CLIENT_ID, Clock, HarnessFactory
 
 
 def _query(location: str) -> dict[str, str]:
@@ -58,9 +57,7 @@ def test_revoked_session_reaches_app_as_anonymous(
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="gone")
     _revoke(harness, _sid_entry("gone"))
-    response = harness.client.get(
-        "/", headers={"Cookie": f"theme=dark; session={cookie}; lang=en"}
-    )
+    response = harness.client.get("/", headers={"Cookie": f"theme=dark; session={cookie}; lang=en"})
     assert response.status_code == 200
     assert response.json() == {"session": {}, "cookie": "theme=dark; lang=en"}
     set_cookie = response.headers["set-cookie"]
@@ -143,8 +140,7 @@ def test_tampered_cookie_is_left_to_the_app(make_harness: HarnessFactory, op: St
 def test_claims_dict_without_raw_id_token(make_harness: HarnessFactory, op: StandInOP) -> None:
     """A session holding only the claims dict (no raw ID token) is checked too."""
     from kc_sso_middleware.testing import make_session_cookie
-
-    from .conftest import SESSION_SECRET
+    from tests.conftest import SESSION_SECRET
 
     harness = make_harness()
     cookie = make_session_cookie(
@@ -167,9 +163,7 @@ def test_logout_redirects_to_end_session(
     """Logout expires the cookie, revokes the sid and redirects with RP-initiated params."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="bye")
-    response = harness.client.request(
-        method, "/logout", headers={"Cookie": f"session={cookie}"}
-    )
+    response = harness.client.request(method, "/logout", headers={"Cookie": f"session={cookie}"})
     assert response.status_code == 302
     location = response.headers["location"]
     assert location.startswith(f"{op.issuer}/protocol/openid-connect/logout?")
@@ -241,16 +235,19 @@ def test_legacy_redirect_uri_switch(make_harness: HarnessFactory) -> None:
     [
         pytest.param("/goodbye", "http://app.test/goodbye", id="same-origin path"),
         pytest.param("http://app.test/x?y=1", "http://app.test/x?y=1", id="same-origin URL"),
-        pytest.param("https://partner.example/done", "https://partner.example/done",
-                     id="allow-listed"),
+        pytest.param(
+            "https://partner.example/done", "https://partner.example/done", id="allow-listed"
+        ),
         pytest.param("https://evil.example/", "http://app.test/", id="foreign origin"),
         pytest.param("//evil.example/", "http://app.test/", id="scheme-relative"),
         pytest.param("/\\evil.example", "http://app.test/", id="backslash trick"),
         pytest.param("javascript:alert(1)", "http://app.test/", id="javascript scheme"),
-        pytest.param("https://partner.example.evil.com/", "http://app.test/",
-                     id="allow-list prefix confusion"),
-        pytest.param("http://app.test.evil.com/", "http://app.test/",
-                     id="origin prefix confusion"),
+        pytest.param(
+            "https://partner.example.evil.com/",
+            "http://app.test/",
+            id="allow-list prefix confusion",
+        ),
+        pytest.param("http://app.test.evil.com/", "http://app.test/", id="origin prefix confusion"),
     ],
 )
 def test_post_logout_target_is_never_an_open_redirect(
@@ -338,9 +335,7 @@ def test_frontchannel_logout_revokes_sid(make_harness: HarnessFactory, op: Stand
     """GET with matching iss and sid revokes that session; no-cache headers."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="fc-1")
-    response = harness.client.get(
-        "/frontchannel-logout", params={"iss": op.issuer, "sid": "fc-1"}
-    )
+    response = harness.client.get("/frontchannel-logout", params={"iss": op.issuer, "sid": "fc-1"})
     assert response.status_code == 200
     assert "no-store" in response.headers["cache-control"]
     assert response.headers["pragma"] == "no-cache"
@@ -455,8 +450,7 @@ def test_admin_test_available(make_harness: HarnessFactory, op: StandInOP) -> No
     ],
 )
 def test_admin_action_rules(
-    claims: dict[str, Any], status: int, code: str, make_harness: HarnessFactory,
-    op: StandInOP
+    claims: dict[str, Any], status: int, code: str, make_harness: HarnessFactory, op: StandInOP
 ) -> None:
     """Admin actions are checked like the old adapters did: resource, action, expiration."""
     harness = make_harness()
@@ -475,8 +469,7 @@ def test_admin_bad_signature_gets_403(make_harness: HarnessFactory, op: StandInO
     forger = RSAKey.generate_key(2048, parameters={"kid": op.key.kid})
     forged = mint_jwt(
         forger,
-        {"id": "x", "expiration": int(time.time()) + 30, "resource": CLIENT_ID,
-         "action": "LOGOUT"},
+        {"id": "x", "expiration": int(time.time()) + 30, "resource": CLIENT_ID, "action": "LOGOUT"},
     )
     assert _post_admin(harness, "/k_logout", forged).status_code == 403
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from devtools.apps import AppServer, app_env, free_port
 from kc_sso_middleware.testing import StandInOP
-
-from .support.apps import AppServer, app_env, free_port
 
 pytestmark = pytest.mark.servers
 
@@ -38,18 +37,29 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             "flask-app", "flask-secret", f"http://127.0.0.1:{flask_port}/backchannel-logout"
         )
         op.register_client(
-            "fastapi-app", "fastapi-secret",
+            "fastapi-app",
+            "fastapi-secret",
             f"http://127.0.0.1:{fastapi_port}/backchannel-logout",
         )
-        flask_env = app_env(issuer=op.issuer, client_id="flask-app",
-                            client_secret="flask-secret", cookie="flask_session", store=store)
-        fastapi_env = app_env(issuer=op.issuer, client_id="fastapi-app",
-                              client_secret="fastapi-secret", cookie="fastapi_session",
-                              store=store)
+        flask_env = app_env(
+            issuer=op.issuer,
+            client_id="flask-app",
+            client_secret="flask-secret",
+            cookie="flask_session",
+            store=store,
+        )
+        fastapi_env = app_env(
+            issuer=op.issuer,
+            client_id="fastapi-app",
+            client_secret="fastapi-secret",
+            cookie="fastapi_session",
+            store=store,
+        )
         with (
             AppServer("flask", flask_env, port=flask_port, workers=2, log_dir=log_dir) as flask,
-            AppServer("fastapi", fastapi_env, port=fastapi_port, workers=2,
-                      log_dir=log_dir) as fastapi,
+            AppServer(
+                "fastapi", fastapi_env, port=fastapi_port, workers=2, log_dir=log_dir
+            ) as fastapi,
         ):
             yield Deployment(op, flask, fastapi)
 
@@ -70,8 +80,10 @@ def _login(browser: httpx.Client, app: AppServer) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("first", "second"),
-    [pytest.param("flask", "fastapi", id="log out of flask"),
-     pytest.param("fastapi", "flask", id="log out of fastapi")],
+    [
+        pytest.param("flask", "fastapi", id="log out of flask"),
+        pytest.param("fastapi", "flask", id="log out of fastapi"),
+    ],
 )
 def test_single_sign_out_across_both_apps(
     first: str, second: str, deployment: Deployment, tmp_path: Path

@@ -42,8 +42,9 @@ def require_redis_server() -> str:
         return path
     reason = "redis-server is not installed (Debian: apt-get install redis-server)"
     if os.environ.get("CI") or os.environ.get("KC_SSO_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{reason}; required because CI or KC_SSO_REQUIRE_SERVICES=1 is set",
-                    pytrace=False)
+        pytest.fail(
+            f"{reason}; required because CI or KC_SSO_REQUIRE_SERVICES=1 is set", pytrace=False
+        )
     pytest.skip(reason)
 
 
@@ -84,8 +85,9 @@ class _RedisProcess(abc.ABC):
         if self.running:
             return
         log = self.dir / "redis.log"
-        self.process = subprocess.Popen(self._argv(), cwd=self.dir, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self._argv(), cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -129,12 +131,18 @@ class RedisServer(_RedisProcess):
     def _argv(self) -> list[str]:
         argv = [
             self.binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--dir", str(self.dir),
-            "--logfile", str(self.dir / "redis.log"),
-            "--save", "",
-            "--appendonly", "no",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
         ]
         if self.password is not None:
             argv += ["--requirepass", self.password]

@@ -25,8 +25,7 @@ from joserfc import jws
 from joserfc.jwk import ECKey, RSAKey
 
 from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, mint_logout_token
-
-from .conftest import CLIENT_ID, HarnessFactory
+from tests.conftest import CLIENT_ID, HarnessFactory
 
 PATH = "/backchannel-logout"
 
@@ -90,8 +89,13 @@ def signed_raw(op: StandInOP, header: dict[str, Any], claims: dict[str, Any]) ->
 
 
 def unknown_crit(op: StandInOP) -> str:
-    header = {"alg": "RS256", "typ": "logout+jwt", "kid": op.key.kid,
-              "crit": ["urn:example:ext"], "urn:example:ext": 1}
+    header = {
+        "alg": "RS256",
+        "typ": "logout+jwt",
+        "kid": op.key.kid,
+        "crit": ["urn:example:ext"],
+        "urn:example:ext": 1,
+    }
     return signed_raw(op, header, _claims(op))
 
 
@@ -148,53 +152,77 @@ CASES = [
     pytest.param(Case(token(), 200), id="keycloak 25+ shape (typ logout+jwt, sid and sub)"),
     pytest.param(Case(token(header={"typ": "JWT"}), 200), id="keycloak <25 typ JWT"),
     pytest.param(Case(token(drop=["typ"]), 200), id="no typ header"),
-    pytest.param(Case(token(header={"typ": "application/logout+jwt"}), 200),
-                 id="typ application/logout+jwt"),
+    pytest.param(
+        Case(token(header={"typ": "application/logout+jwt"}), 200), id="typ application/logout+jwt"
+    ),
     pytest.param(Case(token(header={"typ": "Logout+JWT"}), 200), id="typ in other case"),
     pytest.param(Case(token(aud=[CLIENT_ID, "other"]), 200), id="aud list containing client"),
     pytest.param(Case(token(sub=None), 200), id="sid only"),
-    pytest.param(Case(token(events={BACKCHANNEL_EVENT: {}, "revoke_offline_access": True}),
-                      200), id="keycloak revoke_offline_access sibling in events"),
+    pytest.param(
+        Case(token(events={BACKCHANNEL_EVENT: {}, "revoke_offline_access": True}), 200),
+        id="keycloak revoke_offline_access sibling in events",
+    ),
     pytest.param(Case(token(foo="bar", typ="Logout"), 200), id="unknown claims ignored"),
-    pytest.param(Case(token(drop=["exp"]), 200, settings={"allow_missing_exp": True}),
-                 id="no exp, allowed for keycloak before 23.0.4"),
-    pytest.param(Case(
-        lambda op: op.logout_token(CLIENT_ID, exp=time.time() + 100.5, iat=time.time() - 0.5),
-        200),
-                 id="fractional NumericDates"),
+    pytest.param(
+        Case(token(drop=["exp"]), 200, settings={"allow_missing_exp": True}),
+        id="no exp, allowed for keycloak before 23.0.4",
+    ),
+    pytest.param(
+        Case(
+            lambda op: op.logout_token(CLIENT_ID, exp=time.time() + 100.5, iat=time.time() - 0.5),
+            200,
+        ),
+        id="fractional NumericDates",
+    ),
     # ---- header and signature rules (RFC 8725)
     pytest.param(Case(unsigned, 400, "unsupported_alg"), id="alg none"),
-    pytest.param(Case(hmac_with_public_key, 400, "unsupported_alg"),
-                 id="HS256 keyed with the public key"),
-    pytest.param(Case(token(header={"alg": "RS512"}), 400, "unsupported_alg"),
-                 id="alg not on the allow list"),
-    pytest.param(Case(es256_token, 400, "unknown_kid", settings={"algorithms": ("ES256",)}),
-                 id="ES256 allowed but no EC key in JWKS"),
+    pytest.param(
+        Case(hmac_with_public_key, 400, "unsupported_alg"), id="HS256 keyed with the public key"
+    ),
+    pytest.param(
+        Case(token(header={"alg": "RS512"}), 400, "unsupported_alg"), id="alg not on the allow list"
+    ),
+    pytest.param(
+        Case(es256_token, 400, "unknown_kid", settings={"algorithms": ("ES256",)}),
+        id="ES256 allowed but no EC key in JWKS",
+    ),
     pytest.param(Case(tampered, 400, "bad_signature"), id="payload tampered"),
-    pytest.param(Case(other_key_same_kid, 400, "bad_signature"),
-                 id="signed by another key with the OP's kid"),
+    pytest.param(
+        Case(other_key_same_kid, 400, "bad_signature"), id="signed by another key with the OP's kid"
+    ),
     pytest.param(Case(unknown_kid, 400, "unknown_kid"), id="kid not in JWKS"),
-    pytest.param(Case(lambda op: attacker_key_embedded(op, "jwk"), 400, "bad_signature"),
-                 id="embedded jwk is not trusted"),
-    pytest.param(Case(lambda op: attacker_key_embedded(op, "jku"), 400, "bad_signature"),
-                 id="jku is not followed"),
-    pytest.param(Case(lambda op: attacker_key_embedded(op, "x5u"), 400, "bad_signature"),
-                 id="x5u is not followed"),
-    pytest.param(Case(unknown_crit, 400, "unsupported_crit"),
-                 id="unknown crit"),
+    pytest.param(
+        Case(lambda op: attacker_key_embedded(op, "jwk"), 400, "bad_signature"),
+        id="embedded jwk is not trusted",
+    ),
+    pytest.param(
+        Case(lambda op: attacker_key_embedded(op, "jku"), 400, "bad_signature"),
+        id="jku is not followed",
+    ),
+    pytest.param(
+        Case(lambda op: attacker_key_embedded(op, "x5u"), 400, "bad_signature"),
+        id="x5u is not followed",
+    ),
+    pytest.param(Case(unknown_crit, 400, "unsupported_crit"), id="unknown crit"),
     pytest.param(Case(token(header={"typ": "at+jwt"}), 400, "bad_typ"), id="typ at+jwt"),
-    pytest.param(Case(token(header={"typ": "secevent+jwt"}), 400, "bad_typ"),
-                 id="typ secevent+jwt"),
-    pytest.param(Case(token(header={"typ": "JWT"}), 400, "bad_typ",
-                      settings={"typ_policy": "strict"}), id="strict typ refuses JWT"),
-    pytest.param(Case(token(drop=["typ"]), 400, "bad_typ", settings={"typ_policy": "strict"}),
-                 id="strict typ refuses no typ"),
+    pytest.param(
+        Case(token(header={"typ": "secevent+jwt"}), 400, "bad_typ"), id="typ secevent+jwt"
+    ),
+    pytest.param(
+        Case(token(header={"typ": "JWT"}), 400, "bad_typ", settings={"typ_policy": "strict"}),
+        id="strict typ refuses JWT",
+    ),
+    pytest.param(
+        Case(token(drop=["typ"]), 400, "bad_typ", settings={"typ_policy": "strict"}),
+        id="strict typ refuses no typ",
+    ),
     pytest.param(Case(jwe_shaped, 400, "encrypted_token"), id="encrypted token"),
     pytest.param(Case(lambda op: "not-a-jwt", 400, "malformed_token"), id="garbage"),
     pytest.param(Case(lambda op: "a.b.c", 400, "malformed_token"), id="three bad segments"),
     # ---- claims (§2.4, §2.6)
-    pytest.param(Case(token(iss="http://evil.example/realms/test"), 400, "bad_iss"),
-                 id="wrong iss"),
+    pytest.param(
+        Case(token(iss="http://evil.example/realms/test"), 400, "bad_iss"), id="wrong iss"
+    ),
     pytest.param(Case(token(drop=["iss"]), 400, "bad_iss"), id="missing iss"),
     pytest.param(Case(token(aud="other-client"), 400, "bad_aud"), id="wrong aud"),
     pytest.param(Case(token(aud=["a", "b"]), 400, "bad_aud"), id="aud list without client"),
@@ -205,28 +233,36 @@ CASES = [
     pytest.param(Case(token(drop=["iat"]), 400, "missing_iat"), id="missing iat"),
     pytest.param(Case(token(iat="now"), 400, "bad_iat"), id="iat not a number"),
     pytest.param(Case(token(iat=True), 400, "bad_iat"), id="iat boolean"),
-    pytest.param(Case(token(iat=time.time() + 3600, exp=time.time() + 3700), 400,
-                      "iat_in_future"), id="iat in the future"),
-    pytest.param(Case(token(iat=time.time() - 3600, exp=time.time() + 60), 400,
-                      "token_too_old"), id="iat outside the window"),
+    pytest.param(
+        Case(token(iat=time.time() + 3600, exp=time.time() + 3700), 400, "iat_in_future"),
+        id="iat in the future",
+    ),
+    pytest.param(
+        Case(token(iat=time.time() - 3600, exp=time.time() + 60), 400, "token_too_old"),
+        id="iat outside the window",
+    ),
     pytest.param(Case(token(drop=["exp"]), 400, "missing_exp"), id="missing exp"),
-    pytest.param(Case(token(exp=time.time() - 3600, iat=time.time() - 100), 400, "expired"),
-                 id="exp passed"),
+    pytest.param(
+        Case(token(exp=time.time() - 3600, iat=time.time() - 100), 400, "expired"), id="exp passed"
+    ),
     pytest.param(Case(token(exp="later"), 400, "bad_exp"), id="exp not a number"),
-    pytest.param(Case(token(nbf=time.time() + 3600), 400, "nbf_in_future"),
-                 id="nbf in the future"),
+    pytest.param(Case(token(nbf=time.time() + 3600), 400, "nbf_in_future"), id="nbf in the future"),
     pytest.param(Case(token(drop=["jti"]), 400, "missing_jti"), id="missing jti"),
     pytest.param(Case(token(jti=""), 400, "bad_jti"), id="empty jti"),
     pytest.param(Case(token(jti=42), 400, "bad_jti"), id="jti not a string"),
     pytest.param(Case(token(drop=["events"]), 400, "bad_events"), id="missing events"),
-    pytest.param(Case(token(events=[BACKCHANNEL_EVENT]), 400, "bad_events"),
-                 id="events not an object"),
-    pytest.param(Case(token(events={"http://other/event": {}}), 400, "bad_events"),
-                 id="events without the back-channel member"),
-    pytest.param(Case(token(events={BACKCHANNEL_EVENT: True}), 400, "bad_events"),
-                 id="back-channel event member not an object"),
-    pytest.param(Case(token(sub=None, sid=None), 400, "missing_sub_sid"),
-                 id="neither sub nor sid"),
+    pytest.param(
+        Case(token(events=[BACKCHANNEL_EVENT]), 400, "bad_events"), id="events not an object"
+    ),
+    pytest.param(
+        Case(token(events={"http://other/event": {}}), 400, "bad_events"),
+        id="events without the back-channel member",
+    ),
+    pytest.param(
+        Case(token(events={BACKCHANNEL_EVENT: True}), 400, "bad_events"),
+        id="back-channel event member not an object",
+    ),
+    pytest.param(Case(token(sub=None, sid=None), 400, "missing_sub_sid"), id="neither sub nor sid"),
     pytest.param(Case(token(sid=123), 400, "bad_sid"), id="sid not a string"),
     pytest.param(Case(token(sub=""), 400, "bad_sub"), id="empty sub"),
     pytest.param(Case(token(nonce="n-0S6_WzA2Mj"), 400, "nonce_present"), id="nonce present"),
@@ -237,8 +273,7 @@ CASES = [
 def test_logout_token_rules(case: Case, make_harness: HarnessFactory, op: StandInOP) -> None:
     """Each rule yields its status and error code, and revokes the session only on 200."""
     harness = make_harness(**case.settings)
-    cookie = harness.session_cookie(op, sid="session-1", sub="user-1",
-                                    auth_time=time.time() - 60)
+    cookie = harness.session_cookie(op, sid="session-1", sub="user-1", auth_time=time.time() - 60)
     assert harness.seen_session(cookie), "the session works before the logout"
 
     response = harness.client.post(PATH, data={"logout_token": case.token(op)})
@@ -312,12 +347,13 @@ def test_unknown_form_fields_are_ignored(make_harness: HarnessFactory, op: Stand
 
 @pytest.mark.parametrize(
     ("method", "status"),
-    [pytest.param("GET", 405, id="GET"), pytest.param("PUT", 405, id="PUT"),
-     pytest.param("DELETE", 405, id="DELETE")],
+    [
+        pytest.param("GET", 405, id="GET"),
+        pytest.param("PUT", 405, id="PUT"),
+        pytest.param("DELETE", 405, id="DELETE"),
+    ],
 )
-def test_other_methods_get_405(
-    method: str, status: int, make_harness: HarnessFactory
-) -> None:
+def test_other_methods_get_405(method: str, status: int, make_harness: HarnessFactory) -> None:
     """Only POST is served on the back-channel path."""
     harness = make_harness()
     response = harness.client.request(method, PATH)
@@ -328,18 +364,36 @@ def test_other_methods_get_405(
 @pytest.mark.parametrize(
     ("content", "headers", "error"),
     [
-        pytest.param(b'{"logout_token": "x"}', {"Content-Type": "application/json"},
-                     "bad_content_type", id="json body"),
-        pytest.param(b"", {"Content-Type": "application/x-www-form-urlencoded"},
-                     "missing_logout_token", id="empty body"),
-        pytest.param(b"logout_token=a&logout_token=b",
-                     {"Content-Type": "application/x-www-form-urlencoded"},
-                     "missing_logout_token", id="two logout_token fields"),
-        pytest.param(b"other=1", {"Content-Type": "application/x-www-form-urlencoded"},
-                     "missing_logout_token", id="no logout_token field"),
-        pytest.param(b"logout_token=\xff\xfe",
-                     {"Content-Type": "application/x-www-form-urlencoded"},
-                     "bad_body", id="not utf-8"),
+        pytest.param(
+            b'{"logout_token": "x"}',
+            {"Content-Type": "application/json"},
+            "bad_content_type",
+            id="json body",
+        ),
+        pytest.param(
+            b"",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "missing_logout_token",
+            id="empty body",
+        ),
+        pytest.param(
+            b"logout_token=a&logout_token=b",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "missing_logout_token",
+            id="two logout_token fields",
+        ),
+        pytest.param(
+            b"other=1",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "missing_logout_token",
+            id="no logout_token field",
+        ),
+        pytest.param(
+            b"logout_token=\xff\xfe",
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            "bad_body",
+            id="not utf-8",
+        ),
     ],
 )
 def test_malformed_requests(

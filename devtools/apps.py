@@ -17,7 +17,7 @@ import httpx
 
 from .gunicorn_conf import READY_MARKER
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 AppKind = Literal["flask", "fastapi"]
 
@@ -59,14 +59,32 @@ class AppServer:
     def command(self) -> list[str]:
         if self.kind == "flask":
             return [
-                sys.executable, "-m", "gunicorn", self.module or "examples.flask_app:app",
-                "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers),
-                "--graceful-timeout", "2", "--access-logfile", "-",
-                "--config", "python:tests.support.gunicorn_conf",
+                sys.executable,
+                "-m",
+                "gunicorn",
+                self.module or "examples.flask_app:app",
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(self.workers),
+                "--graceful-timeout",
+                "2",
+                "--access-logfile",
+                "-",
+                "--config",
+                "python:devtools.gunicorn_conf",
             ]
         return [
-            sys.executable, "-m", "uvicorn", self.module or "examples.fastapi_app:app",
-            "--host", "127.0.0.1", "--port", str(self.port), "--workers", str(self.workers),
+            sys.executable,
+            "-m",
+            "uvicorn",
+            self.module or "examples.fastapi_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            str(self.workers),
         ]
 
     def _ready_marker(self) -> str:

@@ -22,12 +22,11 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 import httpx
 import pytest
 
+from devtools.apps import REPO, AppServer, app_env, free_port
+from devtools.keycloak import KeycloakServer, find_java
+from devtools.redis_server import RedisServer
 from kc_sso_middleware.testing import make_session_cookie
-
-from .conftest import services_required
-from .support.apps import REPO, AppServer, app_env, free_port
-from .support.keycloak import KeycloakServer, find_java
-from .support.redis_server import RedisServer
+from tests.conftest import services_required
 
 pytestmark = [pytest.mark.keycloak, pytest.mark.servers]
 
@@ -93,7 +92,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                         store=f"{redis_server.url}?prefix=e2e:",
                     )
                     apps[name] = AppServer(
-                        name, env, port=ports[name], workers=2, log_dir=logs  # type: ignore[arg-type]
+                        name,
+                        env,
+                        port=ports[name],
+                        workers=2,
+                        log_dir=logs,  # type: ignore[arg-type]
                     ).start()
                 yield Stack(keycloak, apps)
             finally:
@@ -103,7 +106,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def _cached_keycloak() -> bool:
-    from .support.keycloak import cache_dir
+    from devtools.keycloak import cache_dir
 
     return any(cache_dir().glob("keycloak-quarkus-dist-*"))
 
@@ -114,12 +117,16 @@ def _assert_clean_logs(keycloak: KeycloakServer, apps: dict[str, AppServer]) -> 
     assert "KC-SERVICES0057" not in log, "Keycloak failed to deliver a back-channel logout"
     # The only logout errors allowed are the client-authentication ones the tests provoke.
     provoked = ('error="client_not_found"', 'error="invalid_client_credentials"')
-    errors = [line for line in log.splitlines()
-              if "LOGOUT_ERROR" in line and not line.endswith(provoked)]
+    errors = [
+        line for line in log.splitlines() if "LOGOUT_ERROR" in line and not line.endswith(provoked)
+    ]
     assert not errors, f"Keycloak logged logout errors: {errors}"
     for name, app in apps.items():
-        lines = [line for line in app.log_text(full=True).splitlines()
-                 if "/backchannel-logout" in line and "POST" in line]
+        lines = [
+            line
+            for line in app.log_text(full=True).splitlines()
+            if "/backchannel-logout" in line and "POST" in line
+        ]
         assert lines, f"{name} received no back-channel request"
         bad = [line for line in lines if not re.search(r'" 200\b', line)]
         assert not bad, f"{name} answered back-channel requests with non-200: {bad}"
@@ -186,8 +193,13 @@ def _code_flow_tokens(client: httpx.Client, stack: Stack, name: str) -> dict[str
     issuer = stack.keycloak.issuer()
     response = client.get(
         f"{issuer}/protocol/openid-connect/auth",
-        params={"client_id": client_id, "redirect_uri": redirect_uri, "response_type": "code",
-                "scope": "openid", "state": "s"},
+        params={
+            "client_id": client_id,
+            "redirect_uri": redirect_uri,
+            "response_type": "code",
+            "scope": "openid",
+            "state": "s",
+        },
         follow_redirects=False,
     )
     assert response.status_code == 302, "the client already has a Keycloak SSO session"
@@ -233,8 +245,10 @@ def browser() -> Iterator[Any]:
 @pytest.mark.browser
 @pytest.mark.parametrize(
     ("first", "second"),
-    [pytest.param("flask", "fastapi", id="log out of flask"),
-     pytest.param("fastapi", "flask", id="log out of fastapi")],
+    [
+        pytest.param("flask", "fastapi", id="log out of flask"),
+        pytest.param("fastapi", "flask", id="log out of fastapi"),
+    ],
 )
 def test_browser_single_sign_out(
     first: str, second: str, stack: Stack, browser: Any, request: pytest.FixtureRequest
@@ -303,8 +317,11 @@ def test_keycloak_side_logout_ends_both_apps(how: str, stack: Stack) -> None:
             client_id, secret = CLIENTS["flask"]
             response = keycloak.http.post(
                 f"{keycloak.issuer()}/protocol/openid-connect/logout",
-                data={"client_id": client_id, "client_secret": secret,
-                      "refresh_token": tokens["refresh_token"]},
+                data={
+                    "client_id": client_id,
+                    "client_secret": secret,
+                    "refresh_token": tokens["refresh_token"],
+                },
             )
             assert response.status_code == 204, response.text
 
@@ -316,8 +333,9 @@ def test_direct_grant_sessions_end_in_both_apps(stack: Stack) -> None:
     """Sessions from direct grants, one per app, end with one admin "log out user"."""
     keycloak = stack.keycloak
     cookies = {
-        name: _app_cookie(stack, name, keycloak.password_grant(*CLIENTS[name], "alice",
-                                                                USERS["alice"]))
+        name: _app_cookie(
+            stack, name, keycloak.password_grant(*CLIENTS[name], "alice", USERS["alice"])
+        )
         for name in CLIENTS
     }
     for name in CLIENTS:
@@ -331,8 +349,9 @@ def test_direct_grant_sessions_end_in_both_apps(stack: Stack) -> None:
     ("form", "status", "error"),
     [
         pytest.param({}, 401, "invalid_client", id="no client identification"),
-        pytest.param({"client_id": "flask-app"}, 401, "unauthorized_client",
-                     id="client_id without secret"),
+        pytest.param(
+            {"client_id": "flask-app"}, 401, "unauthorized_client", id="client_id without secret"
+        ),
     ],
 )
 def test_refresh_token_logout_needs_client_identification(
@@ -361,14 +380,18 @@ def test_middleware_surfaces_missing_client_secret(stack: Stack) -> None:
     keycloak = stack.keycloak
     tokens = keycloak.password_grant(*CLIENTS["flask"], "alice", USERS["alice"])
     settings = Settings(
-        issuer=keycloak.issuer(), client_id="flask-app", client_secret=None,
-        session_secret="x", store="memory://",
+        issuer=keycloak.issuer(),
+        client_id="flask-app",
+        client_secret=None,
+        session_secret="x",
+        store="memory://",
     )
     app = SSOMiddleware(Flask("no-secret").wsgi_app, settings)
     try:
         with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://a") as client:
             response = client.post(
-                "/logout", data={"refresh_token": tokens["refresh_token"]},
+                "/logout",
+                data={"refresh_token": tokens["refresh_token"]},
                 headers={"Accept": "application/json"},
             )
     finally:

@@ -9,7 +9,7 @@ prepared tree, so each run gets a pristine database and imports its realm on sta
 and only pays for booting the JVM and the import: 13-15 s instead of 36 s on 2 idle cores.
 Measurements are in KEYCLOAK_FINDINGS.md beside this file.
 
-Run ``python -m tests.support.keycloak --help`` to serve the demo realm by hand.
+Run ``python -m devtools.keycloak --help`` to serve the demo realm by hand.
 """
 
 from __future__ import annotations
@@ -513,7 +513,7 @@ def prepare(timeout: float = 600.0) -> Path:
 
 def main() -> None:
     """Serve a realm until interrupted, e.g. for the demo apps; or only prepare the cache."""
-    parser = argparse.ArgumentParser(prog="python -m tests.support.keycloak")
+    parser = argparse.ArgumentParser(prog="python -m devtools.keycloak")
     parser.add_argument(
         "--prepare-only",
         action="store_true",

@@ -1,7 +1,7 @@
 """Single sign-out across the workers of real multi-process servers (issue 3 acceptance).
 
 The Flask example runs under gunicorn and the FastAPI example under uvicorn, 3 workers each,
-with the SQLite or the Redis store, served through :mod:`tests.support.served` so every
+with the SQLite or the Redis store, served through :mod:`devtools.served` so every
 answer names the worker that gave it (``X-Worker-Pid``).  Every request in a sample goes
 over a fresh connection, so the samples spread over the workers; a sample goes on until
 every worker has answered, and every answer must be the expected one.
@@ -31,11 +31,10 @@ from typing import Any, Literal
 import httpx
 import pytest
 
+from devtools.apps import AppKind, AppServer, app_env, free_port
+from devtools.redis_server import RedisServer
+from devtools.served import PID_HEADER
 from kc_sso_middleware.testing import StandInOP
-
-from .support.apps import AppKind, AppServer, app_env, free_port
-from .support.redis_server import RedisServer
-from .support.served import PID_HEADER
 
 pytestmark = pytest.mark.servers
 
@@ -146,8 +145,9 @@ class Deployment:
 
     def login(self) -> Session:
         """Log in through the stand-in OP in a new browser (its own OP session)."""
-        browser = self.stack.enter_context(httpx.Client(follow_redirects=True,
-                                                        timeout=HTTP_TIMEOUT))
+        browser = self.stack.enter_context(
+            httpx.Client(follow_redirects=True, timeout=HTTP_TIMEOUT)
+        )
         page = browser.get(f"{self.server.url}/login")
         assert page.status_code == 200, page.text
         assert "Logged in as" in page.text
@@ -261,7 +261,7 @@ def deployment(
                 workers=WORKERS,
                 port=port,
                 log_dir=tmp_path_factory.mktemp(f"logs-{config.name}"),
-                module=f"tests.support.served:{config.app}_app",
+                module=f"devtools.served:{config.app}_app",
             )
         )
         http = stack.enter_context(_fresh_connections())
@@ -304,8 +304,7 @@ def test_revocations_survive_a_redis_restart(deployment: Deployment) -> None:
     landing = after.browser.get(f"{deployment.server.url}/logout")
     assert landing.status_code == 200, landing.text
     assert "Not logged in" in landing.text
-    deliveries = [d for d in deployment.op.deliveries[sent:]
-                  if d.url == deployment.backchannel_url]
+    deliveries = [d for d in deployment.op.deliveries[sent:] if d.url == deployment.backchannel_url]
     assert [d.status for d in deliveries] == [200], deliveries
     deployment.until_every_worker(after.cookie, 401, allowed={200})
     deployment.sample(after.cookie, expect=401)
@@ -402,8 +401,10 @@ def test_redis_killed_mid_traffic(deployment: Deployment) -> None:
             deployment.until_every_worker(valid.cookie, 503, allowed={200})
         else:
             # Nothing in an answer tells that a worker noticed; each logs it once.
-            poll(lambda: deployment.log_since(log_offset).count("disconnected (") >= WORKERS,
-                 "every worker logged that Redis is unreachable")
+            poll(
+                lambda: deployment.log_since(log_offset).count("disconnected (") >= WORKERS,
+                "every worker logged that Redis is unreachable",
+            )
             deployment.sample(valid.cookie, expect=200)
         deployment.sample(revoked.cookie, expect=401)
 
@@ -435,4 +436,3 @@ def test_redis_killed_mid_traffic(deployment: Deployment) -> None:
     assert deployment.backchannel(valid.sid, valid.sub).status == 200
     deployment.until_every_worker(valid.cookie, 401, allowed={200})
     deployment.sample(valid.cookie, expect=401)
-

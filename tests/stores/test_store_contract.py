@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from devtools.redis_server import RedisSentinel, RedisServer
 from kc_sso_middleware.errors import ConfigurationError, StoreUnavailableError
 from kc_sso_middleware.stores import (
     MemoryStore,
@@ -38,8 +39,6 @@ from kc_sso_middleware.stores import (
     open_store,
 )
 from kc_sso_middleware.stores.sqlite import SQLiteStore
-
-from .support.redis_server import RedisSentinel, RedisServer
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -136,8 +135,9 @@ def _backend(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> Backe
     if kind == "memory":
         return Backend(kind, "memory://", shared=False)
     if kind == "sqlite":
-        return Backend(kind, f"sqlite:///{tmp_path / 'revocations.db'}?poll_interval=0.002",
-                       shared=True)
+        return Backend(
+            kind, f"sqlite:///{tmp_path / 'revocations.db'}?poll_interval=0.002", shared=True
+        )
     server: RedisServer = request.getfixturevalue("redis_server")
     return Backend(kind, f"{server.url}?prefix={_prefix()}", shared=True)
 
@@ -256,8 +256,9 @@ def test_concurrent_claims_of_one_jti_have_exactly_one_winner(backend: Backend) 
     def attempt(index: int) -> bool:
         barrier.wait()
         store = stores[index % len(stores)]
-        return store.record([session(f"racer-{index}", t + LONG)], jti="contested",
-                            jti_expires_at=t + LONG)
+        return store.record(
+            [session(f"racer-{index}", t + LONG)], jti="contested", jti_expires_at=t + LONG
+        )
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(attempt, range(8)))
@@ -303,15 +304,20 @@ def test_arecord_works_under_asyncio(backend: Backend) -> None:
     t = time.time()
 
     async def scenario() -> list[bool]:
-        first = await store.arecord([session("async-1", t + LONG)], jti="a-1",
-                                    jti_expires_at=t + LONG)
-        replay = await store.arecord([session("async-2", t + LONG)], jti="a-1",
-                                     jti_expires_at=t + LONG)
-        racers = await asyncio.gather(*(
-            store.arecord([session(f"async-race-{i}", t + LONG)], jti="a-race",
-                          jti_expires_at=t + LONG)
-            for i in range(5)
-        ))
+        first = await store.arecord(
+            [session("async-1", t + LONG)], jti="a-1", jti_expires_at=t + LONG
+        )
+        replay = await store.arecord(
+            [session("async-2", t + LONG)], jti="a-1", jti_expires_at=t + LONG
+        )
+        racers = await asyncio.gather(
+            *(
+                store.arecord(
+                    [session(f"async-race-{i}", t + LONG)], jti="a-race", jti_expires_at=t + LONG
+                )
+                for i in range(5)
+            )
+        )
         return [first, replay, *racers]
 
     first, replay, *racers = asyncio.run(scenario())
@@ -332,8 +338,9 @@ def test_arecord_works_under_asyncio(backend: Backend) -> None:
 def test_existing_entries_are_loaded_at_start(shared_backend: Backend) -> None:
     """A store started after a revocation was recorded holds it as soon as start() returns."""
     t = time.time()
-    assert shared_backend.open().record([session("before-start", t + LONG),
-                                         user("alice", t, t + LONG)])
+    assert shared_backend.open().record(
+        [session("before-start", t + LONG), user("alice", t, t + LONG)]
+    )
     late = shared_backend.open()
     assert late.is_revoked("before-start", None, None)
     assert late.is_revoked(None, "alice", t - 1)
@@ -359,10 +366,12 @@ def _record_in_child(job: tuple[str, int]) -> tuple[bool, bool]:
     store = open_store(url)
     try:
         t = time.time()
-        own = store.record([session(f"process-{index}", t + LONG)], jti=f"own-{index}",
-                           jti_expires_at=t + LONG)
-        contested = store.record([session(f"contested-{index}", t + LONG)],
-                                 jti="contested", jti_expires_at=t + LONG)
+        own = store.record(
+            [session(f"process-{index}", t + LONG)], jti=f"own-{index}", jti_expires_at=t + LONG
+        )
+        contested = store.record(
+            [session(f"contested-{index}", t + LONG)], jti="contested", jti_expires_at=t + LONG
+        )
         return own, contested
     finally:
         store.close()
@@ -440,8 +449,10 @@ def _fake_follower(store: RevocationStore, name: str, *, heartbeat_age: float) -
     """
     if isinstance(store, SQLiteStore):
         with contextlib.closing(sqlite3.connect(store.path)) as conn, conn:
-            conn.execute("INSERT OR REPLACE INTO followers (worker, applied, seen) "
-                         "VALUES (?, 0, ?)", (name, time.time() - heartbeat_age))
+            conn.execute(
+                "INSERT OR REPLACE INTO followers (worker, applied, seen) VALUES (?, 0, ?)",
+                (name, time.time() - heartbeat_age),
+            )
         return
     from kc_sso_middleware.stores.redis import RedisStore
 
@@ -449,8 +460,7 @@ def _fake_follower(store: RevocationStore, name: str, *, heartbeat_age: float) -
     seconds, micros = store._client.time()  # heartbeats are on Redis' clock
     now_ms = seconds * 1000 + micros // 1000
     store._client.hset(f"{store.prefix}followers:applied", name, 0)
-    store._client.zadd(f"{store.prefix}followers:seen",
-                       {name: now_ms - int(heartbeat_age * 1000)})
+    store._client.zadd(f"{store.prefix}followers:seen", {name: now_ms - int(heartbeat_age * 1000)})
 
 
 def _replica_in_child(url: str, conn: Connection) -> None:
@@ -482,8 +492,11 @@ def test_record_returns_once_another_process_has_applied_it(shared_backend: Back
     single sign-out guarantee (a back-channel 200 means every worker refuses the session).
     SQLite followers poll every 50 ms here, so a record() that did not wait would be caught.
     """
-    url = _with_options(shared_backend.url, poll_interval=0.05) if (
-        shared_backend.name == "sqlite") else shared_backend.url
+    url = (
+        _with_options(shared_backend.url, poll_interval=0.05)
+        if (shared_backend.name == "sqlite")
+        else shared_backend.url
+    )
     store = open_url(url)
     shared_backend.opened.append(store)
     store.start()
@@ -542,8 +555,13 @@ def test_followers_register_and_unregister(shared_backend: Backend) -> None:
         "store.start()\n"
         "print(store.follower_name)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, shared_backend.url],
-                          capture_output=True, text=True, timeout=DEADLINE, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", script, shared_backend.url],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=True,
+    )
     departed = done.stdout.strip()
     assert departed
     assert departed not in _followers(first)
@@ -563,8 +581,9 @@ def test_hung_follower_delays_record_at_most_ack_timeout(
     t = time.time()
     with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
         began = time.monotonic()
-        assert store.record([session("despite-hung", t + LONG)], jti="hung-1",
-                            jti_expires_at=t + LONG)
+        assert store.record(
+            [session("despite-hung", t + LONG)], jti="hung-1", jti_expires_at=t + LONG
+        )
         waited = time.monotonic() - began
     assert 0.25 <= waited < 5.0
     assert store.is_revoked("despite-hung", None, None)
@@ -573,8 +592,7 @@ def test_hung_follower_delays_record_at_most_ack_timeout(
     assert "ack_timeout" in lagging[0]
 
     began = time.monotonic()
-    assert not store.record([session("replayed", t + LONG)], jti="hung-1",
-                            jti_expires_at=t + LONG)
+    assert not store.record([session("replayed", t + LONG)], jti="hung-1", jti_expires_at=t + LONG)
     assert time.monotonic() - began < 0.25, "a replay waited for the followers"
 
     impatient = open_url(_with_options(shared_backend.url, ack_timeout=0))
@@ -606,8 +624,10 @@ def test_dead_follower_is_not_waited_for(
 
 def test_sqlite_url_forms() -> None:
     """Absolute and relative paths and the query options parse; bad ones name the problem."""
-    absolute = SQLiteStore.from_url("sqlite:////var/lib/kc/revocations.db?poll_interval=0.005"
-                                    "&max_entries=10&busy_timeout=250&purge_interval=5")
+    absolute = SQLiteStore.from_url(
+        "sqlite:////var/lib/kc/revocations.db?poll_interval=0.005"
+        "&max_entries=10&busy_timeout=250&purge_interval=5"
+    )
     assert absolute.path == "/var/lib/kc/revocations.db"
     assert absolute.poll_interval == 0.005
     assert absolute.replica.max_entries == 10
@@ -661,16 +681,18 @@ def test_sqlite_purges_expired_rows(tmp_path: Path) -> None:
     try:
         store.start()
         t = clock.now
-        assert store.record([session("old", t + 10), user("alice", t, t + 10)], jti="old-jti",
-                            jti_expires_at=t + 10)
-        assert store.record([session("live", t + LONG)], jti="live-jti",
-                            jti_expires_at=t + LONG)
+        assert store.record(
+            [session("old", t + 10), user("alice", t, t + 10)], jti="old-jti", jti_expires_at=t + 10
+        )
+        assert store.record([session("live", t + LONG)], jti="live-jti", jti_expires_at=t + LONG)
         clock.now = t + 11
 
         def counts() -> tuple[int, int]:
             with sqlite3.connect(path) as conn:
-                return (conn.execute("SELECT count(*) FROM revocations").fetchone()[0],
-                        conn.execute("SELECT count(*) FROM claimed_jtis").fetchone()[0])
+                return (
+                    conn.execute("SELECT count(*) FROM revocations").fetchone()[0],
+                    conn.execute("SELECT count(*) FROM claimed_jtis").fetchone()[0],
+                )
 
         assert eventually(lambda: counts() == (1, 1))
         assert store.is_revoked("live", None, None)
@@ -873,8 +895,7 @@ def test_redis_retried_write_is_not_a_replay(redis_server: RedisServer) -> None:
         first = store._script(keys=keys, args=args)
         assert first >= 1
         assert store._script(keys=keys, args=args) >= first
-        assert not store.record([session("replay", t + LONG)], jti="jti-r",
-                                jti_expires_at=t + LONG)
+        assert not store.record([session("replay", t + LONG)], jti="jti-r", jti_expires_at=t + LONG)
     finally:
         store.close()
 

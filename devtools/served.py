@@ -1,6 +1,6 @@
 """The example apps, unchanged, each wrapped to say which worker process answered.
 
-Serve ``tests.support.served:flask_app`` with gunicorn or ``tests.support.served:fastapi_app``
+Serve ``devtools.served:flask_app`` with gunicorn or ``devtools.served:fastapi_app``
 with uvicorn.  The wrapper is the outermost layer, so every answer carries an
 ``X-Worker-Pid`` header, the single sign-out middleware's own answers (401, 503, the
 back-channel endpoint) included.  Each app is imported on first access only (PEP 562), so a
