@@ -12,6 +12,7 @@ __all__ = [
     "DiscoveryError",
     "KCSSOError",
     "LogoutTokenError",
+    "StoreFullError",
     "StoreUnavailableError",
 ]
 
@@ -63,3 +64,13 @@ class StoreUnavailableError(KCSSOError):
 
     code = "store_unavailable"
 
+
+class StoreFullError(StoreUnavailableError):
+    """The store holds its configured bound of entries and refuses an unauthenticated write.
+
+    Never raised for writes the OP or the session itself vouches for: those are always
+    stored, because forgetting or refusing a real revocation is the failure this package
+    exists to prevent.
+    """
+
+    code = "store_full"
