@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, TypeVar, cast
 
-__all__ = ["Effect", "Flow", "adrive", "drive", "done"]
+__all__ = ["Effect", "Flow", "adrive", "done", "drive"]
 
 R = TypeVar("R")
 T = TypeVar("T")

@@ -22,6 +22,7 @@ from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 from joserfc.jws import CompactSignature
 
 from .errors import LogoutTokenError
+from .settings import Settings
 
 __all__ = [
     "BACKCHANNEL_EVENT",
@@ -32,13 +33,19 @@ __all__ = [
     "check_admin_claims",
     "check_header",
     "check_logout_claims",
+    "numeric_date",
     "parse_compact",
+    "strict_json",
     "verify_signature",
 ]
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
 LEGACY_TYPES = frozenset({"jwt", "application/jwt"})
+
+#: The last second of the year 9999 (RFC 7519 NumericDates beyond it are not plausible times,
+#: and some would overflow on their way into a store's TTL).
+MAX_NUMERIC_DATE = 253_402_300_799
 
 _KEY_TYPES: dict[str, type[Key]] = {"RS": RSAKey, "PS": RSAKey, "ES": ECKey, "Ed": OKPKey}
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
@@ -56,6 +63,18 @@ class TokenPolicy:
     allow_missing_exp: bool
     strict_typ: bool
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenPolicy:
+        return cls(
+            issuer=settings.issuer,
+            client_id=settings.client_id,
+            algorithms=frozenset(settings.algorithms),
+            clock_skew=settings.clock_skew,
+            max_age=settings.logout_token_max_age,
+            allow_missing_exp=settings.allow_missing_exp,
+            strict_typ=settings.typ_policy == "strict",
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class LogoutClaims:
@@ -63,6 +82,7 @@ class LogoutClaims:
 
     jti: str
     iat: float
+    #: until when the ``jti`` must be remembered (the token could be accepted until then)
     expires_at: float
     sub: str | None
     sid: str | None
@@ -83,6 +103,25 @@ class AdminAction:
 # carrying e.g. an x5c chain fail on its signature rather than on joserfc's 512-byte default.
 _EXTRACT_REGISTRY = jws.JWSRegistry(strict_check_header=False)
 _EXTRACT_REGISTRY.max_header_length = 8192
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_json(data: str | bytes) -> Any:
+    """``json.loads`` that refuses ``NaN`` and ``Infinity`` (not JSON, RFC 8259 §6)."""
+    return json.loads(data, parse_constant=_reject_constant)
+
+
+def numeric_date(value: object, name: str) -> float:
+    """A NumericDate (RFC 7519 §2) as a float; ``ValueError`` unless finite and plausible."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a NumericDate")
+    # Python's json reads 1e400 as inf and a 400-digit integer as an int no float holds.
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise ValueError(f"{name} must be a NumericDate between 0 and {MAX_NUMERIC_DATE}")
+    return float(value)
 
 
 def _fail(code: str, description: str, status: int = 400) -> LogoutTokenError:
@@ -164,7 +203,7 @@ def verify_signature(obj: CompactSignature, keys: Sequence[Key], alg: str) -> di
     else:
         raise _fail("bad_signature", "signature does not verify with the OP's keys", 400)
     try:
-        claims = json.loads(obj.payload)
+        claims = strict_json(obj.payload)
     except ValueError:
         raise _fail("bad_payload", "payload is not JSON") from None
     if not isinstance(claims, dict):
@@ -176,9 +215,10 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(f"bad_{name}", f"{name} must be a NumericDate")
-    return float(value)
+    try:
+        return numeric_date(value, name)
+    except ValueError as exc:
+        raise _fail(f"bad_{name}", str(exc)) from None
 
 
 def _nonempty_string(claims: Mapping[str, Any], name: str) -> str | None:
@@ -221,14 +261,12 @@ def check_logout_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: flo
     if exp is None:
         if not policy.allow_missing_exp:
             raise _fail("missing_exp", "exp is required (errata set 1)")
-        expires_at = iat + policy.max_age
-    else:
-        if exp + skew <= now:
-            raise _fail("expired", "exp has passed")
-        expires_at = exp
+    elif exp + skew <= now:
+        raise _fail("expired", "exp has passed")
     nbf = _numeric_date(claims, "nbf")
     if nbf is not None and nbf > now + skew:
         raise _fail("nbf_in_future", "nbf is in the future")
+    _numeric_date(claims, "auth_time")  # not used, but a present one must be well-formed
 
     jti = _nonempty_string(claims, "jti")
     if jti is None:
@@ -247,8 +285,9 @@ def check_logout_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: flo
     if "nonce" in claims:
         raise _fail("nonce_present", "a logout token must not contain nonce")
 
-    # The jti must be remembered for as long as the token could still be accepted.
-    remember_until = max(expires_at, iat + policy.max_age) + skew
+    # The jti must be remembered for as long as the token could still be accepted, and
+    # the iat window refuses it after iat + max_age whatever its exp says.
+    remember_until = iat + policy.max_age + skew
     return LogoutClaims(jti=jti, iat=iat, expires_at=remember_until, sub=sub, sid=sid)
 
 

@@ -1,48 +1,43 @@
-"""``memory://``: revocations in this process only.
-
-Right for a single process (the Flask dev server, ``uvicorn`` without ``--workers``) and for
-tests.  **Wrong** for any multi-process or multi-host deployment: Keycloak delivers its
-back-channel request to one worker, and every other worker would keep accepting the
-session.  Use the default SQLite store (one host) or Redis (many hosts) there.
-"""
+"""TEMPORARY minimal memory store (replaced by the stores branch)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from cachetools import TLRUCache
+from ..errors import StoreFullError
+from .base import RevocationListener, RevocationStore
+from .model import Revocation, SessionKeys, StoreStatus
+from .replica import Replica
 
-from .base import Revocation, RevocationStore, StoreStatus
-from .replica import DEFAULT_MAX_ENTRIES, Replica
-
-__all__ = ["MemoryStore"]
-
-
-_ALWAYS_AVAILABLE = StoreStatus(available=True)
-
-
-def _jti_expiry(_key: str, expires_at: float, _now: float) -> float:
-    return expires_at
+logger = logging.getLogger(__name__)
+_AVAILABLE = StoreStatus(available=True)
 
 
 class MemoryStore(RevocationStore):
-    """Revocations and the ``jti`` replay cache in cachetools TTL caches of this process."""
-
-    scheme = "memory"
-
     def __init__(
-        self,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-        timer: Callable[[], float] = time.time,
+        self, max_entries: int = 1_000_000, timer: Callable[[], float] = time.time
     ) -> None:
-        self.replica = Replica(max_entries, timer)
-        self._jtis: TLRUCache[str, float] = TLRUCache(max_entries, _jti_expiry, timer)
+        self._replica = Replica(max_entries, timer)
+        self._timer = timer
+        self._jtis: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._listeners: list[RevocationListener] = []
+
+    def is_revoked(self, keys: SessionKeys) -> bool:
+        return self._replica.is_revoked(keys)
+
+    @property
+    def version(self) -> int:
+        return self._replica.version
 
     def status(self) -> StoreStatus:
-        return _ALWAYS_AVAILABLE
+        return _AVAILABLE
+
+    def add_listener(self, listener: RevocationListener) -> None:
+        self._listeners.append(listener)
 
     def record(
         self,
@@ -50,13 +45,22 @@ class MemoryStore(RevocationStore):
         *,
         jti: str | None = None,
         jti_expires_at: float = 0.0,
+        authenticated: bool = True,
     ) -> bool:
         with self._lock:
+            now = self._timer()
             if jti is not None:
-                if jti in self._jtis:
+                if self._jtis.get(jti, 0.0) > now:
                     return False
                 self._jtis[jti] = jti_expires_at
-            self.replica.apply(revocations)
+            if not authenticated and len(self._replica) >= self._replica.max_entries:
+                raise StoreFullError("the store holds its bound of entries")
+            new = self._replica.apply(revocations)
+        for listener in self._listeners:
+            try:
+                listener(new)
+            except Exception:
+                logger.exception("revocation listener failed")
         return True
 
     async def arecord(
@@ -65,6 +69,8 @@ class MemoryStore(RevocationStore):
         *,
         jti: str | None = None,
         jti_expires_at: float = 0.0,
+        authenticated: bool = True,
     ) -> bool:
-        # Nothing here blocks, so no thread hop.
-        return self.record(revocations, jti=jti, jti_expires_at=jti_expires_at)
+        return self.record(
+            revocations, jti=jti, jti_expires_at=jti_expires_at, authenticated=authenticated
+        )

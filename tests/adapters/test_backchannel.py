@@ -413,34 +413,96 @@ def test_body_over_the_bound_gets_413(make_harness: HarnessFactory) -> None:
     assert response.status_code == 413
 
 
-@pytest.mark.parametrize(
-    ("min_refresh_interval", "status_after_rotation", "error"),
-    [
-        pytest.param(0, 200, None, id="rotation picked up by one refetch"),
-        pytest.param(3600, 400, "unknown_kid", id="refetch throttled within the interval"),
-    ],
-)
-def test_key_rotation(
-    min_refresh_interval: int,
-    status_after_rotation: int,
-    error: str | None,
-    make_harness: HarnessFactory,
+def _rotate(rotating_op: StandInOP) -> None:
+    rotating_op.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
+    rotating_op.key.ensure_kid()
+
+
+@pytest.mark.parametrize("interval", [0, 3600], ids=["no throttle", "hour-long throttle"])
+def test_key_rotation_is_picked_up_whatever_the_key_set_age(
+    interval: int, make_harness: HarnessFactory
 ) -> None:
-    """A token signed with a new key (new kid) makes one JWKS refetch, unless throttled."""
+    """A key published since the last fetch works at once: the throttle never depends on age."""
     with StandInOP() as rotating_op:
         rotating_op.register_client(CLIENT_ID, "s")
-        harness = make_harness(
-            issuer=rotating_op.issuer, jwks_min_refresh_interval=min_refresh_interval
-        )
+        harness = make_harness(issuer=rotating_op.issuer, jwks_min_refresh_interval=interval)
         first = harness.client.post(
             PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="a")}
         )
-        rotating_op.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
-        rotating_op.key.ensure_kid()
+        _rotate(rotating_op)
         second = harness.client.post(
             PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="b")}
         )
-    assert first.status_code == 200
-    assert second.status_code == status_after_rotation
-    if error is not None:
-        assert second.json()["error_description"].startswith(f"{error}:")
+        assert first.status_code == 200
+        assert second.status_code == 200, second.text
+        assert rotating_op.jwks_requests == 2
+
+
+def test_unknown_kids_refetch_at_most_once_per_interval(make_harness: HarnessFactory) -> None:
+    """A flood of tokens with unknown kids makes one refetch; the rest answer 503 Retry-After."""
+    with StandInOP() as flooded_op:
+        flooded_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=flooded_op.issuer, jwks_min_refresh_interval=3600)
+        forger = RSAKey.generate_key(2048)
+        answers = []
+        for n in range(5):
+            token = mint_logout_token(
+                forger, issuer=flooded_op.issuer, audience=CLIENT_ID, header={"kid": f"k{n}"}
+            )
+            answers.append(harness.client.post(PATH, data={"logout_token": token}))
+        assert [a.status_code for a in answers] == [400, 503, 503, 503, 503]
+        assert answers[0].json()["error_description"].startswith("unknown_kid:")
+        assert int(answers[1].headers["retry-after"]) > 0
+        assert answers[1].json()["error_description"].startswith("jwks_refetch_throttled:")
+        assert flooded_op.jwks_requests == 2  # the first load and one refetch
+
+
+def test_failed_refetches_count_toward_the_throttle(make_harness: HarnessFactory) -> None:
+    """An OP answering 500 is asked once per interval, and the failure reads as the server's."""
+    with StandInOP() as failing_op:
+        failing_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=failing_op.issuer, jwks_min_refresh_interval=3600)
+        good = harness.client.post(
+            PATH, data={"logout_token": failing_op.logout_token(CLIENT_ID, sid="a")}
+        )
+        assert good.status_code == 200
+        failing_op.jwks_status = 500
+        forger = RSAKey.generate_key(2048)
+        statuses = []
+        for n in range(4):
+            token = mint_logout_token(
+                forger, issuer=failing_op.issuer, audience=CLIENT_ID, header={"kid": f"k{n}"}
+            )
+            response = harness.client.post(PATH, data={"logout_token": token})
+            statuses.append(response.status_code)
+            assert "retry-after" in response.headers
+        assert statuses == [503, 503, 503, 503]
+        assert failing_op.jwks_requests == 2
+
+
+def test_concurrent_unknown_kids_share_one_refetch(make_harness: HarnessFactory) -> None:
+    """Forty concurrent tokens with an unknown kid make a single JWKS fetch (single flight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with StandInOP() as slow_op:
+        slow_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=slow_op.issuer, jwks_min_refresh_interval=0)
+        assert (
+            harness.client.post(
+                PATH, data={"logout_token": slow_op.logout_token(CLIENT_ID, sid="warm")}
+            ).status_code
+            == 200
+        )
+        _rotate(slow_op)
+        slow_op.jwks_delay = 0.5
+        before = slow_op.jwks_requests
+        tokens = [slow_op.logout_token(CLIENT_ID, sid=f"c{n}") for n in range(40)]
+        with ThreadPoolExecutor(40) as pool:
+            statuses = list(
+                pool.map(
+                    lambda t: harness.client.post(PATH, data={"logout_token": t}).status_code,
+                    tokens,
+                )
+            )
+        assert statuses == [200] * 40
+        assert slow_op.jwks_requests - before == 1
