@@ -11,10 +11,12 @@ OP's JWKS, matched by ``kid`` and by key type; keys named inside the token (``jw
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -110,8 +112,29 @@ def _reject_constant(name: str) -> Any:
 
 
 def strict_json(data: str | bytes) -> Any:
-    """``json.loads`` that refuses ``NaN`` and ``Infinity`` (not JSON, RFC 8259 §6)."""
-    return json.loads(data, parse_constant=_reject_constant)
+    """``json.loads`` of UTF-8 JSON; ``ValueError`` for anything else.
+
+    Refused: ``NaN`` and ``Infinity`` (not JSON, RFC 8259 §6), other encodings than UTF-8
+    (§8.1; ``json.loads`` would guess UTF-16 or skip a byte order mark), and nesting too
+    deep for the parser (a ``RecursionError`` otherwise).
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _is_text(value: object) -> TypeGuard[str]:
+    """A non-empty string of Unicode scalar values (a lone surrogate from ``"\\ud800"`` is
+    valid JSON but no text: it cannot be encoded into a store key or a log line)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def numeric_date(value: object, name: str) -> float:
@@ -128,6 +151,9 @@ def _fail(code: str, description: str, status: int = 400) -> LogoutTokenError:
     return LogoutTokenError(code, description, status=status)
 
 
+_COMPACT = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
+
+
 def parse_compact(token: str) -> CompactSignature:
     """Split a compact JWS; reject JWE, JSON serialisation and garbage."""
     segments = token.count(".")
@@ -135,10 +161,21 @@ def parse_compact(token: str) -> CompactSignature:
         raise _fail("encrypted_token", "encrypted (JWE) logout tokens are not accepted")
     if segments != 2:
         raise _fail("malformed_token", "not a compact JWS (three dot-separated segments)")
+    if not _COMPACT.fullmatch(token):
+        # RFC 7515 §2, §7.1: base64url only.  The decoder would skip stray characters, so
+        # "<token> " or "<token>;x" would otherwise verify as the token.
+        raise _fail("malformed_token", "a segment holds characters outside base64url")
     try:
-        return jws.extract_compact(token.encode("ascii"), registry=_EXTRACT_REGISTRY)
-    except (JoseError, ValueError, UnicodeError) as exc:
+        obj = jws.extract_compact(token.encode("ascii"), registry=_EXTRACT_REGISTRY)
+        # RFC 7515 §5.2: the header is a UTF-8 JSON object; joserfc's parser also takes
+        # arrays and strings (which have no .get), NaN, UTF-16 and any nesting depth.
+        raw_header = obj.segments["header"]
+        header = strict_json(base64.urlsafe_b64decode(raw_header + b"=" * (-len(raw_header) % 4)))
+    except (JoseError, ValueError, UnicodeError, RecursionError) as exc:
         raise _fail("malformed_token", f"cannot decode the JWS: {exc}") from None
+    if not isinstance(header, dict):
+        raise _fail("malformed_token", "the JWS header is not a JSON object")
+    return obj
 
 
 def check_header(header: Mapping[str, Any], policy: TokenPolicy, *, admin: bool = False) -> str:
@@ -225,7 +262,7 @@ def _nonempty_string(claims: Mapping[str, Any], name: str) -> str | None:
     if name not in claims:
         return None
     value = claims[name]
-    if not isinstance(value, str) or not value:
+    if not _is_text(value):
         raise _fail(f"bad_{name}", f"{name} must be a non-empty string")
     return value
 
@@ -296,7 +333,7 @@ def check_admin_claims(
 ) -> AdminAction:
     """Keycloak's legacy admin-URL token (``AdminAction``): resource, action, expiration."""
     action_id = claims.get("id")
-    if not isinstance(action_id, str) or not action_id:
+    if not _is_text(action_id):
         raise _fail("missing_id", "admin action has no id")
     if claims.get("resource") != client_id:
         raise _fail("bad_resource", f"resource {claims.get('resource')!r} is not {client_id!r}")
@@ -306,8 +343,10 @@ def check_admin_claims(
     if expiration is None or expiration + skew <= now:
         raise _fail("expired", "admin action has expired")
     not_before = _numeric_date(claims, "notBefore") or 0.0
-    ids = claims.get("keycloakSessionIds") or []
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+    # Only null or absent means "no ids" (and so "every session"): a {} or "" is malformed.
+    ids = claims.get("keycloakSessionIds")
+    ids = [] if ids is None else ids
+    if not isinstance(ids, list) or not all(i == "" or _is_text(i) for i in ids):
         raise _fail("bad_session_ids", "keycloakSessionIds must be a list of strings")
     return AdminAction(
         id=action_id,

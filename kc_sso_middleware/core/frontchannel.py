@@ -79,7 +79,10 @@ class FrontchannelResponder:
 
     def respond(self, request: Request) -> Flow[Response]:
         context = self._context
-        params = parse_qs(request.query_string, max_num_fields=20)
+        try:
+            params = parse_qs(request.query_string, max_num_fields=20)
+        except ValueError:  # more fields than that
+            raise RequestRefusedError("bad_request", "too many query parameters") from None
         iss = params.get("iss", [None])[0]
         sid = params.get("sid", [None])[0]
         if (iss is None) != (sid is None):

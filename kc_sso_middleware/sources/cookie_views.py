@@ -145,20 +145,23 @@ class DjangoView(StarletteView):
         from django.http.cookie import parse_cookie
 
         found = []
-        for header in headers:
-            for chunk in _text(header).split(";"):
-                parsed = parse_cookie(chunk)
-                if name in parsed:
-                    found.append(parsed[name])
+        for chunk in _joined(headers).split(";"):
+            parsed = parse_cookie(chunk)
+            if name in parsed:
+                found.append(parsed[name])
         return found
 
     def chosen(self, headers: Sequence[Raw], name: str) -> str | None:
         from django.http.cookie import parse_cookie
 
-        # Django's WSGI and ASGI handlers both give the request one HTTP_COOKIE value; the
-        # ASGI one joins several Cookie headers with "; ".
-        value: str | None = parse_cookie("; ".join(_text(h) for h in headers)).get(name)
+        value: str | None = parse_cookie(_joined(headers)).get(name)
         return value
+
+
+def _joined(headers: Sequence[Raw]) -> str:
+    # Django's ASGI handler joins several Cookie headers with "," into one HTTP_COOKIE, as
+    # WSGI servers such as gunicorn do.
+    return ",".join(_text(h) for h in headers)
 
 
 def _bytes(raw: Raw) -> bytes:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc import jws
 from joserfc.jwk import ECKey, RSAKey
 
-from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, mint_logout_token
+from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, mint_jwt, mint_logout_token
 from tests.conftest import CLIENT_ID, HarnessFactory
 
 PATH = "/backchannel-logout"
@@ -86,6 +86,43 @@ def signed_raw(op: StandInOP, header: dict[str, Any], claims: dict[str, Any]) ->
     signing_input = f"{_b64(header)}.{_b64(claims)}".encode()
     signature = op.key.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
     return f"{signing_input.decode()}.{_b64(signature)}"
+
+
+def signed_bytes(op: StandInOP, header: bytes, payload: bytes) -> str:
+    """RS256 over raw header and payload bytes, for texts ``json.dumps`` never writes."""
+    signing_input = f"{_b64(header)}.{_b64(payload)}".encode()
+    signature = op.key.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input.decode()}.{_b64(signature)}"
+
+
+def _header_bytes(op: StandInOP) -> bytes:
+    return json.dumps({"alg": "RS256", "typ": "logout+jwt", "kid": op.key.kid}).encode()
+
+
+def header_not_an_object(header: bytes) -> Callable[[StandInOP], str]:
+    return lambda op: f"{_b64(header)}.{_b64(_claims(op))}.{_b64(b'signature')}"
+
+
+DEEP = b"[" * 3000 + b"]" * 3000  # deeper than Python's recursion limit
+
+
+def deep_header(op: StandInOP) -> str:
+    header = b'{"alg":"RS256","x":' + DEEP + b"}"
+    return f"{_b64(header)}.{_b64(_claims(op))}.{_b64(b'signature')}"
+
+
+def deep_payload(op: StandInOP) -> str:
+    return signed_bytes(op, _header_bytes(op), b'{"x":' + DEEP + b"}")
+
+
+def payload_encoded(encoding: str) -> Callable[[StandInOP], str]:
+    """A signed payload in another encoding than UTF-8 (``json.loads`` of bytes guesses it)."""
+    return lambda op: signed_bytes(op, _header_bytes(op), json.dumps(_claims(op)).encode(encoding))
+
+
+def nan_in_header(op: StandInOP) -> str:
+    header = _header_bytes(op)[:-1] + b', "x": NaN}'
+    return signed_bytes(op, header, json.dumps(_claims(op)).encode())
 
 
 def unknown_crit(op: StandInOP) -> str:
@@ -266,6 +303,47 @@ CASES = [
     pytest.param(Case(token(sid=123), 400, "bad_sid"), id="sid not a string"),
     pytest.param(Case(token(sub=""), 400, "bad_sub"), id="empty sub"),
     pytest.param(Case(token(nonce="n-0S6_WzA2Mj"), 400, "nonce_present"), id="nonce present"),
+    # ---- found by test_fuzz.py: each was a 500 with a traceback, or a 200
+    pytest.param(
+        Case(header_not_an_object(b'["alg"]'), 400, "malformed_token"),
+        id="header a JSON array (was a 500)",
+    ),
+    pytest.param(
+        Case(header_not_an_object(b'"alg"'), 400, "malformed_token"),
+        id="header a JSON string (was a 500)",
+    ),
+    pytest.param(
+        Case(deep_header, 400, "malformed_token"), id="header nested too deep to parse (was a 500)"
+    ),
+    pytest.param(
+        Case(deep_payload, 400, "bad_payload"), id="signed payload nested too deep (was a 500)"
+    ),
+    pytest.param(
+        Case(payload_encoded("utf-16"), 400, "bad_payload"),
+        id="signed payload in UTF-16 (was accepted)",
+    ),
+    pytest.param(
+        Case(payload_encoded("utf-8-sig"), 400, "bad_payload"),
+        id="signed payload after a byte order mark (was accepted)",
+    ),
+    pytest.param(
+        Case(nan_in_header, 400, "malformed_token"), id="signed header holding NaN (was accepted)"
+    ),
+    pytest.param(Case(token(sid="\ud800"), 400, "bad_sid"), id="sid a lone surrogate (was a 500)"),
+    pytest.param(
+        Case(token(sub="\udc00", sid=None), 400, "bad_sub"), id="sub a lone surrogate (was a 500)"
+    ),
+    pytest.param(
+        Case(token(jti="\ud800"), 400, "bad_jti"), id="jti a lone surrogate (was accepted)"
+    ),
+    pytest.param(
+        Case(lambda op: op.logout_token(CLIENT_ID) + " ", 400, "malformed_token"),
+        id="space after the signature (was accepted)",
+    ),
+    pytest.param(
+        Case(lambda op: op.logout_token(CLIENT_ID) + "!", 400, "malformed_token"),
+        id="stray character after the signature (was accepted)",
+    ),
 ]
 
 
@@ -506,3 +584,75 @@ def test_concurrent_unknown_kids_share_one_refetch(make_harness: HarnessFactory)
             )
         assert statuses == [200] * 40
         assert slow_op.jwks_requests - before == 1
+
+
+# ------------------------------------------------------------ admin URL and front-channel
+# Rules of the other two logout receivers that test_fuzz.py found broken.
+
+
+def admin_token(op: StandInOP, **claims: Any) -> str:
+    payload = {
+        "id": str(uuid.uuid4()),
+        "expiration": int(time.time()) + 30,
+        "resource": CLIENT_ID,
+        "action": "LOGOUT",
+        "notBefore": 0,
+        "keycloakSessionIds": ["adm-other"],
+    }
+    payload.update(claims)
+    return mint_jwt(op.key, payload, {"typ": "JWT"})
+
+
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        pytest.param(
+            {"keycloakSessionIds": {}}, "bad_session_ids", id="session ids {} (was everybody)"
+        ),
+        pytest.param(
+            {"keycloakSessionIds": ""}, "bad_session_ids", id="session ids '' (was everybody)"
+        ),
+        pytest.param(
+            {"keycloakSessionIds": False}, "bad_session_ids", id="session ids false (was everybody)"
+        ),
+        pytest.param(
+            {"keycloakSessionIds": ["\ud800"]},
+            "bad_session_ids",
+            id="session id a lone surrogate (was a 500)",
+        ),
+        pytest.param({"id": "\ud800"}, "missing_id", id="id a lone surrogate (was accepted)"),
+    ],
+)
+def test_admin_token_rules(
+    claims: dict[str, Any], error: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A malformed k_logout action is a 400 naming the rule, and logs nobody out."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="adm-mine", auth_time=time.time() - 60)
+    response = harness.client.post(
+        "/k_logout", content=admin_token(op, **claims), headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error_description"].startswith(f"{error}:")
+    assert harness.seen_session(cookie) != {}
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        pytest.param("&".join(["a=1"] * 21), "bad_request", id="21 fields (was a 500)"),
+        pytest.param(
+            "iss=x&sid=y&" + "&".join(["a=1"] * 200), "bad_request", id="220 fields (was a 500)"
+        ),
+    ],
+)
+def test_frontchannel_query_rules(
+    query: str, error: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A front-channel query the page refuses is a 400 naming the rule, never a 500."""
+    harness = make_harness(frontchannel_path="/frontchannel-logout")
+    cookie = harness.session_cookie(op, sid="fc-mine")
+    response = harness.get(f"/frontchannel-logout?{query}", cookie)
+    assert response.status_code == 400, response.text
+    assert response.json()["error_description"].startswith(f"{error}:")
+    assert harness.seen_session(cookie) != {}
