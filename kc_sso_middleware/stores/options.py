@@ -31,7 +31,6 @@ __all__ = [
     "StoreURL",
     "accepted",
     "default_of",
-    "describe",
     "parse_store_url",
     "redact",
 ]
@@ -410,12 +409,3 @@ def parse_store_url(url: str, *, schemes: frozenset[str] = _ALL) -> StoreURL:
             "(the connection to the master is not TLS otherwise)"
         )
     return StoreURL(url, parts.scheme, parts, values, given)
-
-
-def describe(scheme: str) -> str:
-    """Every option ``scheme`` accepts with its meaning and default, for documentation."""
-    lines = []
-    for option in accepted(scheme):
-        default = "" if option.default is None else f" (default {option.default})"
-        lines.append(f"{option.name}: {option.meaning}{default}")
-    return "\n".join(lines)

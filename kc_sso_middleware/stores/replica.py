@@ -101,23 +101,14 @@ class Replica:
         for bucket in self._buckets:
             if session in bucket or instance in bucket:
                 return True
-        if self._users:
-            entry = self._users.get(keys.user)  # type: ignore[arg-type]
-            if (
-                entry is not None
-                and (keys.issued_at is None or keys.issued_at < entry[0])
-                and self._timer() < entry[1]
-            ):
-                return True
-        if self._clients:
-            entry = self._clients.get(keys.client)
-            if (
-                entry is not None
-                and (keys.issued_at is None or keys.issued_at < entry[0])
-                and self._timer() < entry[1]
-            ):
-                return True
-        return False
+        issued_at, users, clients = keys.issued_at, self._users, self._clients
+        if (
+            users
+            and keys.user is not None
+            and _wide_revokes(users.get(keys.user), issued_at, self._timer)
+        ):
+            return True
+        return bool(clients) and _wide_revokes(clients.get(keys.client), issued_at, self._timer)
 
     # -- writes -----------------------------------------------------------------------
 
@@ -235,6 +226,14 @@ class Replica:
                 del table[subject]
                 self._size -= 1
         return retired
+
+
+def _wide_revokes(
+    entry: tuple[float, float] | None, issued_at: float | None, timer: Callable[[], float]
+) -> bool:
+    """Whether a user or client entry ``(not_before, expires_at)`` revokes a session issued
+    at ``issued_at`` (unknown counts as before): strictly earlier, as Keycloak compares."""
+    return entry is not None and (issued_at is None or issued_at < entry[0]) and timer() < entry[1]
 
 
 def _drain(buckets: list[set[int]]) -> None:
