@@ -1,8 +1,28 @@
 """The SQLite store's schema and statements, one small function per statement.
 
-See :mod:`kc_sso_middleware.stores.sqlite` for what the tables mean.  Every function takes
-the calling thread's connection and lets ``sqlite3.Error`` through: the store decides what
-a failure means.
+Every function takes the calling thread's connection and lets ``sqlite3.Error`` through:
+the store (:mod:`kc_sso_middleware.stores.sqlite`) decides what a failure means.
+
+Tables (schema version 2, in ``PRAGMA user_version``)
+-----------------------------------------------------
+
+``revocations``
+    ``change_id`` (``INTEGER PRIMARY KEY AUTOINCREMENT``), ``kind``, ``subject`` (the
+    entry's 60-bit digest, see :mod:`~kc_sso_middleware.stores.model`), ``not_before``,
+    ``expires_at``, ``label`` (the plain key, or NULL).  Rows are only ever appended (a later
+    ``not_before`` for the same user is a new row; the replica keeps the maximum) and
+    deleted once expired.  ``AUTOINCREMENT`` guarantees a change id is never reused, even
+    after the newest row was purged, so "every row above the last id I saw" is exactly
+    "what I have not applied yet".  Writers are serialised by SQLite (``BEGIN IMMEDIATE``),
+    so ids also become visible in increasing order.
+``claimed_jtis``
+    ``jti`` (primary key), ``expires_at``: the back-channel replay cache.
+``followers``
+    ``worker`` (the follower's name), ``applied`` (the highest change id it has applied),
+    ``seen`` (epoch seconds of its last heartbeat).
+
+:func:`ensure_schema` creates the tables in a new file and refuses a file of any other
+version: 0.1 left ``user_version`` at 0 with a key-based ``revocations`` table (version 1).
 """
 
 from __future__ import annotations

@@ -4,25 +4,9 @@ One database file, opened by every worker of the host.  No server, and the file 
 restarts.  It must live on a local filesystem: WAL mode needs shared memory, which network
 filesystems do not provide; for several hosts use Redis.
 
-Tables (schema version 2, in ``PRAGMA user_version``)
------------------------------------------------------
-
-``revocations``
-    ``change_id`` (``INTEGER PRIMARY KEY AUTOINCREMENT``), ``kind``, ``subject`` (the
-    entry's 60-bit digest, see :mod:`~kc_sso_middleware.stores.model`), ``not_before``,
-    ``expires_at``, ``label`` (the plain key, or NULL).  Rows are only ever appended (a later
-    ``not_before`` for the same user is a new row; the replica keeps the maximum) and
-    deleted once expired.  ``AUTOINCREMENT`` guarantees a change id is never reused, even
-    after the newest row was purged, so "every row above the last id I saw" is exactly
-    "what I have not applied yet".  Writers are serialised by SQLite (``BEGIN IMMEDIATE``),
-    so ids also become visible in increasing order.
-``claimed_jtis``
-    ``jti`` (primary key), ``expires_at``: the back-channel replay cache.
-``followers``
-    ``worker`` (the follower's name), ``applied`` (the highest change id it has applied),
-    ``seen`` (epoch seconds of its last heartbeat).
-
-A file of another schema version (the key-based rows of 0.1) is refused with a
+The tables and the schema version check are in
+:mod:`~kc_sso_middleware.stores._sqlite_schema`.  A file of another schema version (the
+key-based rows of 0.1) is refused with a
 :class:`~kc_sso_middleware.errors.ConfigurationError` at start(): its rows cannot be
 turned into scoped entries, and silently starting afresh would forget revocations.
 
