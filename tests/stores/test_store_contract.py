@@ -350,16 +350,25 @@ def test_listeners_get_each_own_write_once_and_a_failing_one_breaks_nothing(
 
 
 def test_listeners_get_followed_writes_once_with_their_label(shared_backend: Backend) -> None:
-    """What another instance writes reaches this one's listeners once, labels included."""
+    """What another instance writes reaches this one's listeners once, labels included; a
+    listener failing in the follower's thread does not stop the follower."""
     here, there = shared_backend.open(), shared_backend.open()
     recorder = Recorder()
+
+    def failing(_entries: object) -> None:
+        raise RuntimeError("listener bug")
+
+    here.add_listener(failing)
     here.add_listener(recorder)
     t = time.time()
     assert there.record([session("from-there", t + LONG)])
     assert there.record([every_session(t, t + LONG, client="portal")])
     assert eventually(lambda: len(recorder.labels) == 2)
+    assert there.record([session("later", t + LONG)])
+    assert eventually(lambda: revoked(here, "later"))
+    assert here.status().available
     time.sleep(0.1)
-    assert sorted(label or "" for label in recorder.labels) == ["from-there", "portal"]
+    assert sorted(label or "" for label in recorder.labels) == ["from-there", "later", "portal"]
     assert all(isinstance(entry, Revocation) for batch in recorder.batches for entry in batch)
 
 
