@@ -38,9 +38,8 @@ from dataclasses import dataclass
 
 from .._flows import Effect, Flow
 from ..errors import ConfigurationError, StoreUnavailableError
-from .base import RevocationListener, RevocationStore
-from .model import Revocation, SessionKeys, StoreStatus
-from .replica import Listeners, Replica
+from .model import Revocation, StoreStatus
+from .replica import Listeners, Replica, ReplicaStore
 
 __all__ = [
     "FOLLOWER_PURGE_AFTER",
@@ -147,7 +146,7 @@ def await_followers(store: str, position: int, ack_timeout: float) -> Flow[None]
 # -- the store base -----------------------------------------------------------------
 
 
-class FollowingStore(RevocationStore):
+class FollowingStore(ReplicaStore):
     """A store whose replica a follower thread keeps current: the part SQLite and Redis share.
 
     Subclasses implement :meth:`_follow` (the thread's body) and :meth:`_unregister`, and
@@ -179,20 +178,8 @@ class FollowingStore(RevocationStore):
         self._heartbeat = Heartbeat()
         self._status = StoreStatus(available=False, detail="not started")
 
-    # -- request path -------------------------------------------------------------
-
-    def is_revoked(self, keys: SessionKeys) -> bool:
-        return self._replica.is_revoked(keys)
-
-    @property
-    def version(self) -> int:
-        return self._replica.version
-
     def status(self) -> StoreStatus:
         return self._status
-
-    def add_listener(self, listener: RevocationListener) -> None:
-        self._listeners.add(listener)
 
     # -- for the subclasses' writes and followers ---------------------------------------
 

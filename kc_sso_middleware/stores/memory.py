@@ -14,10 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..errors import ConfigurationError
-from .base import RevocationListener, RevocationStore
-from .model import Revocation, SessionKeys, StoreStatus
+from .model import Revocation, StoreStatus
 from .options import MAX_ENTRIES, StoreURL, parse_store_url
-from .replica import DEFAULT_MAX_ENTRIES, Listeners, Replica
+from .replica import DEFAULT_MAX_ENTRIES, Listeners, Replica, ReplicaStore
 
 __all__ = ["ClaimedJtis", "MemoryStore"]
 
@@ -55,7 +54,7 @@ class ClaimedJtis:
         return True
 
 
-class MemoryStore(RevocationStore):
+class MemoryStore(ReplicaStore):
     """Revocations and the ``jti`` replay cache in the memory of this process."""
 
     def __init__(
@@ -86,18 +85,8 @@ class MemoryStore(RevocationStore):
     def __repr__(self) -> str:
         return "MemoryStore()"
 
-    def is_revoked(self, keys: SessionKeys) -> bool:
-        return self._replica.is_revoked(keys)
-
-    @property
-    def version(self) -> int:
-        return self._replica.version
-
     def status(self) -> StoreStatus:
         return _ALWAYS_AVAILABLE
-
-    def add_listener(self, listener: RevocationListener) -> None:
-        self._listeners.add(listener)
 
     def record(
         self,

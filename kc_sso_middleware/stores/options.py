@@ -51,7 +51,7 @@ SCHEMES: Mapping[str, str] = {
 
 _ALL = frozenset(SCHEMES)
 _SHARED = _ALL - {"memory"}
-_REDIS = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 _TLS = frozenset({"rediss", "redis+sentinel"})
 
 
@@ -172,7 +172,7 @@ PREFIX = Option(
     _non_empty,
     "a non-empty string",
     "prefix of every key (put a {hash tag} in it for Redis Cluster)",
-    _REDIS,
+    REDIS_SCHEMES,
 )
 STREAM_MAXLEN = Option(
     "stream_maxlen",
@@ -181,7 +181,7 @@ STREAM_MAXLEN = Option(
     _positive,
     "a positive whole number",
     "messages the change feed keeps (a follower further behind resyncs)",
-    _REDIS,
+    REDIS_SCHEMES,
 )
 SOCKET_TIMEOUT = Option(
     "socket_timeout",
@@ -190,7 +190,7 @@ SOCKET_TIMEOUT = Option(
     _positive,
     "a positive number",
     "seconds a Redis command may take",
-    _REDIS,
+    REDIS_SCHEMES,
     redis_kwarg=True,
 )
 SOCKET_CONNECT_TIMEOUT = Option(
@@ -200,7 +200,7 @@ SOCKET_CONNECT_TIMEOUT = Option(
     _positive,
     "a positive number",
     "seconds a connection attempt may take",
-    _REDIS,
+    REDIS_SCHEMES,
     redis_kwarg=True,
 )
 DB = Option(
@@ -210,7 +210,7 @@ DB = Option(
     _non_negative,
     "a non-negative whole number",
     "Redis database number (also the URL path's last segment)",
-    _REDIS,
+    REDIS_SCHEMES,
     redis_kwarg=True,
 )
 SSL = Option(

@@ -42,11 +42,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 
 from ..errors import StoreFullError
-from .base import RevocationListener
+from .base import RevocationListener, RevocationStore
 from .model import Revocation, RevocationKind, SessionKeys
 from .options import MAX_ENTRIES, default_of
 
-__all__ = ["Listeners", "Replica"]
+__all__ = ["Listeners", "Replica", "ReplicaStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -263,3 +263,23 @@ class Listeners:
                 callback(entries)
             except Exception:
                 logger.exception("revocation listener %r failed", callback)
+
+
+class ReplicaStore(RevocationStore):
+    """The request path and the listeners of a store whose reads come from ``_replica``.
+
+    Subclasses set ``_replica`` (and may replace it, after fork) and ``_listeners``.
+    """
+
+    _replica: Replica
+    _listeners: Listeners
+
+    def is_revoked(self, keys: SessionKeys) -> bool:
+        return self._replica.is_revoked(keys)
+
+    @property
+    def version(self) -> int:
+        return self._replica.version
+
+    def add_listener(self, listener: RevocationListener) -> None:
+        self._listeners.add(listener)

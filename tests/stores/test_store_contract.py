@@ -327,6 +327,10 @@ def test_bound_frees_up_as_entries_expire(backend: Backend) -> None:
 # ------------------------------------------------------------------ listeners
 
 
+def _failing_listener(_entries: object) -> None:
+    raise RuntimeError("listener bug")
+
+
 def test_listeners_get_each_own_write_once_and_a_failing_one_breaks_nothing(
     backend: Backend,
 ) -> None:
@@ -334,11 +338,7 @@ def test_listeners_get_each_own_write_once_and_a_failing_one_breaks_nothing(
     and neither the write nor the other listeners notice."""
     store = backend.open()
     recorder = Recorder()
-
-    def failing(_entries: object) -> None:
-        raise RuntimeError("listener bug")
-
-    store.add_listener(failing)
+    store.add_listener(_failing_listener)
     store.add_listener(recorder)
     t = time.time()
     assert store.record([session("own-1", t + LONG), user("alice", t, t + LONG)])
@@ -354,11 +354,7 @@ def test_listeners_get_followed_writes_once_with_their_label(shared_backend: Bac
     listener failing in the follower's thread does not stop the follower."""
     here, there = shared_backend.open(), shared_backend.open()
     recorder = Recorder()
-
-    def failing(_entries: object) -> None:
-        raise RuntimeError("listener bug")
-
-    here.add_listener(failing)
+    here.add_listener(_failing_listener)
     here.add_listener(recorder)
     t = time.time()
     assert there.record([session("from-there", t + LONG)])
