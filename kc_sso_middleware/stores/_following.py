@@ -9,8 +9,10 @@ advances and at least every :data:`HEARTBEAT_INTERVAL` while idle.
 A write returns only once every *live* follower (heartbeat younger than
 :data:`FOLLOWER_STALE_AFTER`) other than the writer's own has applied it, waiting at most
 ``ack_timeout``: :func:`await_followers`, a flow over :class:`LaggingFollowers` and
-:class:`Pause` effects, which each store performs in its own way (Redis blocking or with
-``await``).  A follower that stays silent is dead or hung and not waited for.
+:class:`Pause` effects.  :meth:`FollowingStore._record_flow` puts the write
+(:class:`Write`) and that wait together, and each store performs the effects in its own
+way (SQLite blocking, Redis blocking or with ``await``).  A follower that stays silent is
+dead or hung and not waited for.
 
 :class:`FollowingStore` holds the rest: the replica and listeners, the follower thread's
 start and stop, and two process hooks.  After ``fork()`` (``gunicorn --preload``) each live
@@ -49,6 +51,7 @@ __all__ = [
     "Heartbeat",
     "LaggingFollowers",
     "Pause",
+    "Write",
     "await_followers",
 ]
 
@@ -89,6 +92,21 @@ class Heartbeat:
 
 
 # -- the acknowledgement wait ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Write(Effect[int | None]):
+    """Claim ``jti`` (if any) and store ``entries`` durably, in one atomic step.
+
+    The result is ``None`` for a replay (nothing written), else the position every other
+    live follower must reach (0 or less: none, nothing was written to wait for).  A
+    backend failure is a StoreUnavailableError.
+    """
+
+    entries: tuple[Revocation, ...]
+    jti: str | None
+    jti_expires_at: float
+    now: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +212,33 @@ class FollowingStore(ReplicaStore):
         """Apply entries to the replica; tell the listeners those that were new to it."""
         self._listeners.notify(self._replica.apply(entries))
 
-    def _await_followers(self, position: int) -> Flow[None]:
-        return await_followers(self.description, position, self.ack_timeout)
+    def _record_flow(
+        self,
+        revocations: Sequence[Revocation],
+        jti: str | None,
+        jti_expires_at: float,
+        authenticated: bool,
+    ) -> Flow[bool]:
+        """record() of both shared stores, once: the write, then the acknowledgement wait.
+
+        Each store drives it with its own ``perform`` (Redis blocking or on the running
+        loop); what differs between them is only how the effects are done.
+        """
+        self._admit(authenticated=authenticated)
+        now = self._timer()
+        live = tuple(entry for entry in revocations if entry.expires_at > now)
+        try:
+            position = yield from Write(live, jti, jti_expires_at, now)
+        except StoreUnavailableError as exc:
+            raise StoreUnavailableError(
+                f"{self.description}: could not record revocations: {exc.description}"
+            ) from exc
+        if position is None:
+            return False
+        self._apply(live)
+        if position > 0:
+            yield from await_followers(self.description, position, self.ack_timeout)
+        return True
 
     # -- lifecycle ------------------------------------------------------------------
 

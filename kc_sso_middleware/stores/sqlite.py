@@ -65,6 +65,7 @@ from ._following import (
     FollowingStore,
     LaggingFollowers,
     Pause,
+    Write,
 )
 from .model import Revocation, RevocationKind, StoreStatus
 from .options import (
@@ -174,34 +175,26 @@ class SQLiteStore(FollowingStore):
         jti_expires_at: float = 0.0,
         authenticated: bool = True,
     ) -> bool:
-        self._admit(authenticated=authenticated)
-        now = self._timer()
-        live = [entry for entry in revocations if entry.expires_at > now]
-        try:
-            conn = self._connection()
-            position = sql.insert(conn, live, jti, jti_expires_at, now)
-        except sqlite3.Error as exc:
-            raise StoreUnavailableError(
-                f"{self.description}: could not record revocations: {exc}"
-            ) from exc
-        if position is None:
-            return False
-        self._apply(live)
-        if position:
-            drive(self._await_followers(position), lambda effect: self._perform(conn, effect))
-        return True
+        return drive(
+            self._record_flow(revocations, jti, jti_expires_at, authenticated), self._perform
+        )
 
-    def _perform(self, conn: sqlite3.Connection, effect: Effect[Any]) -> object:
+    def _perform(self, effect: Effect[Any]) -> object:
+        """Perform one effect of the record flow on this thread's connection."""
         if isinstance(effect, Pause):
             time.sleep(effect.seconds)
             return None
-        if isinstance(effect, LaggingFollowers):
-            try:
-                return sql.lagging(
-                    conn, self.follower_name, time.time() - FOLLOWER_STALE_AFTER, effect.position
+        try:
+            conn = self._connection()
+            if isinstance(effect, Write):
+                return sql.insert(
+                    conn, effect.entries, effect.jti, effect.jti_expires_at, effect.now
                 )
-            except sqlite3.Error as exc:
-                raise StoreUnavailableError(str(exc)) from exc
+            if isinstance(effect, LaggingFollowers):
+                seen_since = time.time() - FOLLOWER_STALE_AFTER
+                return sql.lagging(conn, self.follower_name, seen_since, effect.position)
+        except sqlite3.Error as exc:
+            raise StoreUnavailableError(str(exc)) from exc
         raise TypeError(f"{self!r} cannot perform {effect!r}")
 
     # -- lifecycle ------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from devtools.redis_server import RedisSentinel, RedisServer
 from kc_sso_middleware.errors import ConfigurationError, StoreUnavailableError
 from kc_sso_middleware.stores import open_store
+from kc_sso_middleware.stores._following import Write
 
 from ._helpers import LONG, Clock, Recorder, eventually, revoked, session, user
 from .conftest import new_prefix
@@ -241,13 +242,10 @@ def test_redis_retried_write_is_not_a_replay(redis_server: RedisServer) -> None:
     store = _store(f"{redis_server.url}?prefix={new_prefix()}")
     try:
         t = time.time()
-        call = store._record_call([session("retried", t + LONG)], "jti-r", t + LONG, t)
-        first = store._perform(call)
-        assert isinstance(first, int)
+        call = store._script_call(Write((session("retried", t + LONG),), "jti-r", t + LONG, t))
+        first = store._record_script(*call)
         assert first >= 1
-        retried = store._perform(call)
-        assert isinstance(retried, int)
-        assert retried >= first
+        assert store._record_script(*call) >= first
         assert not store.record([session("replay", t + LONG)], jti="jti-r", jti_expires_at=t + LONG)
     finally:
         store.close()

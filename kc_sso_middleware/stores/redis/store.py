@@ -3,11 +3,12 @@
 Writes
 ------
 
-:meth:`RedisStore.record` and :meth:`~RedisStore.arecord` drive one flow
-(:meth:`RedisStore._record_flow`) over typed effects: :class:`RecordScript`, then the
-shared acknowledgement wait's :class:`~kc_sso_middleware.stores._following.LaggingFollowers`
-and :class:`~kc_sso_middleware.stores._following.Pause`.  ``record`` performs them
-blocking, ``arecord`` on the running loop's own client; the logic exists once.
+:meth:`RedisStore.record` and :meth:`~RedisStore.arecord` drive the shared stores' record
+flow (:meth:`~kc_sso_middleware.stores._following.FollowingStore._record_flow`): its
+:class:`~kc_sso_middleware.stores._following.Write` runs the record script, then the
+acknowledgement wait's ``LaggingFollowers`` and ``Pause`` run the lagging script and sleep.
+``record`` performs them blocking, ``arecord`` on the running loop's own client; the logic
+exists once.
 
 The record script claims the ``jti`` with ``SET NX PX`` and returns 0 on a replay, writing
 nothing.  Otherwise it merges the entries (``ZADD GT`` keeps the latest expiry; a
@@ -42,9 +43,9 @@ import redis.asyncio
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import RedisError
 
-from ..._flows import Effect, Flow, adrive, drive
+from ..._flows import Effect, adrive, drive
 from ...errors import StoreUnavailableError
-from .._following import FOLLOWER_STALE_AFTER, FollowingStore, LaggingFollowers, Pause
+from .._following import FOLLOWER_STALE_AFTER, FollowingStore, LaggingFollowers, Pause, Write
 from ..model import Revocation, StoreStatus
 from ..options import (
     ACK_TIMEOUT,
@@ -59,7 +60,7 @@ from . import scripts
 from .connect import RedisConnector, client_until_loop_shutdown, connector_for
 from .follower import Follower
 
-__all__ = ["RecordScript", "RedisStore"]
+__all__ = ["RedisStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,14 +68,6 @@ _REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
 _MIN_BACKOFF = 0.05
 _MAX_BACKOFF = 5.0
 _START_WAIT = 10.0  # how long start() waits for the first sync before returning anyway
-
-
-@dataclass(frozen=True, slots=True)
-class RecordScript(Effect[int]):
-    """Run the record script: 0 for a replay, else the seq to wait for (-1: none)."""
-
-    keys: tuple[str, ...]
-    args: tuple[str | int, ...]
 
 
 @dataclass
@@ -173,54 +166,29 @@ class RedisStore(FollowingStore):
             self._record_flow(revocations, jti, jti_expires_at, authenticated), self._aperform
         )
 
-    def _record_flow(
-        self,
-        revocations: Sequence[Revocation],
-        jti: str | None,
-        jti_expires_at: float,
-        authenticated: bool,
-    ) -> Flow[bool]:
-        """record() and arecord(), once: the script, then the acknowledgement wait."""
-        self._admit(authenticated=authenticated)
-        now = self._timer()
-        live = [entry for entry in revocations if entry.expires_at > now]
-        try:
-            seq = yield from self._record_call(live, jti, jti_expires_at, now)
-        except StoreUnavailableError as exc:
-            raise StoreUnavailableError(
-                f"{self.description}: could not record revocations: {exc.description}"
-            ) from exc
-        if seq == 0:
-            return False
-        self._apply(live)
-        if seq > 0:
-            yield from self._await_followers(seq)
-        return True
-
-    def _record_call(
-        self, live: Sequence[Revocation], jti: str | None, jti_expires_at: float, now: float
-    ) -> RecordScript:
+    def _script_call(self, write: Write) -> tuple[list[str], list[str | int]]:
+        """The record script's keys and arguments for ``write``."""
         payload = json.dumps(
-            [[e.kind.value, e.subject, e.not_before, e.expires_at, e.label] for e in live],
+            [[e.kind.value, e.subject, e.not_before, e.expires_at, e.label] for e in write.entries],
             separators=(",", ":"),
         )
         keys = [self.keys.entries, self.keys.not_before, self.keys.feed, self.keys.seq]
         jti_ttl_ms = 0
-        if jti is not None:
-            keys.append(self.keys.jti(jti))
+        if write.jti is not None:
+            keys.append(self.keys.jti(write.jti))
             # PX needs a positive integer; a claim already expired lives 1 ms.
-            jti_ttl_ms = max(1, int((jti_expires_at - now) * 1000))
+            jti_ttl_ms = max(1, int((write.jti_expires_at - write.now) * 1000))
         args: list[str | int] = [
-            repr(now),
+            repr(write.now),
             self.stream_maxlen,
             payload,
             jti_ttl_ms,
             secrets.token_hex(16),
         ]
-        for entry in live:
+        for entry in write.entries:
             # repr() round-trips floats exactly; Lua only compares, Redis stores the text.
             args += [member(entry), repr(entry.not_before), repr(entry.expires_at)]
-        return RecordScript(tuple(keys), tuple(args))
+        return keys, args
 
     def _lagging_args(self, position: int) -> list[str | int]:
         return [position, int(FOLLOWER_STALE_AFTER * 1000), self.follower_name]
@@ -231,9 +199,9 @@ class RedisStore(FollowingStore):
             time.sleep(effect.seconds)
             return None
         try:
-            if isinstance(effect, RecordScript):
-                reply = self._record_script(effect.keys, effect.args, client=self._client)
-                return int(reply)
+            if isinstance(effect, Write):
+                keys, args = self._script_call(effect)
+                return _position(self._record_script(keys, args, client=self._client))
             if isinstance(effect, LaggingFollowers):
                 args = self._lagging_args(effect.position)
                 return _pairs(self._lagging_script(self.keys.followers, args, client=self._client))
@@ -247,10 +215,10 @@ class RedisStore(FollowingStore):
             await asyncio.sleep(effect.seconds)
             return None
         try:
-            if isinstance(effect, RecordScript):
+            if isinstance(effect, Write):
                 handle = await self._async_handle()
-                reply = await handle.record(effect.keys, effect.args, client=handle.client)
-                return int(reply)
+                keys, args = self._script_call(effect)
+                return _position(await handle.record(keys, args, client=handle.client))
             if isinstance(effect, LaggingFollowers):
                 handle = await self._async_handle()
                 args = self._lagging_args(effect.position)
@@ -346,6 +314,11 @@ class RedisStore(FollowingStore):
 def member(entry: Revocation) -> str:
     """The entry's member in ``P entries``: ``"<kind>:<subject>"``."""
     return f"{entry.kind.value}:{entry.subject}"
+
+
+def _position(reply: Any) -> int | None:
+    """The record script's reply: 0 (a replay) is None, else the seq to wait for (-1: none)."""
+    return int(reply) or None
 
 
 def _pairs(reply: Any) -> list[tuple[str, int]]:
