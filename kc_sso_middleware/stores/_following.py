@@ -167,8 +167,9 @@ def await_followers(store: str, position: int, ack_timeout: float) -> Flow[None]
 class FollowingStore(ReplicaStore):
     """A store whose replica a follower thread keeps current: the part SQLite and Redis share.
 
-    Subclasses implement :meth:`_follow` (the thread's body) and :meth:`_unregister`, and
-    may hook into :meth:`start` (:meth:`_load`, :meth:`_started`), :meth:`close`
+    Subclasses implement :meth:`_follow` (the thread's body) and :meth:`_unregister`,
+    record by driving :meth:`_record_flow` with a ``perform`` for its effects, and may
+    hook into :meth:`start` (:meth:`_load`, :meth:`_started`), :meth:`close`
     (:meth:`_wake`, :meth:`_release`) and fork (:meth:`_set_aside_inherited`).  State that
     belongs to one process is set in :meth:`_init_process_state`, which fork runs again.
     """
