@@ -222,8 +222,8 @@ class FollowingStore(ReplicaStore):
     ) -> Flow[bool]:
         """record() of both shared stores, once: the write, then the acknowledgement wait.
 
-        Each store drives it with its own ``perform`` (Redis blocking or on the running
-        loop); what differs between them is only how the effects are done.
+        Each store drives it with its own ``perform`` (SQLite blocking; Redis blocking or
+        on the running loop); what differs between them is only how the effects are done.
         """
         self._admit(authenticated=authenticated)
         now = self._timer()
