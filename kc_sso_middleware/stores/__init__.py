@@ -1,18 +1,35 @@
+<<<<<<< HEAD
 """TEMPORARY (replaced by the stores branch)."""
+=======
+"""Revocation stores: ``memory://``, ``sqlite:///…`` (default) and ``redis://…``.
+
+:func:`open_store` opens the store a ``KC_SSO_STORE`` URL names; the URL's options are
+listed, with their defaults and ranges, in :mod:`kc_sso_middleware.stores.options`.
+"""
+>>>>>>> stores
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+import time
+from collections.abc import Callable
 
+<<<<<<< HEAD
 from ..errors import ConfigurationError
 from .base import RevocationStore
 from .memory import MemoryStore
 from .model import Revocation, RevocationKind, SessionKeys, StoreStatus
+=======
+from .base import RevocationListener, RevocationStore
+from .memory import MemoryStore
+from .model import Revocation, RevocationKind, SessionKeys, StoreStatus
+from .options import parse_store_url
+>>>>>>> stores
 
 __all__ = [
     "MemoryStore",
     "Revocation",
     "RevocationKind",
+    "RevocationListener",
     "RevocationStore",
     "SessionKeys",
     "StoreStatus",
@@ -20,6 +37,7 @@ __all__ = [
 ]
 
 
+<<<<<<< HEAD
 def open_store(url: str) -> RevocationStore:
     parts = urlsplit(url)
     if parts.scheme == "memory":
@@ -28,3 +46,22 @@ def open_store(url: str) -> RevocationStore:
             MemoryStore(int(query["max_entries"][0])) if "max_entries" in query else MemoryStore()
         )
     raise ConfigurationError(f"KC_SSO_STORE={url!r}: not available on this branch yet")
+=======
+def open_store(url: str, *, timer: Callable[[], float] = time.time) -> RevocationStore:
+    """Open the store a ``KC_SSO_STORE`` URL names (no I/O happens before ``start()``).
+
+    Every option is checked here: an unknown or out-of-range one raises
+    :class:`~kc_sso_middleware.errors.ConfigurationError` naming it.  ``timer`` is the
+    clock entries' expiry is compared with (tests inject one).
+    """
+    parsed = parse_store_url(url)
+    if parsed.scheme == "memory":
+        return MemoryStore.from_parsed(parsed, timer=timer)
+    if parsed.scheme == "sqlite":
+        from .sqlite import SQLiteStore
+
+        return SQLiteStore.from_parsed(parsed, timer=timer)
+    from .redis import RedisStore  # the redis extra is needed only here
+
+    return RedisStore.from_parsed(parsed, timer=timer)
+>>>>>>> stores

@@ -93,8 +93,13 @@ class RevocationStore(abc.ABC):
     @abc.abstractmethod
     def add_listener(self, listener: RevocationListener) -> None:
         """Call ``listener`` with every batch of entries this process's replica applies,
-        whoever wrote them.  It runs in the thread that applied them (a request's, or the
-        follower's) and must be quick; an exception it raises is logged and ignored."""
+        whoever wrote them: of each batch, the entries that were new to the replica (or
+        raised a ``not_before`` or ``expires_at`` it held), so each entry is reported
+        once per process, however many times it is written or echoed back by the
+        follower; a start-up load or a resync reports what it loaded.  Entries carry their
+        ``label`` where the backend had it (not after a Redis resync from the keyspace).
+        It runs in the thread that applied them (a request's, or the follower's) and must
+        be quick; an exception it raises is logged and ignored."""
 
     # -- lifecycle ------------------------------------------------------------------
 
