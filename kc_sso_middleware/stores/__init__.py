@@ -1,29 +1,18 @@
-<<<<<<< HEAD
-"""TEMPORARY (replaced by the stores branch)."""
-=======
 """Revocation stores: ``memory://``, ``sqlite:///…`` (default) and ``redis://…``.
 
 :func:`open_store` opens the store a ``KC_SSO_STORE`` URL names; the URL's options are
 listed, with their defaults and ranges, in :mod:`kc_sso_middleware.stores.options`.
 """
->>>>>>> stores
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
-<<<<<<< HEAD
-from ..errors import ConfigurationError
-from .base import RevocationStore
-from .memory import MemoryStore
-from .model import Revocation, RevocationKind, SessionKeys, StoreStatus
-=======
 from .base import RevocationListener, RevocationStore
 from .memory import MemoryStore
 from .model import Revocation, RevocationKind, SessionKeys, StoreStatus
 from .options import parse_store_url
->>>>>>> stores
 
 __all__ = [
     "MemoryStore",
@@ -37,16 +26,6 @@ __all__ = [
 ]
 
 
-<<<<<<< HEAD
-def open_store(url: str) -> RevocationStore:
-    parts = urlsplit(url)
-    if parts.scheme == "memory":
-        query = parse_qs(parts.query)
-        return (
-            MemoryStore(int(query["max_entries"][0])) if "max_entries" in query else MemoryStore()
-        )
-    raise ConfigurationError(f"KC_SSO_STORE={url!r}: not available on this branch yet")
-=======
 def open_store(url: str, *, timer: Callable[[], float] = time.time) -> RevocationStore:
     """Open the store a ``KC_SSO_STORE`` URL names (no I/O happens before ``start()``).
 
@@ -64,4 +43,3 @@ def open_store(url: str, *, timer: Callable[[], float] = time.time) -> Revocatio
     from .redis import RedisStore  # the redis extra is needed only here
 
     return RedisStore.from_parsed(parsed, timer=timer)
->>>>>>> stores
