@@ -195,8 +195,7 @@ def main() -> int:
                 # First logout: discovery + JWKS from the OP, then cached (not timed).
                 measure(app, [op.logout_token(CLIENT_ID, sid=str(uuid.uuid4()))])
                 wall, cpu, per_ms = measure(app, tokens.fresh())
-                store.close()
-                app.runner.close()
+                app.close()
                 lowest = min(lowest, wall)
                 rows.append(
                     (

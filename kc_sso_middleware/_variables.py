@@ -1,5 +1,8 @@
 """The table of ``KC_SSO_*`` environment variables: name, field, parser, check, meaning.
 
+Long by nature: one entry of a few lines per variable, in the order README.rst shows them;
+the parsers and checks the entries name live in :mod:`._variable_checks`.
+
 :class:`~kc_sso_middleware.settings.Settings` walks it to parse the environment and to
 validate every field however the object was built; README.rst's configuration table is
 this table, compared entry by entry by a test.
@@ -7,20 +10,35 @@ this table, compared entry by entry by a test.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+
+from ._variable_checks import (
+    ASYMMETRIC_ALGORITHMS,
+    check_algorithms,
+    check_bool,
+    check_non_negative,
+    check_nonempty,
+    check_optional_positive,
+    check_optional_string,
+    check_optional_url,
+    check_origins,
+    check_path,
+    check_positive,
+    check_store,
+    check_strings,
+    check_url,
+    parse_bool,
+    parse_choice,
+    parse_float,
+    parse_int,
+    parse_list,
+    parse_optional_path,
+)
 
 __all__ = ["ASYMMETRIC_ALGORITHMS", "VARIABLES", "Variable", "default_store_url"]
-
-#: Signature algorithms a logout token may use.  Asymmetric only: an OP's JWKS holds public
-#: keys, and accepting HMAC would let anyone holding the public key forge tokens (RFC 8725 §3.1).
-ASYMMETRIC_ALGORITHMS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
-)
 
 
 def default_store_url() -> str:
@@ -29,142 +47,6 @@ def default_store_url() -> str:
     import tempfile
 
     return f"sqlite:///{os.path.join(tempfile.gettempdir(), 'kc-sso-revocations.db')}"
-
-
-# --------------------------------------------------------------------------- parsers
-
-
-def _parse_bool(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError("not a boolean")
-
-
-def _parse_int(raw: str) -> int:
-    return int(raw)
-
-
-def _parse_float(raw: str) -> float:
-    return float(raw)
-
-
-def _parse_list(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
-
-
-def _parse_optional_path(raw: str) -> str | None:
-    return None if raw.lower() == "off" else raw
-
-
-def _parse_choice(raw: str) -> str:
-    # Variable.parse_raw checks the lowered value against the variable's choices.
-    return raw.lower()
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def _check_string(value: object) -> str | None:
-    return None if isinstance(value, str) else f"must be a string, got {value!r}"
-
-
-def _check_optional_string(value: object) -> str | None:
-    return None if value is None else _check_string(value)
-
-
-def _check_bool(value: object) -> str | None:
-    return None if isinstance(value, bool) else f"must be True or False, got {value!r}"
-
-
-def _check_strings(value: object) -> str | None:
-    if not isinstance(value, tuple) or not all(isinstance(v, str) and v for v in value):
-        return f"must be a tuple of non-empty strings, got {value!r}"
-    return None
-
-
-def _check_url(value: object) -> str | None:
-    if not isinstance(value, str):
-        return "must be a string"
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
-        return f"must be an absolute http(s) URL, got {value!r}"
-    if value.endswith("/"):
-        return f"must not end with '/' (the issuer is compared exactly), got {value!r}"
-    return None
-
-
-def _check_optional_url(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or urlsplit(value).scheme not in {"http", "https"}:
-        return f"must be an absolute http(s) URL, got {value!r}"
-    return None
-
-
-def _check_nonempty(value: object) -> str | None:
-    return None if isinstance(value, str) and value else "must not be empty"
-
-
-def _check_path(value: object) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.startswith("/"):
-        return f"must start with '/', got {value!r}"
-    return None
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_positive(value: object) -> str | None:
-    if not _is_number(value) or value <= 0:  # type: ignore[operator]
-        return f"must be a positive number, got {value!r}"
-    return None
-
-
-def _check_non_negative(value: object) -> str | None:
-    if not _is_number(value) or value < 0:  # type: ignore[operator]
-        return f"must be zero or more, got {value!r}"
-    return None
-
-
-def _check_optional_positive(value: object) -> str | None:
-    return None if value is None else _check_positive(value)
-
-
-def _check_algorithms(value: object) -> str | None:
-    if not isinstance(value, tuple) or not value:
-        return "must name at least one algorithm"
-    unknown = [alg for alg in value if alg not in ASYMMETRIC_ALGORITHMS]
-    if unknown:
-        return (
-            f"names {unknown}: only asymmetric algorithms are allowed "
-            "('none' and HMAC never are, RFC 8725 §3.1-3.2)"
-        )
-    return None
-
-
-def _check_origins(value: object) -> str | None:
-    if not isinstance(value, tuple):
-        return "must be a tuple of URLs"
-    for entry in value:
-        parts = urlsplit(entry)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
-            return f"has {entry!r}, which is not an absolute http(s) URL or origin"
-    return None
-
-
-def _check_store(value: object) -> str | None:
-    if not isinstance(value, str) or "://" not in value:
-        return f"must be a store URL, got {value!r}"
-    scheme = value.split("://", 1)[0]
-    if scheme not in {"memory", "sqlite", "redis", "rediss", "redis+sentinel", "unix"}:
-        return f"has unknown scheme {scheme!r}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -184,7 +66,7 @@ class Variable:
     default: str = "none"
     required: bool = False
     secret: bool = False
-    check: Callable[[object], str | None] | None = _check_optional_string
+    check: Callable[[object], str | None] | None = check_optional_string
     choices: tuple[str, ...] = ()
 
     def parse_raw(self, raw: str) -> Any:
@@ -210,7 +92,7 @@ VARIABLES: tuple[Variable, ...] = (
         "absolute URL, e.g. http://localhost:8080/realms/demo",
         required=True,
         default="required",
-        check=_check_url,
+        check=check_url,
     ),
     Variable(
         "KC_SSO_CLIENT_ID",
@@ -219,7 +101,7 @@ VARIABLES: tuple[Variable, ...] = (
         "string",
         required=True,
         default="required",
-        check=_check_nonempty,
+        check=check_nonempty,
     ),
     Variable(
         "KC_SSO_CLIENT_SECRET",
@@ -244,10 +126,10 @@ VARIABLES: tuple[Variable, ...] = (
         "SECRET_KEY_FALLBACKS: cookies signed with them still verify, so rotating the "
         "secret does not log everyone out",
         "comma-separated strings",
-        parse=_parse_list,
+        parse=parse_list,
         default="empty",
         secret=True,
-        check=_check_strings,
+        check=check_strings,
     ),
     Variable(
         "KC_SSO_SESSION_COOKIE",
@@ -255,7 +137,7 @@ VARIABLES: tuple[Variable, ...] = (
         "session cookie name",
         "cookie name",
         default="session",
-        check=_check_nonempty,
+        check=check_nonempty,
     ),
     Variable(
         "KC_SSO_SESSION_FORMAT",
@@ -263,7 +145,7 @@ VARIABLES: tuple[Variable, ...] = (
         "how the session cookie is signed: Flask's cookie session or Starlette's "
         "SessionMiddleware; auto tries the adapter's own framework first",
         "auto, flask, starlette",
-        parse=_parse_choice,
+        parse=parse_choice,
         choices=(
             "auto",
             "flask",
@@ -276,9 +158,9 @@ VARIABLES: tuple[Variable, ...] = (
         "session_max_age",
         "seconds a signed session cookie stays valid, as the framework enforces it",
         "seconds",
-        parse=_parse_int,
+        parse=parse_int,
         default="Flask 2678400 (31 days), Starlette 1209600 (14 days)",
-        check=_check_optional_positive,
+        check=check_optional_positive,
     ),
     Variable(
         "KC_SSO_SESSION_COOKIE_PATH",
@@ -286,7 +168,7 @@ VARIABLES: tuple[Variable, ...] = (
         "Path attribute used when expiring the session cookie",
         "path",
         default="/",
-        check=_check_path,
+        check=check_path,
     ),
     Variable(
         "KC_SSO_SESSION_COOKIE_DOMAIN",
@@ -299,8 +181,8 @@ VARIABLES: tuple[Variable, ...] = (
         "session_cookie_secure",
         "Secure attribute used when expiring the session cookie",
         "true/false",
-        parse=_parse_bool,
-        check=_check_bool,
+        parse=parse_bool,
+        check=check_bool,
         default="false",
     ),
     Variable(
@@ -308,7 +190,7 @@ VARIABLES: tuple[Variable, ...] = (
         "session_cookie_samesite",
         "SameSite attribute used when expiring the session cookie",
         "lax, strict, none",
-        parse=_parse_choice,
+        parse=parse_choice,
         choices=(
             "lax",
             "strict",
@@ -322,7 +204,7 @@ VARIABLES: tuple[Variable, ...] = (
         "session key holding the raw ID token (id_token_hint, sid, sub, auth_time)",
         "string",
         default="id_token",
-        check=_check_nonempty,
+        check=check_nonempty,
     ),
     Variable(
         "KC_SSO_SESSION_CLAIMS_KEY",
@@ -331,7 +213,7 @@ VARIABLES: tuple[Variable, ...] = (
         "token is absent)",
         "string",
         default="user",
-        check=_check_nonempty,
+        check=check_nonempty,
     ),
     Variable(
         "KC_SSO_SESSION_REFRESH_TOKEN_KEY",
@@ -339,7 +221,7 @@ VARIABLES: tuple[Variable, ...] = (
         "session key holding a refresh token, used for server-side logout of API clients",
         "string",
         default="refresh_token",
-        check=_check_nonempty,
+        check=check_nonempty,
     ),
     Variable(
         "KC_SSO_LOGOUT_PATH",
@@ -347,15 +229,15 @@ VARIABLES: tuple[Variable, ...] = (
         "logout path the middleware intercepts",
         "path",
         default="/logout",
-        check=_check_path,
+        check=check_path,
     ),
     Variable(
         "KC_SSO_LOGOUT_POST_ONLY",
         "logout_post_only",
         "serve the logout path to POST only (Django 5's choice); a GET answers 405",
         "true/false",
-        parse=_parse_bool,
-        check=_check_bool,
+        parse=parse_bool,
+        check=check_bool,
         default="false",
     ),
     Variable(
@@ -364,7 +246,7 @@ VARIABLES: tuple[Variable, ...] = (
         "back-channel logout path the middleware serves (OIDC Back-Channel Logout 1.0)",
         "path",
         default="/backchannel-logout",
-        check=_check_path,
+        check=check_path,
     ),
     Variable(
         "KC_SSO_FRONTCHANNEL_PATH",
@@ -372,9 +254,9 @@ VARIABLES: tuple[Variable, ...] = (
         "front-channel logout path the middleware serves (OIDC Front-Channel Logout 1.0); "
         "off by default: keep Keycloak's front-channel logout off, it disables back-channel",
         "path, or off",
-        parse=_parse_optional_path,
+        parse=parse_optional_path,
         default="off",
-        check=_check_path,
+        check=check_path,
     ),
     Variable(
         "KC_SSO_FRONTCHANNEL_REVOKE_OTHERS",
@@ -382,8 +264,8 @@ VARIABLES: tuple[Variable, ...] = (
         "let a front-channel request revoke a sid that is not the requesting browser's own "
         "session (unauthenticated: any site can make a browser send it; see Security)",
         "true/false",
-        parse=_parse_bool,
-        check=_check_bool,
+        parse=parse_bool,
+        check=check_bool,
         default="false",
     ),
     Variable(
@@ -392,9 +274,9 @@ VARIABLES: tuple[Variable, ...] = (
         "path Keycloak's client Admin URL points at; the legacy admin protocol's "
         "k_logout, k_push_not_before and k_test_available are served below it",
         "path, or off",
-        parse=_parse_optional_path,
+        parse=parse_optional_path,
         default="/",
-        check=_check_path,
+        check=check_path,
     ),
     Variable(
         "KC_SSO_POST_LOGOUT_REDIRECT_URI",
@@ -402,7 +284,7 @@ VARIABLES: tuple[Variable, ...] = (
         "where Keycloak sends the browser after logout",
         "absolute URL",
         default="the app's root URL",
-        check=_check_optional_url,
+        check=check_optional_url,
     ),
     Variable(
         "KC_SSO_LOGOUT_REDIRECT_ALLOWLIST",
@@ -410,17 +292,17 @@ VARIABLES: tuple[Variable, ...] = (
         "other origins or URL prefixes a request may name as post_logout_redirect_uri "
         "(same-origin targets are always allowed)",
         "comma-separated URLs",
-        parse=_parse_list,
+        parse=parse_list,
         default="empty",
-        check=_check_origins,
+        check=check_origins,
     ),
     Variable(
         "KC_SSO_LEGACY_REDIRECT_URI",
         "legacy_redirect_uri",
         "send the pre-18 redirect_uri parameter instead of post_logout_redirect_uri",
         "true/false",
-        parse=_parse_bool,
-        check=_check_bool,
+        parse=parse_bool,
+        check=check_bool,
         default="false",
     ),
     Variable(
@@ -430,7 +312,7 @@ VARIABLES: tuple[Variable, ...] = (
         "memory://, sqlite:///path/file.db, redis://[:password@]host:port/db[?prefix=p], "
         "rediss://…, redis+sentinel://host:port/service_name",
         default="sqlite:///<temp dir>/kc-sso-revocations.db",
-        check=_check_store,
+        check=check_store,
     ),
     Variable(
         "KC_SSO_STORE_FAILURE",
@@ -438,7 +320,7 @@ VARIABLES: tuple[Variable, ...] = (
         "when the shared store is unreachable: closed answers 503 to session-bearing "
         "requests, open serves from the last known replica",
         "closed, open",
-        parse=_parse_choice,
+        parse=parse_choice,
         choices=(
             "closed",
             "open",
@@ -450,35 +332,35 @@ VARIABLES: tuple[Variable, ...] = (
         "algorithms",
         "signature algorithms accepted on logout tokens",
         "comma-separated, of " + ", ".join(sorted(ASYMMETRIC_ALGORITHMS)),
-        parse=_parse_list,
+        parse=parse_list,
         default="RS256",
-        check=_check_algorithms,
+        check=check_algorithms,
     ),
     Variable(
         "KC_SSO_CLOCK_SKEW",
         "clock_skew",
         "seconds of clock skew tolerated",
         "seconds",
-        parse=_parse_int,
+        parse=parse_int,
         default="60",
-        check=_check_non_negative,
+        check=check_non_negative,
     ),
     Variable(
         "KC_SSO_LOGOUT_TOKEN_MAX_AGE",
         "logout_token_max_age",
         "oldest iat accepted on a logout token, in seconds before now",
         "seconds",
-        parse=_parse_int,
+        parse=parse_int,
         default="300",
-        check=_check_positive,
+        check=check_positive,
     ),
     Variable(
         "KC_SSO_ALLOW_MISSING_EXP",
         "allow_missing_exp",
         "accept logout tokens without exp (Keycloak older than 23.0.4)",
         "true/false",
-        parse=_parse_bool,
-        check=_check_bool,
+        parse=parse_bool,
+        check=check_bool,
         default="false",
     ),
     Variable(
@@ -487,7 +369,7 @@ VARIABLES: tuple[Variable, ...] = (
         "logout token typ header: lenient accepts logout+jwt, JWT or none (Keycloak "
         "before 25 sends JWT); strict requires logout+jwt",
         "lenient, strict",
-        parse=_parse_choice,
+        parse=parse_choice,
         choices=(
             "lenient",
             "strict",
@@ -500,7 +382,7 @@ VARIABLES: tuple[Variable, ...] = (
         "what a request with a revoked session gets: anonymous lets it through without "
         "the session cookie and expires the cookie; 401 answers 401",
         "anonymous, 401",
-        parse=_parse_choice,
+        parse=parse_choice,
         choices=(
             "anonymous",
             "401",
@@ -513,18 +395,18 @@ VARIABLES: tuple[Variable, ...] = (
         "sessions that began longer ago than this are refused, so revocations can be "
         "forgotten after it (Keycloak's SSO Session Max)",
         "seconds",
-        parse=_parse_int,
+        parse=parse_int,
         default="36000",
-        check=_check_positive,
+        check=check_positive,
     ),
     Variable(
         "KC_SSO_HTTP_TIMEOUT",
         "http_timeout",
         "timeout for discovery, JWKS and end-session requests to Keycloak",
         "seconds",
-        parse=_parse_float,
+        parse=parse_float,
         default="5",
-        check=_check_positive,
+        check=check_positive,
     ),
     Variable(
         "KC_SSO_CA_BUNDLE", "ca_bundle", "CA bundle file for TLS to Keycloak", "path to a PEM file"
@@ -534,8 +416,8 @@ VARIABLES: tuple[Variable, ...] = (
         "tls_verify",
         "verify Keycloak's TLS certificate (never turn off in production)",
         "true/false",
-        parse=_parse_bool,
-        check=_check_bool,
+        parse=parse_bool,
+        check=check_bool,
         default="true",
     ),
     Variable(
@@ -543,26 +425,26 @@ VARIABLES: tuple[Variable, ...] = (
         "jwks_cache_ttl",
         "seconds the OP's JWKS is cached",
         "seconds",
-        parse=_parse_int,
+        parse=parse_int,
         default="3600",
-        check=_check_positive,
+        check=check_positive,
     ),
     Variable(
         "KC_SSO_JWKS_MIN_REFRESH_INTERVAL",
         "jwks_min_refresh_interval",
         "least seconds between two JWKS refetches caused by an unknown kid",
         "seconds",
-        parse=_parse_int,
+        parse=parse_int,
         default="10",
-        check=_check_non_negative,
+        check=check_non_negative,
     ),
     Variable(
         "KC_SSO_BACKCHANNEL_MAX_BODY",
         "backchannel_max_body",
         "largest back-channel request body accepted; larger answers 413",
         "bytes",
-        parse=_parse_int,
+        parse=parse_int,
         default="65536",
-        check=_check_positive,
+        check=check_positive,
     ),
 )

@@ -76,7 +76,7 @@ class SSOMiddleware:
         if sources is None:
             sources = default_sources(self.settings, "starlette", clock)
         self.core = SSOCore(self.settings, self.store, sources, clock=clock)
-        self.runner = AsyncRunner(self.settings, self.store)
+        self._runner = AsyncRunner(self.settings, self.store)
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -93,7 +93,7 @@ class SSOMiddleware:
 
     async def aclose(self) -> None:
         """Release the HTTP client and the store's background work."""
-        await self.runner.aclose()
+        await self._runner.aclose()
         await asyncio.to_thread(self.store.close)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -203,7 +203,7 @@ class SSOMiddleware:
             root_path=scope.get("root_path", ""),
             head=head,
         )
-        response = await self.runner.run(self.core.respond(responder, request))
+        response = await self._runner.run(self.core.respond(responder, request))
         await _respond(response, send)
 
 

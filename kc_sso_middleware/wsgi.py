@@ -70,7 +70,7 @@ class SSOMiddleware:
         if sources is None:
             sources = default_sources(self.settings, "flask", clock)
         self.core = SSOCore(self.settings, self.store, sources, clock=clock)
-        self.runner = SyncRunner(self.settings, self.store)
+        self._runner = SyncRunner(self.settings, self.store)
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -83,7 +83,7 @@ class SSOMiddleware:
 
     def close(self) -> None:
         """Release the HTTP client and the store's background work."""
-        self.runner.close()
+        self._runner.close()
         self.store.close()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -139,7 +139,7 @@ class SSOMiddleware:
         start_response: StartResponse,
     ) -> Iterable[bytes]:
         headers = {name.lower(): value for name, value in EnvironHeaders(environ).items()}
-        method = environ.get("REQUEST_METHOD", "GET").upper()
+        method = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110 §9.1)
         early = self.core.precheck(responder, method, headers.get("content-length"))
         if early is not None:
             return _respond(early, start_response)
@@ -156,7 +156,7 @@ class SSOMiddleware:
             root_path=environ.get("SCRIPT_NAME", ""),
             head=head,
         )
-        return _respond(self.runner.run(self.core.respond(responder, request)), start_response)
+        return _respond(self._runner.run(self.core.respond(responder, request)), start_response)
 
 
 def _respond(response: Response, start_response: StartResponse) -> Iterable[bytes]:

@@ -64,7 +64,9 @@ class BackchannelResponder:
         if content_type.split(";")[0].strip().lower() != FORM_CONTENT_TYPE:
             raise LogoutTokenError("bad_content_type", f"Content-Type must be {FORM_CONTENT_TYPE}")
         try:
-            form = parse_qs(request.body.decode("utf-8"), max_num_fields=100)
+            form = parse_qs(
+                request.body.decode("utf-8"), keep_blank_values=True, max_num_fields=100
+            )
         except (UnicodeDecodeError, ValueError):
             raise LogoutTokenError("bad_body", "body is not a valid form") from None
         tokens = form.get("logout_token", [])

@@ -25,7 +25,15 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["CookieView", "DjangoView", "StarletteView", "WerkzeugView"]
+__all__ = [
+    "ABSENT",
+    "CookieView",
+    "DjangoView",
+    "StarletteView",
+    "WerkzeugView",
+    "is_token",
+    "plain_span",
+]
 
 Raw = str | bytes
 
@@ -166,3 +174,104 @@ def _joined(headers: Sequence[Raw]) -> str:
 
 def _bytes(raw: Raw) -> bytes:
     return raw if isinstance(raw, bytes) else raw.encode("latin-1")
+
+
+#: what plain_span() answers when the name does not occur at all
+ABSENT = (-1, -1)
+_STR_MARKS = (";", "; ", "=", '"')
+_BYTES_MARKS = (b";", b"; ", b"=", b'"')
+
+
+def plain_span(raw: str | bytes, name: str | bytes) -> tuple[int, int] | None:
+    """Where the session value of a header in the plain form is, or ``None`` if not plain.
+
+    Returns ``(start, end)`` of the value, :data:`ABSENT` when ``name`` does not occur at
+    all, and ``None`` for any other header.  Plain: ``name`` occurs exactly once where any
+    parser could read it as a cookie name (at the start, or after ``;`` and whitespace,
+    followed by whitespace and ``=``), written ``name=value`` after ``;`` and spaces, with a
+    value that does not start with a quote and has no surrounding whitespace.  Werkzeug's,
+    Starlette's and Django's parsers then all read either exactly that value, or (when an
+    earlier cookie's unbalanced quote swallows it) no value at all, never another one.
+    Every occurrence elsewhere (inside a longer name such as ``django_session``, or inside
+    a value) is one no parser reads as this cookie's name.
+
+    This runs on every request: the common shape (the name once, at the start or after
+    ``"; "``) is decided with a few substring searches.
+    """
+    semi, semi_space, equals, quote = _STR_MARKS if type(raw) is str else _BYTES_MARKS
+    first = raw.find(name)  # type: ignore[arg-type]  # str in str, bytes in bytes
+    if first < 0:
+        return ABSENT
+    size = len(name)
+    after = first + size
+    if raw[after : after + 1] == equals and (
+        first == 0 or raw[first - 1 : first] == semi or raw[first - 2 : first] == semi_space
+    ):
+        # The first occurrence, plainly written.  None comes before it, and none inside its
+        # value can start a cookie (a value holds no ";"): it is the only candidate unless
+        # the name occurs again after the value, in the (short) rest of the header.
+        end = raw.find(semi, after)  # type: ignore[arg-type]
+        if end >= 0 and raw.find(name, end) >= 0:  # type: ignore[arg-type]
+            found = _only_candidate(raw, name, first, size)
+            if found != first:
+                return None
+    else:
+        found = _only_candidate(raw, name, first, size)
+        if found < 0:
+            return ABSENT if found == -1 else None
+        before = raw[:found].rstrip(semi_space[1:])  # type: ignore[arg-type]
+        if before and before[-1:] != semi:
+            return None  # other whitespace before the name: let the parser decide
+        after = found + size
+        if raw[after : after + 1] != equals:
+            return None
+        end = raw.find(semi, after)  # type: ignore[arg-type]
+    start = after + 1
+    if end < 0:
+        end = len(raw)
+    opening = raw[start : start + 1]
+    # (bytes.isspace() knows ASCII spaces only; a value starting with another one is
+    # read differently by Starlette and fails to verify here: it is taken out.)
+    if end == start or opening == quote or opening.isspace() or raw[end - 1 : end].isspace():
+        return None
+    return start, end
+
+
+def _only_candidate(raw: str | bytes, name: str | bytes, first: int, size: int) -> int:
+    """The one place a parser could read ``name`` as a cookie name: -1 none, -2 several."""
+    found = -1
+    start = first
+    while start >= 0:
+        if _could_be_name(raw, start, size):
+            if found >= 0:
+                return -2  # a second place that may hold the cookie: not plain
+            found = start
+        start = raw.find(name, start + 1)  # type: ignore[arg-type]
+    return found
+
+
+def _could_be_name(raw: str | bytes, start: int, size: int) -> bool:
+    """Whether a parser could read the text at ``start`` as a cookie name."""
+    i = start - 1
+    while i >= 0 and _space(raw, i):
+        i -= 1
+    if i >= 0 and raw[i : i + 1] not in (";", b";"):
+        return False  # inside a longer name or a value
+    j = start + size
+    while j < len(raw) and _space(raw, j):
+        j += 1
+    return raw[j : j + 1] in ("=", b"=")
+
+
+def _space(raw: str | bytes, index: int) -> bool:
+    char = raw[index]
+    # Parsers strip with str.strip() after a latin-1 decode: judge each byte that way.
+    return (chr(char) if isinstance(char, int) else char).isspace()
+
+
+_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/")
+
+
+def is_token(value: str) -> bool:
+    """A value every parser reads as itself when written ``name=value`` (signed tokens are)."""
+    return bool(value) and all(ch in _TOKEN_CHARS for ch in value)

@@ -27,9 +27,9 @@ Cost
 A browser sends the same cookie value request after request.  A header in the plain form
 (the name once as a cookie name, ``name=value`` with a plain value) is recognised with a
 few substring searches, whose answer provably matches every parser (see
-:func:`_plain_value`), and its verified reading is found in a cache keyed by the value's
-signature tail and confirmed by comparing the whole value: no HMAC, no JSON, no hashing of
-the whole header.  Only verified values are cached, and the cache is bounded in bytes, so
+:func:`~.cookie_views.plain_span`), and its verified reading is found in a cache keyed by
+the value's signature tail and confirmed by comparing the whole value: no HMAC, no JSON, no
+hashing of the whole header.  Only verified values are cached, and the cache is bounded in bytes, so
 junk headers cost CPU and never memory that stays.
 """
 
@@ -51,7 +51,7 @@ from .._tokens import numeric_date, strict_json
 from ..settings import Settings
 from ..stores.model import SessionKeys
 from .base import Finding, IdentitySource, LoginTokens, SessionIdentity
-from .cookie_views import CookieView
+from .cookie_views import CookieView, is_token, plain_span
 
 __all__ = ["SignedCookieSource", "expired_cookie"]
 
@@ -87,10 +87,11 @@ def expired_cookie(settings: Settings) -> str:
 class _Verified:
     """A verified cookie value's reading (cached)."""
 
-    __slots__ = ("finding", "value")
+    __slots__ = ("finding", "size", "value")
 
     def __init__(self, value: str | bytes, finding: Finding) -> None:
         self.value = value
+        self.size = len(value)
         self.finding = finding
 
 
@@ -145,25 +146,25 @@ class SignedCookieSource(IdentitySource):
 
     def find(self, head: RequestHead, now: float) -> Finding | None:
         cookies = head.cookies
-        if len(cookies) == 1:
-            raw = cookies[0]
-            name = self._cookie if isinstance(raw, str) else self._cookie_bytes
-            if name not in raw:  # type: ignore[operator]  # str in str, bytes in bytes
-                return None
-            value = _plain_value(raw, name)
-            if value is not None:
-                return self._reading(value, now, cookies)
-        elif not cookies:
-            return None
-        return self._unusual(cookies, now)
-
-    def _reading(self, value: str | bytes, now: float, cookies: Sequence[str | bytes]) -> Finding:
-        """The reading of a plain header whose one session value is ``value``."""
-        hit = self._cache.get(value[-_TAIL:])
-        if hit is not None and hit.value == value and now < hit.finding.valid_until:
+        if len(cookies) != 1:
+            return self._unusual(cookies, now) if cookies else None
+        raw = cookies[0]
+        span = plain_span(raw, self._cookie if type(raw) is str else self._cookie_bytes)
+        if span is None:
+            return self._unusual(cookies, now)
+        start, end = span
+        if start < 0:
+            return None  # ABSENT: no session cookie at all
+        hit = self._cache.get(raw[max(start, end - _TAIL) : end])
+        if (
+            hit is not None
+            and hit.size == end - start
+            and raw.startswith(hit.value, start)  # type: ignore[arg-type]
+            and now < hit.finding.valid_until
+        ):
             return hit.finding
-        text = value if isinstance(value, str) else value.decode("latin-1")
-        finding = self._verify(text, now)
+        value = raw[start:end]
+        finding = self._verify(value if isinstance(value, str) else value.decode("latin-1"), now)
         if finding is None:
             return self._strip_all(cookies)
         self._remember(value, finding)
@@ -188,7 +189,7 @@ class SignedCookieSource(IdentitySource):
             (reading.valid_until for reading in readings.values() if reading is not None),
             default=float("inf"),
         )
-        if chosen is None or readings.get(chosen) is None or not _is_token(chosen):
+        if chosen is None or readings.get(chosen) is None or not is_token(chosen):
             strip = self._strip_all(cookies).clean
             return Finding(self, identities, valid_until=valid_until, clean=strip)
         # Duplicates, a quoted or escaped form, odd whitespace: only the verified value
@@ -333,69 +334,6 @@ def identity_from_claims(claims: Mapping[str, Any], settings: Settings) -> Sessi
 def _optional_date(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     return None if value is None else numeric_date(value, name)
-
-
-def _plain_value(raw: str | bytes, name: str | bytes) -> str | bytes | None:
-    """The session value of a header in the plain form, or ``None`` if it is not plain.
-
-    Plain: ``name`` occurs exactly once where any parser could read it as a cookie name
-    (at the start, or after ``;`` and whitespace, followed by whitespace and ``=``),
-    written ``name=value`` after ``;`` and spaces, with a value that does not start with
-    a quote and has no surrounding whitespace.  Werkzeug's, Starlette's and Django's
-    parsers then all read either exactly that value, or (e.g. when an earlier cookie's
-    unbalanced quote swallows it) no value at all, never another one.  Every occurrence
-    elsewhere (inside a longer name such as ``django_session``, or inside a value) is one
-    no parser reads as this cookie's name.
-    """
-    size = len(name)
-    found = -1
-    start = raw.find(name)  # type: ignore[arg-type]  # str in str, bytes in bytes
-    while start >= 0:
-        if _could_be_name(raw, start, size):
-            if found >= 0:
-                return None  # a second place that may hold the cookie: not plain
-            found = start
-        start = raw.find(name, start + 1)  # type: ignore[arg-type]
-    if found < 0:
-        return None
-    before = raw[:found].rstrip(b" " if isinstance(raw, bytes) else " ")  # type: ignore[arg-type]
-    if before and before[-1:] not in (";", b";"):
-        return None  # other whitespace before the name: let the parser decide
-    equals = found + size
-    if raw[equals : equals + 1] not in ("=", b"="):
-        return None
-    end = raw.find(";" if isinstance(raw, str) else b";", equals)  # type: ignore[arg-type]
-    value = raw[equals + 1 : end if end >= 0 else len(raw)]
-    if not value or value[:1] in ('"', b'"') or _space(value, 0) or _space(value, -1):
-        return None
-    return value
-
-
-def _could_be_name(raw: str | bytes, start: int, size: int) -> bool:
-    """Whether a parser could read the text at ``start`` as a cookie name."""
-    i = start - 1
-    while i >= 0 and _space(raw, i):
-        i -= 1
-    if i >= 0 and raw[i : i + 1] not in (";", b";"):
-        return False  # inside a longer name or a value
-    j = start + size
-    while j < len(raw) and _space(raw, j):
-        j += 1
-    return raw[j : j + 1] in ("=", b"=")
-
-
-def _space(raw: str | bytes, index: int) -> bool:
-    char = raw[index]
-    # Parsers strip with str.strip() after a latin-1 decode: judge each byte that way.
-    return (chr(char) if isinstance(char, int) else char).isspace()
-
-
-_TOKEN_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/")
-
-
-def _is_token(value: str) -> bool:
-    """A value every parser reads as itself when written ``name=value`` (signed tokens are)."""
-    return bool(value) and all(ch in _TOKEN_CHARS for ch in value)
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:

@@ -37,8 +37,9 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from .._flows import Effect, Flow
+from .._flows import Effect, Flow, drive
 from ..errors import ConfigurationError, StoreUnavailableError
 from .model import Revocation, StoreStatus
 from .replica import Listeners, Replica, ReplicaStore
@@ -212,6 +213,22 @@ class FollowingStore(ReplicaStore):
     def _apply(self, entries: Sequence[Revocation]) -> None:
         """Apply entries to the replica; tell the listeners those that were new to it."""
         self._listeners.notify(self._replica.apply(entries))
+
+    def record(
+        self,
+        revocations: Sequence[Revocation],
+        *,
+        jti: str | None = None,
+        jti_expires_at: float = 0.0,
+        authenticated: bool = True,
+    ) -> bool:
+        return drive(
+            self._record_flow(revocations, jti, jti_expires_at, authenticated), self._perform
+        )
+
+    @abc.abstractmethod
+    def _perform(self, effect: Effect[Any]) -> object:
+        """Perform one effect of :meth:`_record_flow`, blocking."""
 
     def _record_flow(
         self,

@@ -52,11 +52,11 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote
 
-from .._flows import Effect, drive
+from .._flows import Effect
 from ..errors import ConfigurationError, StoreUnavailableError
 from . import _sqlite_schema as sql
 from ._following import (
@@ -166,18 +166,6 @@ class SQLiteStore(FollowingStore):
         return f"SQLiteStore({self.path!r})"
 
     # -- logout paths ---------------------------------------------------------------
-
-    def record(
-        self,
-        revocations: Sequence[Revocation],
-        *,
-        jti: str | None = None,
-        jti_expires_at: float = 0.0,
-        authenticated: bool = True,
-    ) -> bool:
-        return drive(
-            self._record_flow(revocations, jti, jti_expires_at, authenticated), self._perform
-        )
 
     def _perform(self, effect: Effect[Any]) -> object:
         """Perform one effect of the record flow on this thread's connection."""

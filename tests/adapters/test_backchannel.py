@@ -656,3 +656,18 @@ def test_frontchannel_query_rules(
     assert response.status_code == 400, response.text
     assert response.json()["error_description"].startswith(f"{error}:")
     assert harness.seen_session(cookie) != {}
+
+
+def test_a_blank_duplicate_logout_token_is_refused(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """``logout_token=&logout_token=T`` carries two fields: not exactly one, so 400."""
+    harness = make_harness()
+    token = op.logout_token(CLIENT_ID, sid="blank-dup")
+    response = harness.client.post(
+        PATH,
+        content=f"logout_token=&logout_token={token}".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error_description"].startswith("missing_logout_token:")

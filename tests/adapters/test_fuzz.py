@@ -468,11 +468,11 @@ def judge_backchannel(raw: Raw, keys: Keys, issuer: str, now: float) -> Expect:
     if content_type.split(";")[0].strip().lower() != FORM.decode():
         return refused("bad_content_type")
     try:
-        form = parse_qs(raw.body.decode("utf-8"), max_num_fields=100)
+        form = parse_qs(raw.body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
     except ValueError:  # not UTF-8, or too many fields
         return refused("bad_body")
     tokens = form.get("logout_token", [])
-    if len(tokens) != 1:
+    if len(tokens) != 1 or not tokens[0]:
         return refused("missing_logout_token")
     judged = judge_jws(tokens[0], keys, admin=False)
     if isinstance(judged, Expect):

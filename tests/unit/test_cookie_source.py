@@ -8,7 +8,7 @@ import pytest
 
 from kc_sso_middleware import Settings
 from kc_sso_middleware._http import PASS, RequestHead
-from kc_sso_middleware.sources import SignedCookieSource, StarletteView, WerkzeugView
+from kc_sso_middleware.sources import SignedCookieSource, StarletteView, WerkzeugView, cookie_views
 from kc_sso_middleware.sources import cookies as cookies_module
 from kc_sso_middleware.testing import make_session_cookie
 
@@ -85,10 +85,10 @@ def test_a_repeat_header_is_a_cache_hit() -> None:
 )
 def test_the_plain_form_is_recognised_conservatively(header: str, plain: bool) -> None:
     """Only a header every parser reads the same way takes the fast path."""
-    value = cookies_module._plain_value(header, "session")
-    assert (value == "V") is plain
-    raw = header.encode("latin-1")
-    assert (cookies_module._plain_value(raw, b"session") == b"V") is plain
+    for raw, name in ((header, "session"), (header.encode("latin-1"), b"session")):
+        span = cookie_views.plain_span(raw, name)
+        got = None if span is None else raw[span[0] : span[1]]
+        assert (got in ("V", b"V")) is plain
 
 
 @pytest.mark.parametrize("view", [WerkzeugView(), StarletteView()], ids=["werkzeug", "starlette"])
@@ -119,3 +119,9 @@ def test_a_session_without_login_is_vouched_for_as_it_is() -> None:
     assert finding is not None
     assert finding.identities == ()
     assert finding.clean is PASS
+
+
+def test_a_header_without_the_name_is_absent() -> None:
+    """No occurrence at all: the source has nothing to say."""
+    assert cookie_views.plain_span("a=1; b=2", "session") == cookie_views.ABSENT
+    assert cookie_views.plain_span(b"a=1", b"session") == cookie_views.ABSENT

@@ -43,7 +43,7 @@ import redis.asyncio
 from redis.commands.core import AsyncScript, Script
 from redis.exceptions import RedisError
 
-from ..._flows import Effect, adrive, drive
+from ..._flows import Effect, adrive
 from ...errors import StoreUnavailableError
 from .._following import FOLLOWER_STALE_AFTER, FollowingStore, LaggingFollowers, Pause, Write
 from ..model import Revocation, StoreStatus
@@ -141,18 +141,6 @@ class RedisStore(FollowingStore):
         return f"RedisStore({self.connector.description!r}, prefix={self.prefix!r})"
 
     # -- logout paths ---------------------------------------------------------------
-
-    def record(
-        self,
-        revocations: Sequence[Revocation],
-        *,
-        jti: str | None = None,
-        jti_expires_at: float = 0.0,
-        authenticated: bool = True,
-    ) -> bool:
-        return drive(
-            self._record_flow(revocations, jti, jti_expires_at, authenticated), self._perform
-        )
 
     async def arecord(
         self,
