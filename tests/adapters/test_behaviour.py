@@ -8,7 +8,6 @@ legacy admin URL.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,7 +15,14 @@ import pytest
 
 from kc_sso_middleware import Revocation
 from kc_sso_middleware.testing import StandInOP, mint_jwt
-from tests.conftest import CLIENT_ID, Clock, HarnessFactory
+from tests.conftest import (
+    CLIENT_ID,
+    Clock,
+    HarnessFactory,
+    admin_token,
+    direct_grant,
+    post_admin,
+)
 
 
 def _query(location: str) -> dict[str, str]:
@@ -288,7 +294,7 @@ def test_api_client_logout_ends_keycloak_session_server_side(
 ) -> None:
     """An API client posting its refresh token with its bearer token ends the OP session."""
     harness = make_harness()
-    tokens = _direct_grant(op)
+    tokens = direct_grant(op)
     before = len(op.end_session_requests)
     response = harness.client.post(
         "/logout",
@@ -311,7 +317,7 @@ def test_api_client_logout_surfaces_keycloak_error(
 ) -> None:
     """Without client credentials Keycloak answers unauthorized_client; the error is passed on."""
     harness = make_harness(client_secret="wrong-secret")
-    tokens = _direct_grant(op)
+    tokens = direct_grant(op)
     response = harness.client.post(
         "/logout",
         data={"refresh_token": tokens["refresh_token"]},
@@ -340,25 +346,6 @@ def test_api_client_logout_without_refresh_token(make_harness: HarnessFactory) -
 def test_logout_other_method_gets_405(make_harness: HarnessFactory) -> None:
     """The logout path serves GET and POST only."""
     assert make_harness().client.request("PUT", "/logout").status_code == 405
-
-
-def _direct_grant(op: StandInOP) -> dict[str, Any]:
-    import httpx
-
-    response = httpx.post(
-        f"{op.issuer}/protocol/openid-connect/token",
-        data={
-            "grant_type": "password",
-            "client_id": CLIENT_ID,
-            "client_secret": "app-secret",
-            "username": "erin",
-            "password": "x",
-            "scope": "openid",
-        },
-    )
-    response.raise_for_status()
-    tokens: dict[str, Any] = response.json()
-    return tokens
 
 
 # ------------------------------------------------------------------ front-channel
@@ -459,30 +446,14 @@ def test_frontchannel_logout_rejects_bad_parameters(
 # ------------------------------------------------------------------ legacy admin URL
 
 
-def _admin_token(op: StandInOP, kind: str, **claims: Any) -> str:
-    payload = {
-        "id": str(uuid.uuid4()),
-        "expiration": int(time.time()) + 30,
-        "resource": CLIENT_ID,
-        "action": kind,
-        "notBefore": 0,
-    }
-    payload.update(claims)
-    return mint_jwt(op.key, {k: v for k, v in payload.items() if v is not None}, {"typ": "JWT"})
-
-
-def _post_admin(harness: Any, path: str, body: str) -> Any:
-    return harness.client.post(path, content=body, headers={"Content-Type": "text/plain"})
-
-
 def test_admin_logout_all_revokes_every_earlier_session(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
     """k_logout without session ids ("sign out all sessions") ends every current session."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="adm-1", auth_time=time.time() - 5)
-    response = _post_admin(
-        harness, "/k_logout", _admin_token(op, "LOGOUT", notBefore=int(time.time()))
+    response = post_admin(
+        harness, "/k_logout", admin_token(op, "LOGOUT", notBefore=int(time.time()))
     )
     assert response.status_code == 200
     assert harness.seen_session(cookie) == {}
@@ -493,8 +464,8 @@ def test_admin_logout_of_named_sessions(make_harness: HarnessFactory, op: StandI
     harness = make_harness()
     ended = harness.session_cookie(op, sid="adm-2")
     kept = harness.session_cookie(op, sid="adm-3")
-    response = _post_admin(
-        harness, "/k_logout", _admin_token(op, "LOGOUT", keycloakSessionIds=["adm-2"])
+    response = post_admin(
+        harness, "/k_logout", admin_token(op, "LOGOUT", keycloakSessionIds=["adm-2"])
     )
     assert response.status_code == 200
     assert harness.seen_session(ended) == {}
@@ -507,10 +478,10 @@ def test_admin_push_not_before(make_harness: HarnessFactory, op: StandInOP) -> N
     now = time.time()
     old = harness.session_cookie(op, sid="nb-1", auth_time=now - 100)
     new = harness.session_cookie(op, sid="nb-2", auth_time=now)
-    response = _post_admin(
+    response = post_admin(
         harness,
         "/k_push_not_before",
-        _admin_token(op, "PUSH_NOT_BEFORE", notBefore=int(now - 10)),
+        admin_token(op, "PUSH_NOT_BEFORE", notBefore=int(now - 10)),
     )
     assert response.status_code == 200
     assert harness.seen_session(old) == {}
@@ -520,7 +491,7 @@ def test_admin_push_not_before(make_harness: HarnessFactory, op: StandInOP) -> N
 def test_admin_test_available(make_harness: HarnessFactory, op: StandInOP) -> None:
     """k_test_available answers 200 to a valid action."""
     harness = make_harness()
-    response = _post_admin(harness, "/k_test_available", _admin_token(op, "TEST_AVAILABLE"))
+    response = post_admin(harness, "/k_test_available", admin_token(op, "TEST_AVAILABLE"))
     assert response.status_code == 200
 
 
@@ -539,7 +510,7 @@ def test_admin_action_rules(
     """Admin actions are checked like the old adapters did: resource, action, expiration."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="adm-rule")
-    response = _post_admin(harness, "/k_logout", _admin_token(op, "LOGOUT", **claims))
+    response = post_admin(harness, "/k_logout", admin_token(op, "LOGOUT", **claims))
     assert response.status_code == status
     assert response.json()["error_description"].startswith(f"{code}:")
     assert harness.seen_session(cookie) != {}
@@ -555,19 +526,19 @@ def test_admin_bad_signature_gets_403(make_harness: HarnessFactory, op: StandInO
         forger,
         {"id": "x", "expiration": int(time.time()) + 30, "resource": CLIENT_ID, "action": "LOGOUT"},
     )
-    assert _post_admin(harness, "/k_logout", forged).status_code == 403
+    assert post_admin(harness, "/k_logout", forged).status_code == 403
 
 
 def test_admin_replay_is_refused(make_harness: HarnessFactory, op: StandInOP) -> None:
     """The same admin action id is accepted once."""
     harness = make_harness()
-    body = _admin_token(op, "LOGOUT", keycloakSessionIds=["adm-r"])
-    assert _post_admin(harness, "/k_logout", body).status_code == 200
-    assert _post_admin(harness, "/k_logout", body).status_code == 400
+    body = admin_token(op, "LOGOUT", keycloakSessionIds=["adm-r"])
+    assert post_admin(harness, "/k_logout", body).status_code == 200
+    assert post_admin(harness, "/k_logout", body).status_code == 400
 
 
 def test_admin_path_can_be_turned_off(make_harness: HarnessFactory, op: StandInOP) -> None:
     """KC_SSO_ADMIN_PATH=off leaves /k_logout to the app."""
     harness = make_harness(admin_path=None)
-    response = _post_admin(harness, "/k_logout", _admin_token(op, "LOGOUT"))
+    response = post_admin(harness, "/k_logout", admin_token(op, "LOGOUT"))
     assert response.status_code in (404, 405)

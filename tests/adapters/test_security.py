@@ -22,7 +22,16 @@ from joserfc import jws
 from kc_sso_middleware import ConfigurationError, Revocation, Settings
 from kc_sso_middleware.stores import MemoryStore, StoreStatus
 from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, make_session_cookie, mint_jwt
-from tests.conftest import CLIENT_ID, SESSION_SECRET, Clock, Harness, HarnessFactory
+from tests.conftest import (
+    CLIENT_ID,
+    SESSION_SECRET,
+    Clock,
+    Harness,
+    HarnessFactory,
+    admin_token,
+    direct_grant,
+    post_admin,
+)
 
 BACKCHANNEL = "/backchannel-logout"
 
@@ -415,29 +424,12 @@ def test_post_only_logout(make_harness: HarnessFactory, op: StandInOP) -> None:
 # ------------------------------------------------------------------ someone else's refresh token
 
 
-def _grant(op: StandInOP) -> dict[str, Any]:
-    response = httpx.post(
-        f"{op.issuer}/protocol/openid-connect/token",
-        data={
-            "grant_type": "password",
-            "client_id": CLIENT_ID,
-            "client_secret": "app-secret",
-            "username": "victim",
-            "password": "x",
-            "scope": "openid",
-        },
-    )
-    response.raise_for_status()
-    tokens: dict[str, Any] = response.json()
-    return tokens
-
-
 def test_a_stolen_refresh_token_cannot_end_its_session(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
     """Without the session's own cookie or bearer token: 401, the same for any token."""
     harness = make_harness()
-    victim = _grant(op)
+    victim = direct_grant(op, "victim")
     attacker_cookie = harness.session_cookie(op, sid="attacker-sid")
     before = len(op.end_session_requests)
     answers = [
@@ -459,7 +451,7 @@ def test_the_sessions_own_cookie_authenticates_its_refresh_token(
 ) -> None:
     """With a session cookie of the same sid the refresh token is honoured."""
     harness = make_harness()
-    tokens = _grant(op)
+    tokens = direct_grant(op, "victim")
     claims = json.loads(jws.extract_compact(tokens["id_token"].encode()).payload)
     cookie = harness.session_cookie(op, sid=claims["sid"], sub=claims["sub"])
     response = harness.client.post(
@@ -496,22 +488,7 @@ def test_two_realms_sharing_one_store_never_touch_each_other(
         )
         token = op.logout_token(CLIENT_ID, sid=None, sub="same-sub")
         assert realm_a.client.post(BACKCHANNEL, data={"logout_token": token}).status_code == 200
-        admin = mint_jwt(
-            op.key,
-            {
-                "id": str(uuid.uuid4()),
-                "expiration": int(now) + 30,
-                "resource": CLIENT_ID,
-                "action": "LOGOUT",
-            },
-            {"typ": "JWT"},
-        )
-        assert (
-            realm_a.client.post(
-                "/k_logout", content=admin, headers={"Content-Type": "text/plain"}
-            ).status_code
-            == 200
-        )
+        assert post_admin(realm_a, "/k_logout", admin_token(op, "LOGOUT")).status_code == 200
         assert realm_a.seen_session(cookie_a) == {}
         assert realm_b.seen_session(cookie_b) != {}
 
@@ -526,17 +503,7 @@ def test_not_before_of_one_client_spares_another(
     app_b = make_harness(store=shared, client_id="client-b")
     now = time.time()
     cookie_b = app_b.session_cookie(op, sid="b-sid", auth_time=now - 5)
-    admin = mint_jwt(
-        op.key,
-        {
-            "id": str(uuid.uuid4()),
-            "expiration": int(now) + 30,
-            "resource": CLIENT_ID,
-            "action": "LOGOUT",
-        },
-        {"typ": "JWT"},
-    )
-    response = app_a.client.post("/k_logout", content=admin, headers={"Content-Type": "text/plain"})
+    response = post_admin(app_a, "/k_logout", admin_token(op, "LOGOUT"))
     assert response.status_code == 200
     assert app_b.seen_session(cookie_b) != {}
 
