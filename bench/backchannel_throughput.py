@@ -42,7 +42,7 @@ from joserfc.jwk import KeySet
 
 from devtools.redis_server import RedisServer
 from kc_sso_middleware import Settings
-from kc_sso_middleware.stores import MemoryStore, Revocation, RevocationKind, RevocationStore
+from kc_sso_middleware.stores import MemoryStore, Revocation, RevocationStore
 from kc_sso_middleware.stores.redis import RedisStore
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 from kc_sso_middleware.testing import StandInOP
@@ -101,12 +101,12 @@ class Tokens:
         return self.tokens
 
 
-def preload(store: RevocationStore, count: int) -> None:
+def preload(store: RevocationStore, issuer: str, count: int) -> None:
     expires = time.time() + 36000
     for start in range(0, count, 5000):
         store.record(
             [
-                Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, expires)
+                Revocation.session(issuer, str(uuid.uuid4()), expires_at=expires)
                 for _ in range(min(5000, count - start))
             ]
         )
@@ -190,13 +190,12 @@ def main() -> int:
                 else:
                     store = RedisStore.from_url(f"{redis_server.url}?prefix=bcl{counter}:")
                 store.start()
-                preload(store, size)
+                preload(store, op.issuer, size)
                 app = SSOMiddleware(not_found, settings, store=store)
                 # First logout: discovery + JWKS from the OP, then cached (not timed).
                 measure(app, [op.logout_token(CLIENT_ID, sid=str(uuid.uuid4()))])
                 wall, cpu, per_ms = measure(app, tokens.fresh())
-                store.close()
-                app.runner.close()
+                app.close()
                 lowest = min(lowest, wall)
                 rows.append(
                     (

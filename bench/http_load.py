@@ -53,7 +53,7 @@ from _common import REPO, machine, median, session_cookie, session_data, table
 
 from devtools.apps import AppServer, app_env
 from devtools.redis_server import RedisServer
-from kc_sso_middleware.stores import Revocation, RevocationKind, RevocationStore
+from kc_sso_middleware.stores import Revocation, RevocationStore
 from kc_sso_middleware.stores.redis import RedisStore
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 
@@ -169,7 +169,7 @@ def preload(store: RevocationStore, count: int) -> None:
     for start in range(0, count, 5000):
         store.record(
             [
-                Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, expires)
+                Revocation.session(ISSUER, str(uuid.uuid4()), expires_at=expires)
                 for _ in range(min(5000, count - start))
             ]
         )

@@ -62,7 +62,15 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from _common import SESSION_SECRET, machine, median, session_cookie, session_data, table
+from _common import (
+    OFFLINE_ISSUER,
+    SESSION_SECRET,
+    machine,
+    median,
+    session_cookie,
+    session_data,
+    table,
+)
 from flask import Flask
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -75,8 +83,7 @@ from devtools.redis_server import RedisServer
 from kc_sso_middleware import Settings
 from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware import wsgi as wsgi_adapter
-from kc_sso_middleware._sessions import CACHE_SIZE
-from kc_sso_middleware.stores import MemoryStore, Revocation, RevocationKind, RevocationStore
+from kc_sso_middleware.stores import MemoryStore, Revocation, RevocationStore
 from kc_sso_middleware.stores.redis import RedisStore
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 
@@ -315,9 +322,10 @@ async def check_variants(variants: list[Variant]) -> None:
 def preload(store: RevocationStore, count: int, revoked_sid: str) -> None:
     expires = time.time() + 36000
     entries = [
-        Revocation(RevocationKind.SESSION, str(uuid.uuid4()), 0.0, expires) for _ in range(count)
+        Revocation.session(OFFLINE_ISSUER, str(uuid.uuid4()), expires_at=expires)
+        for _ in range(count)
     ]
-    entries.append(Revocation(RevocationKind.SESSION, revoked_sid, 0.0, expires))
+    entries.append(Revocation.session(OFFLINE_ISSUER, revoked_sid, expires_at=expires))
     for start in range(0, len(entries), 5000):
         store.record(entries[start : start + 5000])
 
@@ -351,7 +359,7 @@ def build_variants(
         for fmt in ("starlette", "flask")
     }
     # More distinct values than the session cache holds, used in turn: every call misses.
-    fresh = {fmt: fresh_cookies(fmt, valid_sid, CACHE_SIZE + 500) for fmt in ("starlette", "flask")}
+    fresh = {fmt: fresh_cookies(fmt, valid_sid, 10_500) for fmt in ("starlette", "flask")}
     stores: list[RevocationStore] = []
     counter = iter(range(1000))
 

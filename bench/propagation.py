@@ -49,11 +49,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from _common import REPO, machine, median, percentile, session_cookie, session_data, table
+from _common import (
+    OFFLINE_ISSUER,
+    REPO,
+    machine,
+    median,
+    percentile,
+    session_cookie,
+    session_data,
+    table,
+)
 
 from devtools.apps import AppServer, app_env
 from devtools.redis_server import RedisServer
-from kc_sso_middleware.stores import Revocation, RevocationKind, RevocationStore, open_store
+from kc_sso_middleware.stores import Revocation, RevocationStore, SessionKeys, open_store
 from kc_sso_middleware.testing import StandInOP
 
 CLIENT_ID = "bench-app"
@@ -251,10 +260,13 @@ def replica_watcher(store_url: str, conn: multiprocessing.connection.Connection)
         if sid is None:
             break
         conn.send("watching")
+        keys = SessionKeys.of(
+            OFFLINE_ISSUER, CLIENT_ID, sid=sid, sub=None, instance=None, issued_at=None
+        )
         deadline = time.monotonic() + TRIAL_TIMEOUT
         seen = None
         while time.monotonic() < deadline:
-            if store.is_revoked(sid, None, None):
+            if store.is_revoked(keys):
                 seen = time.time()
                 break
             time.sleep(0.0002)
@@ -285,7 +297,7 @@ def store_level(store_url: str, args: argparse.Namespace) -> Result:
             for pipe in pipes:
                 pipe.recv()
             recording, recording_at = time.perf_counter(), time.time()
-            store.record([Revocation(RevocationKind.SESSION, sid, 0.0, time.time() + 3600)])
+            store.record([Revocation.session(OFFLINE_ISSUER, sid, expires_at=time.time() + 3600)])
             t0 = time.time()
             result.op_ms.append((time.perf_counter() - recording) * 1000)
             for pipe in pipes:

@@ -1,32 +1,21 @@
-"""The I/O a decision may need, as plain values (the sans-I/O seam).
+"""The I/O the core's flows may ask for, as typed effects (see :mod:`._flows`).
 
-Flows in the core are generators: they ``yield`` an effect and receive its result, so the
-logic of a logout or back-channel request is written once.  ``_io.SyncRunner`` performs
-effects with blocking clients (WSGI), ``_io.AsyncRunner`` with asyncio clients (ASGI); they
-are the only code that touches the network or the store's write path.
+:mod:`._runner` performs them: with blocking clients for the WSGI adapter, with asyncio
+clients for the ASGI adapter.  Nothing else in the core touches the network or the
+store's write path.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from .stores.base import Revocation
+from ._flows import Effect
+from .stores.model import Revocation
 
-__all__ = ["Effect", "Flow", "HttpCall", "HttpResult", "RecordRevocations"]
-
-T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class HttpCall:
-    """An HTTP request to the OP (discovery, JWKS, end-session)."""
-
-    method: str
-    url: str
-    form: Mapping[str, str] | None = field(default=None, repr=False)
+__all__ = ["HttpCall", "HttpResult", "RecordRevocations"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +30,29 @@ class HttpResult:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordRevocations:
-    """Durably record revocations (and claim a ``jti``); the result is ``False`` on replay."""
+class HttpCall(Effect[HttpResult]):
+    """An HTTP request to the OP.  Concurrent identical GETs are performed once.
+
+    A failure to get any answer raises :class:`~kc_sso_middleware.errors.DiscoveryError`
+    into the flow.
+    """
+
+    method: str
+    url: str
+    form: Mapping[str, str] | None = field(default=None, repr=False)
+    #: HTTP basic credentials (client authentication), never logged
+    auth: tuple[str, str] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRevocations(Effect[bool]):
+    """Durably record revocations (and claim a ``jti``); the result is ``False`` on replay.
+
+    Failure raises :class:`~kc_sso_middleware.errors.StoreUnavailableError` (or its
+    :class:`~kc_sso_middleware.errors.StoreFullError`) into the flow.
+    """
 
     revocations: Sequence[Revocation]
     jti: str | None = None
     jti_expires_at: float = 0.0
-
-
-Effect = HttpCall | RecordRevocations
-#: A flow yields effects, is sent their results, and returns a value.
-Flow = Generator[Effect, Any, T]
+    authenticated: bool = True

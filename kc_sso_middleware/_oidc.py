@@ -1,9 +1,19 @@
-"""The OP's discovery document and JWKS: cached, refetched when a new ``kid`` shows up.
+"""The OP's discovery document and JWKS: cached, refetched when an unknown ``kid`` shows up.
 
-Decisions only; the HTTP happens through :class:`~._effects.HttpCall` effects.  An unknown
-``kid`` triggers one refetch, throttled by ``KC_SSO_JWKS_MIN_REFRESH_INTERVAL`` so a flood of
-forged tokens cannot turn into a flood of requests to Keycloak, while a real key rotation is
-picked up without a restart.
+Decisions only; the HTTP happens through :class:`~._effects.HttpCall` effects, and the
+runners coalesce concurrent identical fetches into one (single flight).
+
+Key rotation and the throttle
+-----------------------------
+A token naming a ``kid`` the cached key set lacks triggers a refetch, whatever the age of
+the cached set: a key the OP published since the last fetch must be accepted whenever the
+first token signed with it arrives, because Keycloak sends each logout once and never
+retries.  What is throttled is the refetches unknown ``kid`` values cause: at most one per
+``KC_SSO_JWKS_MIN_REFRESH_INTERVAL``, counting failed fetches too, so a flood of forged
+tokens (or an OP answering 500) cannot become a flood of requests to Keycloak.  Tokens that
+arrive while a refetch is running wait for it; one that arrives while the throttle holds
+is answered 503 with ``Retry-After`` (:class:`~kc_sso_middleware.errors.KeysThrottledError`),
+a failure visible as the server's, never as a bad token.  A failed refetch is a 503 too.
 """
 
 from __future__ import annotations
@@ -15,8 +25,9 @@ from dataclasses import dataclass
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
-from ._effects import Flow, HttpCall
-from .errors import DiscoveryError
+from ._effects import HttpCall
+from ._flows import Flow
+from .errors import DiscoveryError, KeysThrottledError
 from .settings import Settings
 
 __all__ = ["Provider", "ProviderMetadata"]
@@ -31,6 +42,7 @@ class ProviderMetadata:
     issuer: str
     jwks_uri: str
     end_session_endpoint: str
+    introspection_endpoint: str | None = None
 
 
 class Provider:
@@ -40,29 +52,39 @@ class Provider:
         self._issuer = settings.issuer
         self._ttl = settings.jwks_cache_ttl
         self._min_refresh = settings.jwks_min_refresh_interval
+        self._http_timeout = settings.http_timeout
         self._clock = clock
         self.discovery_url = f"{settings.issuer}/.well-known/openid-configuration"
         self._metadata: ProviderMetadata | None = None
         self._metadata_at = 0.0
         self._keys: KeySet | None = None
         self._keys_at = -float("inf")
+        #: when the last refetch for an unknown kid began (successful or not)
+        self._refetched_at = -float("inf")
+        #: a refetch for an unknown kid is running until about then (others join it)
+        self._refetch_until = -float("inf")
+        #: when the OP last answered a fetch successfully (for health and the doctor)
+        self.last_contact: float | None = None
 
     def metadata(self) -> Flow[ProviderMetadata]:
         """Discovery, cached for the JWKS cache TTL; the issuer must match exactly."""
         now = self._clock()
         if self._metadata is not None and now - self._metadata_at < self._ttl:
             return self._metadata
-        result = yield HttpCall("GET", self.discovery_url)
+        result = yield from HttpCall("GET", self.discovery_url)
         try:
             if result.status != 200:
                 raise ValueError(f"status {result.status}")
             doc = result.json()
             issuer, jwks_uri = doc["issuer"], doc["jwks_uri"]
+            if not isinstance(jwks_uri, str):
+                raise TypeError("jwks_uri is not a string")
             # Keycloak always publishes it; the fallback is its well-known path.
             end_session = doc.get("end_session_endpoint") or (
                 f"{self._issuer}/protocol/openid-connect/logout"
             )
-        except (ValueError, KeyError, TypeError) as exc:
+            introspection = doc.get("introspection_endpoint")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             if self._metadata is not None:
                 logger.warning("discovery refresh failed (%s); keeping the cached document", exc)
                 return self._metadata
@@ -72,29 +94,57 @@ class Provider:
             raise DiscoveryError(
                 f"discovery says issuer {issuer!r}, but KC_SSO_ISSUER is {self._issuer!r}"
             )
-        self._metadata = ProviderMetadata(issuer, jwks_uri, end_session)
+        self._metadata = ProviderMetadata(
+            issuer,
+            jwks_uri,
+            str(end_session),
+            introspection if isinstance(introspection, str) else None,
+        )
         self._metadata_at = now
+        self.last_contact = now
         return self._metadata
 
-    def keys(self, *, unknown_kid: bool = False) -> Flow[KeySet | None]:
-        """The OP's signing keys; ``unknown_kid`` asks for a (throttled) refetch."""
+    def keys(self) -> Flow[KeySet]:
+        """The OP's signing keys, cached for ``KC_SSO_JWKS_CACHE_TTL``."""
         now = self._clock()
-        age = now - self._keys_at
-        fresh = self._keys is not None and age < self._ttl
-        if fresh and not (unknown_kid and age >= self._min_refresh):
+        if self._keys is not None and now - self._keys_at < self._ttl:
             return self._keys
-        if self._keys is not None and unknown_kid and age < self._min_refresh:
+        try:
+            return (yield from self._fetch_keys(now))
+        except DiscoveryError:
+            if self._keys is None:
+                raise
+            logger.warning("JWKS refresh failed; keeping the cached keys")
             return self._keys
+
+    def keys_for_unknown_kid(self, kid: str) -> Flow[KeySet]:
+        """Refetch the keys because a token names ``kid``; throttled, never by age."""
+        now = self._clock()
+        joining = now < self._refetch_until
+        if not joining:
+            wait = self._refetched_at + self._min_refresh - now
+            if wait > 0:
+                raise KeysThrottledError(
+                    f"a token names the unknown kid {kid!r} and the OP's keys were "
+                    f"refetched {now - self._refetched_at:.1f} s ago; retry later",
+                    retry_after=wait,
+                )
+            self._refetched_at = now
+            self._refetch_until = now + self._http_timeout
+        try:
+            return (yield from self._fetch_keys(now))
+        finally:
+            self._refetch_until = -float("inf")
+
+    def _fetch_keys(self, now: float) -> Flow[KeySet]:
         metadata = yield from self.metadata()
-        result = yield HttpCall("GET", metadata.jwks_uri)
+        result = yield from HttpCall("GET", metadata.jwks_uri)
         try:
             if result.status != 200:
                 raise ValueError(f"status {result.status}")
-            keys = KeySet.import_key_set(result.json())
-        except (ValueError, KeyError, TypeError, JoseError) as exc:
-            if self._keys is None:
-                raise DiscoveryError(f"bad JWKS at {metadata.jwks_uri}: {exc}") from None
-            logger.warning("JWKS refresh failed (%s); keeping the cached keys", exc)
-            return self._keys
+            keys: KeySet = KeySet.import_key_set(result.json())
+        except (ValueError, KeyError, TypeError, AttributeError, JoseError) as exc:
+            raise DiscoveryError(f"bad JWKS at {metadata.jwks_uri}: {exc}") from None
         self._keys, self._keys_at = keys, now
+        self.last_contact = now
         return keys

@@ -11,10 +11,12 @@ OP's JWKS, matched by ``kid`` and by key type; keys named inside the token (``jw
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -22,6 +24,7 @@ from joserfc.jwk import ECKey, Key, KeySet, OKPKey, RSAKey
 from joserfc.jws import CompactSignature
 
 from .errors import LogoutTokenError
+from .settings import Settings
 
 __all__ = [
     "BACKCHANNEL_EVENT",
@@ -32,13 +35,19 @@ __all__ = [
     "check_admin_claims",
     "check_header",
     "check_logout_claims",
+    "numeric_date",
     "parse_compact",
+    "strict_json",
     "verify_signature",
 ]
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
 LEGACY_TYPES = frozenset({"jwt", "application/jwt"})
+
+#: The last second of the year 9999 (RFC 7519 NumericDates beyond it are not plausible times,
+#: and some would overflow on their way into a store's TTL).
+MAX_NUMERIC_DATE = 253_402_300_799
 
 _KEY_TYPES: dict[str, type[Key]] = {"RS": RSAKey, "PS": RSAKey, "ES": ECKey, "Ed": OKPKey}
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
@@ -56,6 +65,18 @@ class TokenPolicy:
     allow_missing_exp: bool
     strict_typ: bool
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenPolicy:
+        return cls(
+            issuer=settings.issuer,
+            client_id=settings.client_id,
+            algorithms=frozenset(settings.algorithms),
+            clock_skew=settings.clock_skew,
+            max_age=settings.logout_token_max_age,
+            allow_missing_exp=settings.allow_missing_exp,
+            strict_typ=settings.typ_policy == "strict",
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class LogoutClaims:
@@ -63,6 +84,7 @@ class LogoutClaims:
 
     jti: str
     iat: float
+    #: until when the ``jti`` must be remembered (the token could be accepted until then)
     expires_at: float
     sub: str | None
     sid: str | None
@@ -85,8 +107,51 @@ _EXTRACT_REGISTRY = jws.JWSRegistry(strict_check_header=False)
 _EXTRACT_REGISTRY.max_header_length = 8192
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def strict_json(data: str | bytes) -> Any:
+    """``json.loads`` of UTF-8 JSON; ``ValueError`` for anything else.
+
+    Refused: ``NaN`` and ``Infinity`` (not JSON, RFC 8259 §6), other encodings than UTF-8
+    (§8.1; ``json.loads`` would guess UTF-16 or skip a byte order mark), and nesting too
+    deep for the parser (a ``RecursionError`` otherwise).
+    """
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        return json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
+def _is_text(value: object) -> TypeGuard[str]:
+    """A non-empty string of Unicode scalar values (a lone surrogate from ``"\\ud800"`` is
+    valid JSON but no text: it cannot be encoded into a store key or a log line)."""
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def numeric_date(value: object, name: str) -> float:
+    """A NumericDate (RFC 7519 §2) as a float; ``ValueError`` unless finite and plausible."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a NumericDate")
+    # Python's json reads 1e400 as inf and a 400-digit integer as an int no float holds.
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        raise ValueError(f"{name} must be a NumericDate between 0 and {MAX_NUMERIC_DATE}")
+    return float(value)
+
+
 def _fail(code: str, description: str, status: int = 400) -> LogoutTokenError:
     return LogoutTokenError(code, description, status=status)
+
+
+_COMPACT = re.compile(r"[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*")
 
 
 def parse_compact(token: str) -> CompactSignature:
@@ -96,10 +161,21 @@ def parse_compact(token: str) -> CompactSignature:
         raise _fail("encrypted_token", "encrypted (JWE) logout tokens are not accepted")
     if segments != 2:
         raise _fail("malformed_token", "not a compact JWS (three dot-separated segments)")
+    if not _COMPACT.fullmatch(token):
+        # RFC 7515 §2, §7.1: base64url only.  The decoder would skip stray characters, so
+        # "<token> " or "<token>;x" would otherwise verify as the token.
+        raise _fail("malformed_token", "a segment holds characters outside base64url")
     try:
-        return jws.extract_compact(token.encode("ascii"), registry=_EXTRACT_REGISTRY)
-    except (JoseError, ValueError, UnicodeError) as exc:
+        obj = jws.extract_compact(token.encode("ascii"), registry=_EXTRACT_REGISTRY)
+        # RFC 7515 §5.2: the header is a UTF-8 JSON object; joserfc's parser also takes
+        # arrays and strings (which have no .get), NaN, UTF-16 and any nesting depth.
+        raw_header = obj.segments["header"]
+        header = strict_json(base64.urlsafe_b64decode(raw_header + b"=" * (-len(raw_header) % 4)))
+    except (JoseError, ValueError, UnicodeError, RecursionError) as exc:
         raise _fail("malformed_token", f"cannot decode the JWS: {exc}") from None
+    if not isinstance(header, dict):
+        raise _fail("malformed_token", "the JWS header is not a JSON object")
+    return obj
 
 
 def check_header(header: Mapping[str, Any], policy: TokenPolicy, *, admin: bool = False) -> str:
@@ -164,7 +240,7 @@ def verify_signature(obj: CompactSignature, keys: Sequence[Key], alg: str) -> di
     else:
         raise _fail("bad_signature", "signature does not verify with the OP's keys", 400)
     try:
-        claims = json.loads(obj.payload)
+        claims = strict_json(obj.payload)
     except ValueError:
         raise _fail("bad_payload", "payload is not JSON") from None
     if not isinstance(claims, dict):
@@ -176,16 +252,17 @@ def _numeric_date(claims: Mapping[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _fail(f"bad_{name}", f"{name} must be a NumericDate")
-    return float(value)
+    try:
+        return numeric_date(value, name)
+    except ValueError as exc:
+        raise _fail(f"bad_{name}", str(exc)) from None
 
 
 def _nonempty_string(claims: Mapping[str, Any], name: str) -> str | None:
     if name not in claims:
         return None
     value = claims[name]
-    if not isinstance(value, str) or not value:
+    if not _is_text(value):
         raise _fail(f"bad_{name}", f"{name} must be a non-empty string")
     return value
 
@@ -221,14 +298,12 @@ def check_logout_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: flo
     if exp is None:
         if not policy.allow_missing_exp:
             raise _fail("missing_exp", "exp is required (errata set 1)")
-        expires_at = iat + policy.max_age
-    else:
-        if exp + skew <= now:
-            raise _fail("expired", "exp has passed")
-        expires_at = exp
+    elif exp + skew <= now:
+        raise _fail("expired", "exp has passed")
     nbf = _numeric_date(claims, "nbf")
     if nbf is not None and nbf > now + skew:
         raise _fail("nbf_in_future", "nbf is in the future")
+    _numeric_date(claims, "auth_time")  # not used, but a present one must be well-formed
 
     jti = _nonempty_string(claims, "jti")
     if jti is None:
@@ -247,8 +322,9 @@ def check_logout_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: flo
     if "nonce" in claims:
         raise _fail("nonce_present", "a logout token must not contain nonce")
 
-    # The jti must be remembered for as long as the token could still be accepted.
-    remember_until = max(expires_at, iat + policy.max_age) + skew
+    # The jti must be remembered for as long as the token could still be accepted, and
+    # the iat window refuses it after iat + max_age whatever its exp says.
+    remember_until = iat + policy.max_age + skew
     return LogoutClaims(jti=jti, iat=iat, expires_at=remember_until, sub=sub, sid=sid)
 
 
@@ -257,7 +333,7 @@ def check_admin_claims(
 ) -> AdminAction:
     """Keycloak's legacy admin-URL token (``AdminAction``): resource, action, expiration."""
     action_id = claims.get("id")
-    if not isinstance(action_id, str) or not action_id:
+    if not _is_text(action_id):
         raise _fail("missing_id", "admin action has no id")
     if claims.get("resource") != client_id:
         raise _fail("bad_resource", f"resource {claims.get('resource')!r} is not {client_id!r}")
@@ -267,8 +343,10 @@ def check_admin_claims(
     if expiration is None or expiration + skew <= now:
         raise _fail("expired", "admin action has expired")
     not_before = _numeric_date(claims, "notBefore") or 0.0
-    ids = claims.get("keycloakSessionIds") or []
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+    # Only null or absent means "no ids" (and so "every session"): a {} or "" is malformed.
+    ids = claims.get("keycloakSessionIds")
+    ids = [] if ids is None else ids
+    if not isinstance(ids, list) or not all(i == "" or _is_text(i) for i in ids):
         raise _fail("bad_session_ids", "keycloakSessionIds must be a list of strings")
     return AdminAction(
         id=action_id,

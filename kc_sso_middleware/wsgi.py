@@ -1,17 +1,25 @@
 """WSGI adapter: ``app.wsgi_app = SSOMiddleware(app.wsgi_app)`` in Flask.
 
 Wrapping ``app.wsgi_app`` puts the middleware outside Flask's session handling, which is
-where it must be: it reads the signed session cookie before Flask does, takes a revoked one
-out of the request and expires it in the response.  Behind a reverse proxy, apply
-``werkzeug.middleware.proxy_fix.ProxyFix`` *inside* or *outside* as usual: the middleware
-only uses the scheme and ``Host`` to build the default post-logout redirect URI.
+where it must be: it reads the signed session cookie (with Werkzeug's own parser) before
+Flask does, takes a revoked or unverifiable one out of the request and expires it in the
+response.  Behind a reverse proxy apply ``werkzeug.middleware.proxy_fix.ProxyFix`` *outside*
+this middleware (``app.wsgi_app = ProxyFix(SSOMiddleware(app.wsgi_app))``), so that the
+scheme and ``Host`` it builds the default post-logout redirect URI and the same-origin check
+of the logout path from are the public ones.
+
+The store starts on the first request, in the worker (after a pre-forking server forked);
+:meth:`SSOMiddleware.close` stops it, e.g. from ``atexit`` or gunicorn's ``worker_exit``.
+A request whose session was just taken out carries ``environ["kc_sso.signed_out"]``: a dict
+with ``reason``, ``at``, ``sid`` and ``origin``.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from http import HTTPStatus
 from types import TracebackType
 from typing import Any
@@ -19,17 +27,22 @@ from typing import Any
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wsgi import get_input_stream
 
-from ._io import SyncRunner
-from .core import PASS, Request, Response, Route, SSOCore
+from ._http import PASS, Request, RequestHead, Response, Verdict
+from ._runner import SyncRunner
+from .core import Responder, SSOCore
 from .errors import ConfigurationError
 from .settings import Settings
+from .sources import IdentitySource, default_sources
 from .stores import RevocationStore, open_store
 
-__all__ = ["SSOMiddleware"]
+__all__ = ["SIGNED_OUT_KEY", "SSOMiddleware"]
 
 ExcInfo = tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
 StartResponse = Callable[..., Callable[[bytes], object]]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+#: where a request whose session was just taken out says why
+SIGNED_OUT_KEY = "kc_sso.signed_out"
 
 
 class SSOMiddleware:
@@ -41,6 +54,7 @@ class SSOMiddleware:
         settings: Settings | None = None,
         *,
         store: RevocationStore | None = None,
+        sources: Sequence[IdentitySource] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
@@ -53,77 +67,99 @@ class SSOMiddleware:
         self.app = app
         self.settings = settings if settings is not None else Settings.from_env()
         self.store = store if store is not None else open_store(self.settings.store)
-        self.core = SSOCore(self.settings, self.store, native_format="flask", clock=clock)
-        self.runner = SyncRunner(self.settings, self.store)
+        if sources is None:
+            sources = default_sources(self.settings, "flask", clock)
+        self.core = SSOCore(self.settings, self.store, sources, clock=clock)
+        self._runner = SyncRunner(self.settings, self.store)
         self._started = False
+        self._start_lock = threading.Lock()
+
+    def startup(self) -> None:
+        """Start the store; idempotent (the first request does it when nobody did)."""
+        with self._start_lock:
+            if not self._started:
+                self.store.start()
+                self._started = True
 
     def close(self) -> None:
-        """Release the HTTP client and the store's background work (e.g. in tests)."""
-        self.runner.close()
+        """Release the HTTP client and the store's background work."""
+        self._runner.close()
         self.store.close()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if not self._started:
-            # Started on first use, not at import: a forking server must not inherit threads.
-            self.store.start()
-            self._started = True
-        route = self.core.routes.get(environ.get("PATH_INFO", ""))
-        if route is not None:
-            return self._serve(route, environ, start_response)
-
+            # On first use, not at import: a forking server must not inherit threads.
+            self.startup()
         cookie = environ.get("HTTP_COOKIE")
-        verdict = self.core.check_session(cookie)
+        authorization = environ.get("HTTP_AUTHORIZATION")
+        head = RequestHead((cookie,) if cookie is not None else (), authorization)
+        responder = self.core.route(environ.get("PATH_INFO", ""))
+        if responder is not None:
+            return self._serve(responder, head, environ, start_response)
+        verdict = self.core.check(head)
         if verdict is PASS:
             return self.app(environ, start_response)
         if verdict.response is not None:
-            return self._respond(verdict.response, start_response)
+            return _respond(verdict.response, start_response)
+        return self._rewritten(verdict, environ, start_response)
 
-        assert cookie is not None
+    def _rewritten(
+        self, verdict: Verdict, environ: dict[str, Any], start_response: StartResponse
+    ) -> Iterable[bytes]:
+        """Call the app with the verdict's Cookie header and its cookies added to the answer."""
         environ = dict(environ)
-        remaining = self.core.strip_cookie(cookie)
-        if remaining:
-            environ["HTTP_COOKIE"] = remaining
-        else:
-            environ.pop("HTTP_COOKIE", None)
-        expire = self.core.expire_cookie_header
+        if verdict.cookie is not None:
+            if verdict.cookie:
+                environ["HTTP_COOKIE"] = verdict.cookie
+            else:
+                environ.pop("HTTP_COOKIE", None)
+        if verdict.signed_out is not None:
+            environ[SIGNED_OUT_KEY] = verdict.signed_out.as_dict()
+        added = [("Set-Cookie", value) for value in verdict.set_cookies]
+        if not added:
+            return self.app(environ, start_response)
 
-        def start_expiring_cookie(
+        def start_with_cookies(
             status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None
         ) -> Callable[[bytes], object]:
             if not any(
-                name.lower() == "set-cookie" and self.core.sets_session_cookie(value)
+                name.lower() == "set-cookie" and self.core.sets_cookie(value, verdict)
                 for name, value in headers
             ):
-                headers = [*headers, expire]
+                headers = [*headers, *added]
             return start_response(status, headers, exc_info)
 
-        return self.app(environ, start_expiring_cookie)
+        return self.app(environ, start_with_cookies)
 
     def _serve(
-        self, route: Route, environ: dict[str, Any], start_response: StartResponse
+        self,
+        responder: Responder,
+        head: RequestHead,
+        environ: dict[str, Any],
+        start_response: StartResponse,
     ) -> Iterable[bytes]:
         headers = {name.lower(): value for name, value in EnvironHeaders(environ).items()}
-        method = environ.get("REQUEST_METHOD", "GET").upper()
+        method = environ.get("REQUEST_METHOD", "GET")  # case-sensitive (RFC 9110 §9.1)
+        early = self.core.precheck(responder, method, headers.get("content-length"))
+        if early is not None:
+            return _respond(early, start_response)
         body = b""
         if method == "POST":
-            too_large = self.core.body_too_large(headers.get("content-length"))
-            if too_large is not None:
-                return self._respond(too_large, start_response)
             limit = self.settings.backchannel_max_body
             body = get_input_stream(environ, safe_fallback=True).read(limit + 1)
         request = Request(
             method=method,
-            path=environ.get("PATH_INFO", ""),
             query_string=environ.get("QUERY_STRING", ""),
             headers=headers,
             body=body,
             scheme=environ.get("wsgi.url_scheme", "http"),
             root_path=environ.get("SCRIPT_NAME", ""),
+            head=head,
         )
-        return self._respond(self.runner.run(self.core.handle(route, request)), start_response)
+        return _respond(self._runner.run(self.core.respond(responder, request)), start_response)
 
-    @staticmethod
-    def _respond(response: Response, start_response: StartResponse) -> Iterable[bytes]:
-        headers = [*response.headers, ("Content-Length", str(len(response.body)))]
-        start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
-        return [response.body]
+
+def _respond(response: Response, start_response: StartResponse) -> Iterable[bytes]:
+    headers = [*response.headers, ("Content-Length", str(len(response.body)))]
+    start_response(f"{response.status} {HTTPStatus(response.status).phrase}", headers)
+    return [response.body]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -243,3 +244,39 @@ def make_harness(request: pytest.FixtureRequest, op: StandInOP) -> Iterator[Harn
     yield factory
     for harness in built:
         harness.close()
+
+
+def direct_grant(op: StandInOP, username: str = "erin") -> dict[str, Any]:
+    """Tokens of a fresh OP session from a password grant (access, ID and refresh token)."""
+    response = httpx.post(
+        f"{op.issuer}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "username": username,
+            "password": "x",
+            "scope": "openid",
+        },
+    )
+    response.raise_for_status()
+    tokens: dict[str, Any] = response.json()
+    return tokens
+
+
+def admin_token(op: StandInOP, kind: str, **claims: Any) -> str:
+    """A legacy admin-URL token of action ``kind``; a claim given as ``None`` is left out."""
+    payload = {
+        "id": str(uuid.uuid4()),
+        "expiration": int(time.time()) + 30,
+        "resource": CLIENT_ID,
+        "action": kind,
+        "notBefore": 0,
+    }
+    payload.update(claims)
+    return mint_jwt(op.key, {k: v for k, v in payload.items() if v is not None}, {"typ": "JWT"})
+
+
+def post_admin(harness: Harness, path: str, body: str) -> httpx.Response:
+    """POST ``body`` to an admin-URL path as Keycloak does (a bare JWS, text/plain)."""
+    return harness.client.post(path, content=body, headers={"Content-Type": "text/plain"})

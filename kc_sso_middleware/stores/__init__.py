@@ -1,46 +1,45 @@
-"""Revocation stores: ``memory://``, ``sqlite:///…`` (default) and ``redis://…``."""
+"""Revocation stores: ``memory://``, ``sqlite:///…`` (default) and ``redis://…``.
+
+:func:`open_store` opens the store a ``KC_SSO_STORE`` URL names; the URL's options are
+listed, with their defaults and ranges, in :mod:`kc_sso_middleware.stores.options`.
+"""
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit
+import time
+from collections.abc import Callable
 
-from ..errors import ConfigurationError
-from .base import Revocation, RevocationKind, RevocationStore, StoreStatus
+from .base import RevocationListener, RevocationStore
 from .memory import MemoryStore
-from .replica import Replica
+from .model import Revocation, RevocationKind, SessionKeys, StoreStatus
+from .options import parse_store_url
 
 __all__ = [
     "MemoryStore",
-    "Replica",
     "Revocation",
     "RevocationKind",
+    "RevocationListener",
     "RevocationStore",
+    "SessionKeys",
     "StoreStatus",
     "open_store",
 ]
 
 
-def open_store(url: str) -> RevocationStore:
-    """Open the store a ``KC_SSO_STORE`` URL names (no I/O happens before ``start()``)."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    if parts.scheme == "memory":
-        max_entries = query.get("max_entries")
-        try:
-            return MemoryStore(int(max_entries[0])) if max_entries else MemoryStore()
-        except ValueError:
-            raise ConfigurationError(
-                f"KC_SSO_STORE={url!r}: max_entries must be a whole number"
-            ) from None
-    if parts.scheme == "sqlite":
+def open_store(url: str, *, timer: Callable[[], float] = time.time) -> RevocationStore:
+    """Open the store a ``KC_SSO_STORE`` URL names (no I/O happens before ``start()``).
+
+    Every option is checked here: an unknown or out-of-range one raises
+    :class:`~kc_sso_middleware.errors.ConfigurationError` naming it.  ``timer`` is the
+    clock entries' expiry is compared with (tests inject one).
+    """
+    parsed = parse_store_url(url)
+    if parsed.scheme == "memory":
+        return MemoryStore.from_parsed(parsed, timer=timer)
+    if parsed.scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore.from_url(url)
-    if parts.scheme in {"redis", "rediss", "redis+sentinel", "unix"}:
-        from .redis import RedisStore
+        return SQLiteStore.from_parsed(parsed, timer=timer)
+    from .redis import RedisStore  # the redis extra is needed only here
 
-        return RedisStore.from_url(url)
-    raise ConfigurationError(
-        f"KC_SSO_STORE={url!r} has an unknown scheme; accepted: memory://, "
-        "sqlite:///path/file.db, redis://host:port/db, rediss://…, redis+sentinel://…"
-    )
+    return RedisStore.from_parsed(parsed, timer=timer)

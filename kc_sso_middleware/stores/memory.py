@@ -8,38 +8,82 @@ session.  Use the default SQLite store (one host) or Redis (many hosts) there.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Sequence
 
-from cachetools import TLRUCache
+from ..errors import ConfigurationError
+from .model import Revocation, StoreStatus
+from .options import MAX_ENTRIES, StoreURL, parse_store_url
+from .replica import DEFAULT_MAX_ENTRIES, Listeners, Replica, ReplicaStore
 
-from .base import Revocation, RevocationStore, StoreStatus
-from .replica import DEFAULT_MAX_ENTRIES, Replica
-
-__all__ = ["MemoryStore"]
+__all__ = ["ClaimedJtis", "MemoryStore"]
 
 
 _ALWAYS_AVAILABLE = StoreStatus(available=True)
 
 
-def _jti_expiry(_key: str, expires_at: float, _now: float) -> float:
-    return expires_at
+class ClaimedJtis:
+    """The replay cache: each claim lasts until its own expiry, and only expiry removes it.
+
+    Not thread-safe; the store's lock guards it.
+    """
+
+    def __init__(self, timer: Callable[[], float] = time.time) -> None:
+        self._timer = timer
+        self._expiry: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def __len__(self) -> int:
+        return len(self._expiry)
+
+    def claim(self, jti: str, expires_at: float) -> bool:
+        """Claim ``jti`` until ``expires_at``; False if a live claim holds it."""
+        now = self._timer()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            expired_at, old = heapq.heappop(heap)
+            if self._expiry.get(old) == expired_at:
+                del self._expiry[old]
+        current = self._expiry.get(jti)
+        if current is not None and current > now:
+            return False
+        self._expiry[jti] = expires_at
+        heapq.heappush(heap, (expires_at, jti))
+        return True
 
 
-class MemoryStore(RevocationStore):
-    """Revocations and the ``jti`` replay cache in cachetools TTL caches of this process."""
-
-    scheme = "memory"
+class MemoryStore(ReplicaStore):
+    """Revocations and the ``jti`` replay cache in the memory of this process."""
 
     def __init__(
         self,
         max_entries: int = DEFAULT_MAX_ENTRIES,
         timer: Callable[[], float] = time.time,
     ) -> None:
-        self.replica = Replica(max_entries, timer)
-        self._jtis: TLRUCache[str, float] = TLRUCache(max_entries, _jti_expiry, timer)
+        self._replica = Replica(max_entries, timer)
+        self._jtis = ClaimedJtis(timer)
+        self._listeners = Listeners()
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, *, timer: Callable[[], float] = time.time) -> MemoryStore:
+        """``memory://``, optionally ``?max_entries=N``."""
+        return cls.from_parsed(parse_store_url(url, schemes=frozenset({"memory"})), timer=timer)
+
+    @classmethod
+    def from_parsed(
+        cls, parsed: StoreURL, *, timer: Callable[[], float] = time.time
+    ) -> MemoryStore:
+        if parsed.parts.netloc or parsed.parts.path not in {"", "/"}:
+            raise ConfigurationError(
+                f"KC_SSO_STORE={parsed.redacted!r}: memory:// takes no host or path"
+            )
+        return cls(parsed[MAX_ENTRIES], timer)
+
+    def __repr__(self) -> str:
+        return "MemoryStore()"
 
     def status(self) -> StoreStatus:
         return _ALWAYS_AVAILABLE
@@ -50,13 +94,14 @@ class MemoryStore(RevocationStore):
         *,
         jti: str | None = None,
         jti_expires_at: float = 0.0,
+        authenticated: bool = True,
     ) -> bool:
         with self._lock:
-            if jti is not None:
-                if jti in self._jtis:
-                    return False
-                self._jtis[jti] = jti_expires_at
-            self.replica.apply(revocations)
+            self._replica.check_room(authenticated=authenticated, store="memory:// store")
+            if jti is not None and not self._jtis.claim(jti, jti_expires_at):
+                return False
+            applied = self._replica.apply(revocations)
+        self._listeners.notify(applied)
         return True
 
     async def arecord(
@@ -65,6 +110,9 @@ class MemoryStore(RevocationStore):
         *,
         jti: str | None = None,
         jti_expires_at: float = 0.0,
+        authenticated: bool = True,
     ) -> bool:
         # Nothing here blocks, so no thread hop.
-        return self.record(revocations, jti=jti, jti_expires_at=jti_expires_at)
+        return self.record(
+            revocations, jti=jti, jti_expires_at=jti_expires_at, authenticated=authenticated
+        )

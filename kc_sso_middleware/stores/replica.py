@@ -1,39 +1,70 @@
 """A worker's in-memory copy of the active revocations: the only thing the request path reads.
 
-Every store keeps one.  ``memory://`` writes straight into it; the shared stores write to
-SQLite or Redis first and then into it, and a background follower applies what other
-workers wrote.  Entries are held in cachetools' ``TLRUCache`` (per-entry expiry, bounded
-size); user- and realm-wide entries compare the session's login time with ``not_before``,
-as Keycloak compares a token's ``iat`` with its not-before (strictly earlier is revoked).
+Every store keeps one (privately).  ``memory://`` writes straight into it; the shared stores
+write to SQLite or Redis first and then into it, and a background follower applies what
+other workers wrote.
+
+Layout, for a small footprint and a look-up of a few set probes:
+
+* **Session entries** (by far the most) are bare subjects (60-bit ints, 32 bytes each) in a
+  handful of sets, one per *expiry bucket*.  A bucket holds every entry expiring in one
+  window of ``width`` seconds and is dropped whole once the window's end has passed.  The
+  width is a power of two, at least a quarter of the entries' remaining lifetime, so the
+  entries of one ``max_session_lifetime`` fill 3 to 5 buckets.  An entry is thus held up to
+  one width past its ``expires_at``: harmless, since by then every session it could match
+  is over its maximum lifetime anyway; and none is ever dropped before it.  About 60 to 90
+  bytes per entry (the int and its slot in a set at 30 to 60 % load).
+* **User and client-wide entries** (rare) are small dicts from subject to
+  ``(not_before, expires_at)``, compared exactly; a heap of expiries removes them.
+
+Nothing is ever dropped to make room: the bound (``max_entries``) only makes
+:meth:`Replica.check_room` refuse *unauthenticated* writes, with
+:class:`~kc_sso_middleware.errors.StoreFullError`.
+
+Threads: writes take a lock; :meth:`Replica.is_revoked` takes none.  Under the GIL each
+``in`` on a set and each ``dict.get`` is one atomic step, and a write changes the structure
+only by ``set.add``, dict assignment and by swapping in a new tuple of buckets, each
+atomic too.  So a reader sees every entry either whole or not yet, and a write that
+``record()`` has returned from is whole.  (Free-threaded builds would need a lock here.)
+Dropped buckets are emptied one int at a time outside the lock, so freeing millions of
+ints never holds the GIL for long.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
+import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-from cachetools import Cache, TLRUCache
+from ..errors import StoreFullError
+from .base import RevocationListener, RevocationStore
+from .model import Revocation, RevocationKind, SessionKeys
+from .options import MAX_ENTRIES, default_of
 
-from .base import Revocation, RevocationKind
+__all__ = ["Listeners", "Replica", "ReplicaStore"]
 
-__all__ = ["Replica"]
+logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_ENTRIES = 1_000_000
-_VERSIONS = itertools.count()
+DEFAULT_MAX_ENTRIES = default_of(MAX_ENTRIES)
+
+#: one process-wide sequence: a new replica (after fork too) never repeats a version
+_VERSIONS = itertools.count(1)
+#: how often, at most, a full replica logs that it refuses unauthenticated writes
+_FULL_LOG_INTERVAL = 60.0
 
 
-def _session_expiry(_key: str, expires_at: float, _now: float) -> float:
-    return expires_at
-
-
-def _user_expiry(_key: str, value: tuple[float, float], _now: float) -> float:
-    return value[1]
+def _width(remaining: float) -> float:
+    """The bucket width for entries with ``remaining`` seconds to live: 2**k >= remaining/4."""
+    return float(2 ** max(0, math.ceil(math.log2(max(remaining / 4, 1.0)))))
 
 
 class Replica:
-    """Active revocations in process memory; thread-safe; reads are a few dict look-ups."""
+    """Active revocations in process memory; writes under a lock, lock-free reads."""
 
     def __init__(
         self,
@@ -42,113 +73,213 @@ class Replica:
     ) -> None:
         self.max_entries = max_entries
         self._timer = timer
-        self._sessions: TLRUCache[str, float] = TLRUCache(max_entries, _session_expiry, timer)
-        self._users: TLRUCache[str, tuple[float, float]] = TLRUCache(
-            max_entries, _user_expiry, timer
-        )
-        self._all_not_before = 0.0
-        self._all_expires_at = 0.0
-        #: changed by every write: a verdict reached at one version holds until it changes
-        #: (entries only ever appear, or expire, which cannot revoke anything).  Drawn from
-        #: one process-wide counter, so a new replica (e.g. after fork) never repeats one.
-        self.version = next(_VERSIONS)
-        # cachetools caches are not thread-safe: writes and snapshots hold the lock.
         self._lock = threading.Lock()
-
-    def is_revoked(
-        self,
-        sid: str | None,
-        sub: str | None,
-        login_time: float | None,
-        instance: str | None = None,
-    ) -> bool:
-        """The request path: a few dict look-ups, without the lock.
-
-        TLRUCache reads do not reorder anything: ``in`` and ``get`` look an entry up and
-        compare its expiry, dict operations the GIL makes atomic, so a concurrent write is
-        seen either whole or not yet (and ``record()`` has not returned before it is
-        whole).  A TLRUCache's ``len()`` purges expired entries, which is slow and which
-        writes do anyway: emptiness is tested with the base class's plain count.
-        """
-        sessions = self._sessions
-        if Cache.__len__(sessions) and (
-            (sid is not None and sid in sessions) or (instance is not None and instance in sessions)
-        ):
-            return True
-        if (
-            self._all_not_before
-            and (login_time is None or login_time < self._all_not_before)
-            and self._timer() < self._all_expires_at
-        ):
-            return True
-        users = self._users
-        if sub is not None and Cache.__len__(users):
-            try:
-                entry = users.get(sub)
-            except KeyError:  # being written this very moment: not whole yet
-                return False
-            if entry is not None and (login_time is None or login_time < entry[0]):
-                return True
-        return False
-
-    def apply(self, revocations: Iterable[Revocation]) -> None:
-        """Add entries; a later ``not_before`` for the same user or realm wins."""
-        now = self._timer()
-        with self._lock:
-            for entry in revocations:
-                if entry.expires_at <= now:
-                    continue
-                if entry.kind is RevocationKind.SESSION:
-                    current = self._sessions.get(entry.key)
-                    if current is None or current < entry.expires_at:
-                        self._sessions[entry.key] = entry.expires_at
-                elif entry.kind is RevocationKind.USER:
-                    previous = self._users.get(entry.key)
-                    if previous is None:
-                        self._users[entry.key] = (entry.not_before, entry.expires_at)
-                    else:
-                        self._users[entry.key] = (
-                            max(previous[0], entry.not_before),
-                            max(previous[1], entry.expires_at),
-                        )
-                elif entry.not_before > self._all_not_before or (
-                    entry.not_before == self._all_not_before
-                    and entry.expires_at > self._all_expires_at
-                ):
-                    self._all_not_before = entry.not_before
-                    self._all_expires_at = max(self._all_expires_at, entry.expires_at)
-            # After the entries: a reader reads the version before it checks, so one that
-            # saw only part of this write has cached the old version and checks again.
-            self.version = next(_VERSIONS)
-
-    def replace(self, revocations: Iterable[Revocation]) -> None:
-        """Swap the whole content for a fresh snapshot (full resync)."""
-        fresh = Replica(self.max_entries, self._timer)
-        fresh.apply(revocations)
-        with self._lock:
-            self._sessions = fresh._sessions
-            self._users = fresh._users
-            self._all_not_before = fresh._all_not_before
-            self._all_expires_at = fresh._all_expires_at
-            self.version = next(_VERSIONS)
+        #: bucket ends, ascending, and the session subjects of each bucket
+        self._ends: list[float] = []
+        self._by_end: dict[float, set[int]] = {}
+        #: the same sets, as one tuple: what is_revoked iterates (replaced, never mutated)
+        self._buckets: tuple[set[int], ...] = ()
+        self._users: dict[int, tuple[float, float]] = {}
+        self._clients: dict[int, tuple[float, float]] = {}
+        #: (expires_at, subject, is_user) of every wide entry written, earliest first
+        self._wide_expiry: list[tuple[float, int, bool]] = []
+        self._size = 0
+        self._next_full_log = 0.0
+        #: changed by every write: a verdict reached at one version holds until it changes
+        self.version = next(_VERSIONS)
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._sessions) + len(self._users) + (1 if self._all_not_before else 0)
+        """Entries held (including any past their expiry whose bucket is not yet dropped)."""
+        return self._size
 
-    def entries(self) -> list[Revocation]:
-        """A snapshot of the active entries (for tests, resync and diagnostics)."""
-        with self._lock:
-            out = [
-                Revocation(RevocationKind.SESSION, sid, 0.0, expires)
-                for sid, expires in self._sessions.items()
-            ]
-            out.extend(
-                Revocation(RevocationKind.USER, sub, nb, expires)
-                for sub, (nb, expires) in self._users.items()
+    # -- request path -------------------------------------------------------------
+
+    def is_revoked(self, keys: SessionKeys) -> bool:
+        """A few set and dict probes, no lock (see the module docstring)."""
+        session, instance = keys.session, keys.instance
+        # ``None in bucket`` is simply False: no subject is None.
+        for bucket in self._buckets:
+            if session in bucket or instance in bucket:
+                return True
+        issued_at, users, clients = keys.issued_at, self._users, self._clients
+        if (
+            users
+            and keys.user is not None
+            and _wide_revokes(users.get(keys.user), issued_at, self._timer)
+        ):
+            return True
+        return bool(clients) and _wide_revokes(clients.get(keys.client), issued_at, self._timer)
+
+    # -- writes -----------------------------------------------------------------------
+
+    def check_room(self, *, authenticated: bool, store: str) -> None:
+        """Refuse an unauthenticated write once ``max_entries`` are held (StoreFullError)."""
+        if authenticated or self._size < self.max_entries:
+            return
+        self.expire()  # what has expired no longer counts (no follower may have dropped it)
+        if self._size < self.max_entries:
+            return
+        now = time.monotonic()
+        if now >= self._next_full_log:
+            self._next_full_log = now + _FULL_LOG_INTERVAL
+            logger.error(
+                "%s holds %d revocations (max_entries=%d): unauthenticated writes "
+                "(front-channel logouts) are refused until entries expire; raise "
+                "max_entries if this is legitimate load",
+                store,
+                self._size,
+                self.max_entries,
             )
-            if self._all_not_before and self._timer() < self._all_expires_at:
-                out.append(
-                    Revocation(RevocationKind.ALL, "", self._all_not_before, self._all_expires_at)
-                )
-        return out
+        raise StoreFullError(
+            f"{store} holds its bound of {self.max_entries} revocations; an unauthenticated "
+            "write is refused (no active revocation is ever dropped to make room)"
+        )
+
+    def apply(self, revocations: Iterable[Revocation]) -> list[Revocation]:
+        """Add entries; return those this replica did not hold yet (or held weaker).
+
+        A later ``not_before`` or ``expires_at`` for the same user or client wins; an entry
+        already expired is skipped.
+        """
+        now = self._timer()
+        live = [entry for entry in revocations if entry.expires_at > now]
+        with self._lock:
+            retired = self._drop_expired(now)
+            changed = self._add(live, now) if live else []
+            if changed or retired:
+                # After the entries: a reader reads the version before it checks, so one
+                # that saw only part of this write has cached the old version and checks
+                # again.
+                self.version = next(_VERSIONS)
+        _drain(retired)
+        return changed
+
+    def expire(self) -> None:
+        """Drop what has expired (writes do it too; followers call it while idle)."""
+        now = self._timer()
+        if (self._ends and self._ends[0] <= now) or (
+            self._wide_expiry and self._wide_expiry[0][0] <= now
+        ):
+            self.apply(())
+
+    def _add(self, live: Sequence[Revocation], now: float) -> list[Revocation]:
+        changed: list[Revocation] = []
+        sessions = [entry for entry in live if entry.kind is RevocationKind.SESSION]
+        if sessions:
+            # One width per batch, from its longest-lived entry, so that a start-up load
+            # of mixed lifetimes lands in a few wide buckets rather than many narrow ones.
+            width = _width(max(entry.expires_at for entry in sessions) - now)
+            for entry in sessions:
+                if self._add_session(entry.subject, entry.expires_at, width):
+                    changed.append(entry)
+        for entry in live:
+            if entry.kind is RevocationKind.SESSION:
+                continue
+            table = self._users if entry.kind is RevocationKind.USER else self._clients
+            previous = table.get(entry.subject)
+            if previous is None:
+                merged = (entry.not_before, entry.expires_at)
+                self._size += 1
+            else:
+                merged = (max(previous[0], entry.not_before), max(previous[1], entry.expires_at))
+                if merged == previous:
+                    continue
+            table[entry.subject] = merged
+            heapq.heappush(
+                self._wide_expiry,
+                (merged[1], entry.subject, entry.kind is RevocationKind.USER),
+            )
+            changed.append(entry)
+        return changed
+
+    def _add_session(self, subject: int, expires_at: float, width: float) -> bool:
+        """Hold ``subject`` until at least ``expires_at``; False if it already was."""
+        first = bisect.bisect_left(self._ends, expires_at)
+        for end in self._ends[first:]:
+            if subject in self._by_end[end]:
+                return False
+        end = math.ceil(expires_at / width) * width
+        bucket = self._by_end.get(end)
+        if bucket is None:
+            bucket = self._by_end[end] = set()
+            bisect.insort(self._ends, end)
+            self._buckets = tuple(self._by_end[e] for e in self._ends)
+        bucket.add(subject)
+        self._size += 1
+        return True
+
+    def _drop_expired(self, now: float) -> list[set[int]]:
+        """Unlink every bucket whose end has passed; the caller empties them unlocked."""
+        retired = []
+        while self._ends and self._ends[0] <= now:
+            bucket = self._by_end.pop(self._ends.pop(0))
+            self._size -= len(bucket)
+            retired.append(bucket)
+        if retired:
+            self._buckets = tuple(self._by_end[e] for e in self._ends)
+        heap = self._wide_expiry
+        while heap and heap[0][0] <= now:
+            _expires_at, subject, is_user = heapq.heappop(heap)
+            table = self._users if is_user else self._clients
+            current = table.get(subject)
+            if current is not None and current[1] <= now:
+                del table[subject]
+                self._size -= 1
+        return retired
+
+
+def _wide_revokes(
+    entry: tuple[float, float] | None, issued_at: float | None, timer: Callable[[], float]
+) -> bool:
+    """Whether a user or client entry ``(not_before, expires_at)`` revokes a session issued
+    at ``issued_at`` (unknown counts as before): strictly earlier, as Keycloak compares."""
+    return entry is not None and (issued_at is None or issued_at < entry[0]) and timer() < entry[1]
+
+
+def _drain(buckets: list[set[int]]) -> None:
+    """Empty dropped buckets one int at a time: freeing a million at once (``clear()``, or
+    the last reference going) holds the GIL for tens of milliseconds, while this Python
+    loop lets other threads run between its steps."""
+    for bucket in buckets:
+        while bucket:
+            bucket.pop()
+
+
+class Listeners:
+    """The callbacks a store calls with the entries its replica has just applied."""
+
+    def __init__(self) -> None:
+        self._callbacks: tuple[RevocationListener, ...] = ()
+
+    def add(self, listener: RevocationListener) -> None:
+        self._callbacks = (*self._callbacks, listener)
+
+    def notify(self, entries: Sequence[Revocation]) -> None:
+        """Call each listener with ``entries`` (if any); log and swallow what they raise."""
+        if not entries:
+            return
+        for callback in self._callbacks:
+            try:
+                callback(entries)
+            except Exception:
+                logger.exception("revocation listener %r failed", callback)
+
+
+class ReplicaStore(RevocationStore):
+    """The request path and the listeners of a store whose reads come from ``_replica``.
+
+    Subclasses set ``_replica`` (and may replace it, after fork) and ``_listeners``.
+    """
+
+    _replica: Replica
+    _listeners: Listeners
+
+    def is_revoked(self, keys: SessionKeys) -> bool:
+        return self._replica.is_revoked(keys)
+
+    @property
+    def version(self) -> int:
+        return self._replica.version
+
+    def add_listener(self, listener: RevocationListener) -> None:
+        self._listeners.add(listener)

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc import jws
 from joserfc.jwk import ECKey, RSAKey
 
-from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, mint_logout_token
+from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, mint_jwt, mint_logout_token
 from tests.conftest import CLIENT_ID, HarnessFactory
 
 PATH = "/backchannel-logout"
@@ -86,6 +86,43 @@ def signed_raw(op: StandInOP, header: dict[str, Any], claims: dict[str, Any]) ->
     signing_input = f"{_b64(header)}.{_b64(claims)}".encode()
     signature = op.key.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
     return f"{signing_input.decode()}.{_b64(signature)}"
+
+
+def signed_bytes(op: StandInOP, header: bytes, payload: bytes) -> str:
+    """RS256 over raw header and payload bytes, for texts ``json.dumps`` never writes."""
+    signing_input = f"{_b64(header)}.{_b64(payload)}".encode()
+    signature = op.key.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input.decode()}.{_b64(signature)}"
+
+
+def _header_bytes(op: StandInOP) -> bytes:
+    return json.dumps({"alg": "RS256", "typ": "logout+jwt", "kid": op.key.kid}).encode()
+
+
+def header_not_an_object(header: bytes) -> Callable[[StandInOP], str]:
+    return lambda op: f"{_b64(header)}.{_b64(_claims(op))}.{_b64(b'signature')}"
+
+
+DEEP = b"[" * 3000 + b"]" * 3000  # deeper than Python's recursion limit
+
+
+def deep_header(op: StandInOP) -> str:
+    header = b'{"alg":"RS256","x":' + DEEP + b"}"
+    return f"{_b64(header)}.{_b64(_claims(op))}.{_b64(b'signature')}"
+
+
+def deep_payload(op: StandInOP) -> str:
+    return signed_bytes(op, _header_bytes(op), b'{"x":' + DEEP + b"}")
+
+
+def payload_encoded(encoding: str) -> Callable[[StandInOP], str]:
+    """A signed payload in another encoding than UTF-8 (``json.loads`` of bytes guesses it)."""
+    return lambda op: signed_bytes(op, _header_bytes(op), json.dumps(_claims(op)).encode(encoding))
+
+
+def nan_in_header(op: StandInOP) -> str:
+    header = _header_bytes(op)[:-1] + b', "x": NaN}'
+    return signed_bytes(op, header, json.dumps(_claims(op)).encode())
 
 
 def unknown_crit(op: StandInOP) -> str:
@@ -266,6 +303,47 @@ CASES = [
     pytest.param(Case(token(sid=123), 400, "bad_sid"), id="sid not a string"),
     pytest.param(Case(token(sub=""), 400, "bad_sub"), id="empty sub"),
     pytest.param(Case(token(nonce="n-0S6_WzA2Mj"), 400, "nonce_present"), id="nonce present"),
+    # ---- found by test_fuzz.py: each was a 500 with a traceback, or a 200
+    pytest.param(
+        Case(header_not_an_object(b'["alg"]'), 400, "malformed_token"),
+        id="header a JSON array (was a 500)",
+    ),
+    pytest.param(
+        Case(header_not_an_object(b'"alg"'), 400, "malformed_token"),
+        id="header a JSON string (was a 500)",
+    ),
+    pytest.param(
+        Case(deep_header, 400, "malformed_token"), id="header nested too deep to parse (was a 500)"
+    ),
+    pytest.param(
+        Case(deep_payload, 400, "bad_payload"), id="signed payload nested too deep (was a 500)"
+    ),
+    pytest.param(
+        Case(payload_encoded("utf-16"), 400, "bad_payload"),
+        id="signed payload in UTF-16 (was accepted)",
+    ),
+    pytest.param(
+        Case(payload_encoded("utf-8-sig"), 400, "bad_payload"),
+        id="signed payload after a byte order mark (was accepted)",
+    ),
+    pytest.param(
+        Case(nan_in_header, 400, "malformed_token"), id="signed header holding NaN (was accepted)"
+    ),
+    pytest.param(Case(token(sid="\ud800"), 400, "bad_sid"), id="sid a lone surrogate (was a 500)"),
+    pytest.param(
+        Case(token(sub="\udc00", sid=None), 400, "bad_sub"), id="sub a lone surrogate (was a 500)"
+    ),
+    pytest.param(
+        Case(token(jti="\ud800"), 400, "bad_jti"), id="jti a lone surrogate (was accepted)"
+    ),
+    pytest.param(
+        Case(lambda op: op.logout_token(CLIENT_ID) + " ", 400, "malformed_token"),
+        id="space after the signature (was accepted)",
+    ),
+    pytest.param(
+        Case(lambda op: op.logout_token(CLIENT_ID) + "!", 400, "malformed_token"),
+        id="stray character after the signature (was accepted)",
+    ),
 ]
 
 
@@ -413,34 +491,183 @@ def test_body_over_the_bound_gets_413(make_harness: HarnessFactory) -> None:
     assert response.status_code == 413
 
 
-@pytest.mark.parametrize(
-    ("min_refresh_interval", "status_after_rotation", "error"),
-    [
-        pytest.param(0, 200, None, id="rotation picked up by one refetch"),
-        pytest.param(3600, 400, "unknown_kid", id="refetch throttled within the interval"),
-    ],
-)
-def test_key_rotation(
-    min_refresh_interval: int,
-    status_after_rotation: int,
-    error: str | None,
-    make_harness: HarnessFactory,
+def _rotate(rotating_op: StandInOP) -> None:
+    rotating_op.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
+    rotating_op.key.ensure_kid()
+
+
+@pytest.mark.parametrize("interval", [0, 3600], ids=["no throttle", "hour-long throttle"])
+def test_key_rotation_is_picked_up_whatever_the_key_set_age(
+    interval: int, make_harness: HarnessFactory
 ) -> None:
-    """A token signed with a new key (new kid) makes one JWKS refetch, unless throttled."""
+    """A key published since the last fetch works at once: the throttle never depends on age."""
     with StandInOP() as rotating_op:
         rotating_op.register_client(CLIENT_ID, "s")
-        harness = make_harness(
-            issuer=rotating_op.issuer, jwks_min_refresh_interval=min_refresh_interval
-        )
+        harness = make_harness(issuer=rotating_op.issuer, jwks_min_refresh_interval=interval)
         first = harness.client.post(
             PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="a")}
         )
-        rotating_op.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
-        rotating_op.key.ensure_kid()
+        _rotate(rotating_op)
         second = harness.client.post(
             PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="b")}
         )
-    assert first.status_code == 200
-    assert second.status_code == status_after_rotation
-    if error is not None:
-        assert second.json()["error_description"].startswith(f"{error}:")
+        assert first.status_code == 200
+        assert second.status_code == 200, second.text
+        assert rotating_op.jwks_requests == 2
+
+
+def test_unknown_kids_refetch_at_most_once_per_interval(make_harness: HarnessFactory) -> None:
+    """A flood of tokens with unknown kids makes one refetch; the rest answer 503 Retry-After."""
+    with StandInOP() as flooded_op:
+        flooded_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=flooded_op.issuer, jwks_min_refresh_interval=3600)
+        forger = RSAKey.generate_key(2048)
+        answers = []
+        for n in range(5):
+            token = mint_logout_token(
+                forger, issuer=flooded_op.issuer, audience=CLIENT_ID, header={"kid": f"k{n}"}
+            )
+            answers.append(harness.client.post(PATH, data={"logout_token": token}))
+        assert [a.status_code for a in answers] == [400, 503, 503, 503, 503]
+        assert answers[0].json()["error_description"].startswith("unknown_kid:")
+        assert int(answers[1].headers["retry-after"]) > 0
+        assert answers[1].json()["error_description"].startswith("jwks_refetch_throttled:")
+        assert flooded_op.jwks_requests == 2  # the first load and one refetch
+
+
+def test_failed_refetches_count_toward_the_throttle(make_harness: HarnessFactory) -> None:
+    """An OP answering 500 is asked once per interval, and the failure reads as the server's."""
+    with StandInOP() as failing_op:
+        failing_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=failing_op.issuer, jwks_min_refresh_interval=3600)
+        good = harness.client.post(
+            PATH, data={"logout_token": failing_op.logout_token(CLIENT_ID, sid="a")}
+        )
+        assert good.status_code == 200
+        failing_op.jwks_status = 500
+        forger = RSAKey.generate_key(2048)
+        statuses = []
+        for n in range(4):
+            token = mint_logout_token(
+                forger, issuer=failing_op.issuer, audience=CLIENT_ID, header={"kid": f"k{n}"}
+            )
+            response = harness.client.post(PATH, data={"logout_token": token})
+            statuses.append(response.status_code)
+            assert "retry-after" in response.headers
+        assert statuses == [503, 503, 503, 503]
+        assert failing_op.jwks_requests == 2
+
+
+def test_concurrent_unknown_kids_share_one_refetch(make_harness: HarnessFactory) -> None:
+    """Forty concurrent tokens with an unknown kid make a single JWKS fetch (single flight)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with StandInOP() as slow_op:
+        slow_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=slow_op.issuer, jwks_min_refresh_interval=0)
+        assert (
+            harness.client.post(
+                PATH, data={"logout_token": slow_op.logout_token(CLIENT_ID, sid="warm")}
+            ).status_code
+            == 200
+        )
+        _rotate(slow_op)
+        slow_op.jwks_delay = 0.5
+        before = slow_op.jwks_requests
+        tokens = [slow_op.logout_token(CLIENT_ID, sid=f"c{n}") for n in range(40)]
+        with ThreadPoolExecutor(40) as pool:
+            statuses = list(
+                pool.map(
+                    lambda t: harness.client.post(PATH, data={"logout_token": t}).status_code,
+                    tokens,
+                )
+            )
+        assert statuses == [200] * 40
+        assert slow_op.jwks_requests - before == 1
+
+
+# ------------------------------------------------------------ admin URL and front-channel
+# Rules of the other two logout receivers that test_fuzz.py found broken.
+
+
+def admin_token(op: StandInOP, **claims: Any) -> str:
+    payload = {
+        "id": str(uuid.uuid4()),
+        "expiration": int(time.time()) + 30,
+        "resource": CLIENT_ID,
+        "action": "LOGOUT",
+        "notBefore": 0,
+        "keycloakSessionIds": ["adm-other"],
+    }
+    payload.update(claims)
+    return mint_jwt(op.key, payload, {"typ": "JWT"})
+
+
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        pytest.param(
+            {"keycloakSessionIds": {}}, "bad_session_ids", id="session ids {} (was everybody)"
+        ),
+        pytest.param(
+            {"keycloakSessionIds": ""}, "bad_session_ids", id="session ids '' (was everybody)"
+        ),
+        pytest.param(
+            {"keycloakSessionIds": False}, "bad_session_ids", id="session ids false (was everybody)"
+        ),
+        pytest.param(
+            {"keycloakSessionIds": ["\ud800"]},
+            "bad_session_ids",
+            id="session id a lone surrogate (was a 500)",
+        ),
+        pytest.param({"id": "\ud800"}, "missing_id", id="id a lone surrogate (was accepted)"),
+    ],
+)
+def test_admin_token_rules(
+    claims: dict[str, Any], error: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A malformed k_logout action is a 400 naming the rule, and logs nobody out."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="adm-mine", auth_time=time.time() - 60)
+    response = harness.client.post(
+        "/k_logout", content=admin_token(op, **claims), headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error_description"].startswith(f"{error}:")
+    assert harness.seen_session(cookie) != {}
+
+
+@pytest.mark.parametrize(
+    ("query", "error"),
+    [
+        pytest.param("&".join(["a=1"] * 21), "bad_request", id="21 fields (was a 500)"),
+        pytest.param(
+            "iss=x&sid=y&" + "&".join(["a=1"] * 200), "bad_request", id="220 fields (was a 500)"
+        ),
+    ],
+)
+def test_frontchannel_query_rules(
+    query: str, error: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A front-channel query the page refuses is a 400 naming the rule, never a 500."""
+    harness = make_harness(frontchannel_path="/frontchannel-logout")
+    cookie = harness.session_cookie(op, sid="fc-mine")
+    response = harness.get(f"/frontchannel-logout?{query}", cookie)
+    assert response.status_code == 400, response.text
+    assert response.json()["error_description"].startswith(f"{error}:")
+    assert harness.seen_session(cookie) != {}
+
+
+def test_a_blank_duplicate_logout_token_is_refused(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """``logout_token=&logout_token=T`` carries two fields: not exactly one, so 400."""
+    harness = make_harness()
+    token = op.logout_token(CLIENT_ID, sid="blank-dup")
+    response = harness.client.post(
+        PATH,
+        content=f"logout_token=&logout_token={token}".encode(),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert response.status_code == 400
+    assert response.json()["error_description"].startswith("missing_logout_token:")

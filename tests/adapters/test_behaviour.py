@@ -8,15 +8,21 @@ legacy admin URL.
 from __future__ import annotations
 
 import time
-import uuid
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from kc_sso_middleware import Revocation, RevocationKind
+from kc_sso_middleware import Revocation
 from kc_sso_middleware.testing import StandInOP, mint_jwt
-from tests.conftest import CLIENT_ID, Clock, HarnessFactory
+from tests.conftest import (
+    CLIENT_ID,
+    Clock,
+    HarnessFactory,
+    admin_token,
+    direct_grant,
+    post_admin,
+)
 
 
 def _query(location: str) -> dict[str, str]:
@@ -27,8 +33,16 @@ def _revoke(harness: Any, *entries: Revocation) -> None:
     assert harness.store.record(entries)
 
 
-def _sid_entry(sid: str) -> Revocation:
-    return Revocation(RevocationKind.SESSION, sid, 0.0, time.time() + 3600)
+def _sid_entry(sid: str, issuer: str = "") -> Revocation:
+    return Revocation.session(issuer or _ISSUER[0], sid, expires_at=time.time() + 3600)
+
+
+_ISSUER: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _remember_issuer(op: StandInOP) -> None:
+    _ISSUER[:] = [op.issuer]
 
 
 # ------------------------------------------------------------------ ordinary requests
@@ -110,7 +124,9 @@ def test_user_wide_revocation_spares_later_logins(
     now = time.time()
     before = harness.session_cookie(op, sid="u-a", sub="carol", auth_time=now - 50)
     after = harness.session_cookie(op, sid="u-b", sub="carol", auth_time=now)
-    _revoke(harness, Revocation(RevocationKind.USER, "carol", now - 10, now + 3600))
+    _revoke(
+        harness, Revocation.user(op.issuer, "carol", not_before=now - 10, expires_at=now + 3600)
+    )
     assert harness.seen_session(before) == {}
     assert harness.seen_session(after) != {}
 
@@ -127,13 +143,27 @@ def test_session_older_than_max_lifetime_is_refused(
     assert harness.seen_session(cookie) == {}
 
 
-def test_tampered_cookie_is_left_to_the_app(make_harness: HarnessFactory, op: StandInOP) -> None:
-    """A cookie that does not verify is not ours to judge; the framework ignores it itself."""
+def test_tampered_cookie_is_taken_out_and_expired(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A cookie that does not verify cannot be vouched for: out of the request, expired."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="t") + "x"
-    response = harness.get("/", cookie)
+    response = harness.client.get("/", headers={"Cookie": f"a=1; session={cookie}; b=2"})
     assert response.status_code == 200
-    assert response.json()["session"] == {}
+    assert response.json() == {"session": {}, "cookie": "a=1; b=2"}
+    assert "Max-Age=0" in response.headers["set-cookie"]
+
+
+def test_verified_session_without_keycloak_login_passes(make_harness: HarnessFactory) -> None:
+    """A session the app signed that holds no login yet (e.g. OAuth state) stays as it is."""
+    from kc_sso_middleware.testing import make_session_cookie
+    from tests.conftest import SESSION_SECRET
+
+    harness = make_harness()
+    cookie = make_session_cookie(SESSION_SECRET, {"state": "abc"}, format=harness.format)
+    response = harness.get("/", cookie)
+    assert response.json()["session"] == {"state": "abc"}
     assert "set-cookie" not in response.headers
 
 
@@ -262,14 +292,17 @@ def test_post_logout_target_is_never_an_open_redirect(
 def test_api_client_logout_ends_keycloak_session_server_side(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
-    """An API client posting its refresh token gets the OP session ended server-side."""
+    """An API client posting its refresh token with its bearer token ends the OP session."""
     harness = make_harness()
-    tokens = _direct_grant(op)
+    tokens = direct_grant(op)
     before = len(op.end_session_requests)
     response = harness.client.post(
         "/logout",
         data={"refresh_token": tokens["refresh_token"]},
-        headers={"Accept": "application/json"},
+        headers={
+            "Accept": "application/json",
+            "Authorization": f"Bearer {tokens['access_token']}",
+        },
     )
     assert response.status_code == 200, response.text
     assert response.json() == {"logged_out": True, "op_session_ended": True}
@@ -283,9 +316,15 @@ def test_api_client_logout_surfaces_keycloak_error(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
     """Without client credentials Keycloak answers unauthorized_client; the error is passed on."""
-    harness = make_harness(client_id="unknown-client")
+    harness = make_harness(client_secret="wrong-secret")
+    tokens = direct_grant(op)
     response = harness.client.post(
-        "/logout", data={"refresh_token": "r"}, headers={"Accept": "application/json"}
+        "/logout",
+        data={"refresh_token": tokens["refresh_token"]},
+        headers={
+            "Accept": "application/json",
+            "Authorization": f"Bearer {tokens['access_token']}",
+        },
     )
     assert response.status_code == 502
     body = response.json()
@@ -309,47 +348,79 @@ def test_logout_other_method_gets_405(make_harness: HarnessFactory) -> None:
     assert make_harness().client.request("PUT", "/logout").status_code == 405
 
 
-def _direct_grant(op: StandInOP) -> dict[str, Any]:
-    import httpx
-
-    response = httpx.post(
-        f"{op.issuer}/protocol/openid-connect/token",
-        data={
-            "grant_type": "password",
-            "client_id": CLIENT_ID,
-            "client_secret": "app-secret",
-            "username": "erin",
-            "password": "x",
-            "scope": "openid",
-        },
-    )
-    response.raise_for_status()
-    tokens: dict[str, Any] = response.json()
-    return tokens
-
-
 # ------------------------------------------------------------------ front-channel
 
+FRONT = {"frontchannel_path": "/frontchannel-logout"}
 
-def test_frontchannel_logout_revokes_sid(make_harness: HarnessFactory, op: StandInOP) -> None:
-    """GET with matching iss and sid revokes that session; no-cache headers."""
+
+def test_frontchannel_is_off_by_default(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """Without KC_SSO_FRONTCHANNEL_PATH the path is the app's; nothing is revoked."""
     harness = make_harness()
+    cookie = harness.session_cookie(op, sid="fc-off")
+    response = harness.get(
+        "/frontchannel-logout", cookie, params={"iss": op.issuer, "sid": "fc-off"}
+    )
+    assert response.status_code == 404
+    assert harness.seen_session(cookie) != {}
+
+
+def test_frontchannel_logout_ends_the_browsers_own_session(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Matching iss and sid end the browser's own session: cookie expired, sid revoked."""
+    harness = make_harness(**FRONT)
     cookie = harness.session_cookie(op, sid="fc-1")
-    response = harness.client.get("/frontchannel-logout", params={"iss": op.issuer, "sid": "fc-1"})
+    response = harness.get("/frontchannel-logout", cookie, params={"iss": op.issuer, "sid": "fc-1"})
     assert response.status_code == 200
     assert "no-store" in response.headers["cache-control"]
     assert response.headers["pragma"] == "no-cache"
+    assert "Max-Age=0" in response.headers["set-cookie"]
+    origin = op.issuer.split("/realms/")[0]
+    assert response.headers["content-security-policy"] == f"frame-ancestors {origin}"
     assert harness.seen_session(cookie) == {}
 
 
 def test_frontchannel_logout_with_own_cookie(make_harness: HarnessFactory, op: StandInOP) -> None:
     """Without parameters the browser's own session is ended and its cookie expired."""
-    harness = make_harness()
+    harness = make_harness(**FRONT)
     cookie = harness.session_cookie(op, sid="fc-2")
     response = harness.get("/frontchannel-logout", cookie)
     assert response.status_code == 200
     assert "Max-Age=0" in response.headers["set-cookie"]
     assert harness.seen_session(cookie) == {}
+
+
+def test_frontchannel_cannot_end_another_browsers_session(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A sid that is not the requesting browser's own session is not revoked (an <img> tag)."""
+    harness = make_harness(**FRONT)
+    victim = harness.session_cookie(op, sid="victim")
+    attacker = harness.session_cookie(op, sid="attacker")
+    response = harness.get(
+        "/frontchannel-logout", attacker, params={"iss": op.issuer, "sid": "victim"}
+    )
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers
+    response = harness.client.get(
+        "/frontchannel-logout", params={"iss": op.issuer, "sid": "victim"}
+    )
+    assert response.status_code == 200
+    assert harness.seen_session(victim) != {}
+    assert harness.seen_session(attacker) != {}
+
+
+def test_frontchannel_revoke_others_is_an_opt_in(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """KC_SSO_FRONTCHANNEL_REVOKE_OTHERS lets the OP's iframe end any sid it names."""
+    harness = make_harness(**FRONT, frontchannel_revoke_others=True)
+    victim = harness.session_cookie(op, sid="fc-other")
+    response = harness.client.get(
+        "/frontchannel-logout", params={"iss": op.issuer, "sid": "fc-other"}
+    )
+    assert response.status_code == 200
+    assert harness.seen_session(victim) == {}
 
 
 @pytest.mark.parametrize(
@@ -364,31 +435,15 @@ def test_frontchannel_logout_rejects_bad_parameters(
     params: dict[str, str], make_harness: HarnessFactory, op: StandInOP
 ) -> None:
     """iss must match and come together with sid; otherwise 400 and nothing revoked."""
-    harness = make_harness()
+    harness = make_harness(**FRONT)
     cookie = harness.session_cookie(op, sid="fc-3")
     params = {k: (op.issuer if v == "ISSUER" else v) for k, v in params.items()}
-    response = harness.client.get("/frontchannel-logout", params=params)
+    response = harness.get("/frontchannel-logout", cookie, params=params)
     assert response.status_code == 400
     assert harness.seen_session(cookie) != {}
 
 
 # ------------------------------------------------------------------ legacy admin URL
-
-
-def _admin_token(op: StandInOP, kind: str, **claims: Any) -> str:
-    payload = {
-        "id": str(uuid.uuid4()),
-        "expiration": int(time.time()) + 30,
-        "resource": CLIENT_ID,
-        "action": kind,
-        "notBefore": 0,
-    }
-    payload.update(claims)
-    return mint_jwt(op.key, {k: v for k, v in payload.items() if v is not None}, {"typ": "JWT"})
-
-
-def _post_admin(harness: Any, path: str, body: str) -> Any:
-    return harness.client.post(path, content=body, headers={"Content-Type": "text/plain"})
 
 
 def test_admin_logout_all_revokes_every_earlier_session(
@@ -397,8 +452,8 @@ def test_admin_logout_all_revokes_every_earlier_session(
     """k_logout without session ids ("sign out all sessions") ends every current session."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="adm-1", auth_time=time.time() - 5)
-    response = _post_admin(
-        harness, "/k_logout", _admin_token(op, "LOGOUT", notBefore=int(time.time()))
+    response = post_admin(
+        harness, "/k_logout", admin_token(op, "LOGOUT", notBefore=int(time.time()))
     )
     assert response.status_code == 200
     assert harness.seen_session(cookie) == {}
@@ -409,8 +464,8 @@ def test_admin_logout_of_named_sessions(make_harness: HarnessFactory, op: StandI
     harness = make_harness()
     ended = harness.session_cookie(op, sid="adm-2")
     kept = harness.session_cookie(op, sid="adm-3")
-    response = _post_admin(
-        harness, "/k_logout", _admin_token(op, "LOGOUT", keycloakSessionIds=["adm-2"])
+    response = post_admin(
+        harness, "/k_logout", admin_token(op, "LOGOUT", keycloakSessionIds=["adm-2"])
     )
     assert response.status_code == 200
     assert harness.seen_session(ended) == {}
@@ -423,10 +478,10 @@ def test_admin_push_not_before(make_harness: HarnessFactory, op: StandInOP) -> N
     now = time.time()
     old = harness.session_cookie(op, sid="nb-1", auth_time=now - 100)
     new = harness.session_cookie(op, sid="nb-2", auth_time=now)
-    response = _post_admin(
+    response = post_admin(
         harness,
         "/k_push_not_before",
-        _admin_token(op, "PUSH_NOT_BEFORE", notBefore=int(now - 10)),
+        admin_token(op, "PUSH_NOT_BEFORE", notBefore=int(now - 10)),
     )
     assert response.status_code == 200
     assert harness.seen_session(old) == {}
@@ -436,7 +491,7 @@ def test_admin_push_not_before(make_harness: HarnessFactory, op: StandInOP) -> N
 def test_admin_test_available(make_harness: HarnessFactory, op: StandInOP) -> None:
     """k_test_available answers 200 to a valid action."""
     harness = make_harness()
-    response = _post_admin(harness, "/k_test_available", _admin_token(op, "TEST_AVAILABLE"))
+    response = post_admin(harness, "/k_test_available", admin_token(op, "TEST_AVAILABLE"))
     assert response.status_code == 200
 
 
@@ -455,7 +510,7 @@ def test_admin_action_rules(
     """Admin actions are checked like the old adapters did: resource, action, expiration."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="adm-rule")
-    response = _post_admin(harness, "/k_logout", _admin_token(op, "LOGOUT", **claims))
+    response = post_admin(harness, "/k_logout", admin_token(op, "LOGOUT", **claims))
     assert response.status_code == status
     assert response.json()["error_description"].startswith(f"{code}:")
     assert harness.seen_session(cookie) != {}
@@ -471,19 +526,19 @@ def test_admin_bad_signature_gets_403(make_harness: HarnessFactory, op: StandInO
         forger,
         {"id": "x", "expiration": int(time.time()) + 30, "resource": CLIENT_ID, "action": "LOGOUT"},
     )
-    assert _post_admin(harness, "/k_logout", forged).status_code == 403
+    assert post_admin(harness, "/k_logout", forged).status_code == 403
 
 
 def test_admin_replay_is_refused(make_harness: HarnessFactory, op: StandInOP) -> None:
     """The same admin action id is accepted once."""
     harness = make_harness()
-    body = _admin_token(op, "LOGOUT", keycloakSessionIds=["adm-r"])
-    assert _post_admin(harness, "/k_logout", body).status_code == 200
-    assert _post_admin(harness, "/k_logout", body).status_code == 400
+    body = admin_token(op, "LOGOUT", keycloakSessionIds=["adm-r"])
+    assert post_admin(harness, "/k_logout", body).status_code == 200
+    assert post_admin(harness, "/k_logout", body).status_code == 400
 
 
 def test_admin_path_can_be_turned_off(make_harness: HarnessFactory, op: StandInOP) -> None:
     """KC_SSO_ADMIN_PATH=off leaves /k_logout to the app."""
     harness = make_harness(admin_path=None)
-    response = _post_admin(harness, "/k_logout", _admin_token(op, "LOGOUT"))
+    response = post_admin(harness, "/k_logout", admin_token(op, "LOGOUT"))
     assert response.status_code in (404, 405)

@@ -392,7 +392,10 @@ def test_middleware_surfaces_missing_client_secret(stack: Stack) -> None:
             response = client.post(
                 "/logout",
                 data={"refresh_token": tokens["refresh_token"]},
-                headers={"Accept": "application/json"},
+                headers={
+                    "Accept": "application/json",
+                    "Authorization": f"Bearer {tokens['access_token']}",
+                },
             )
     finally:
         app.close()
@@ -400,6 +403,23 @@ def test_middleware_surfaces_missing_client_secret(stack: Stack) -> None:
     body = response.json()
     assert body["op_error"] == "unauthorized_client"
     assert "KC_SSO_CLIENT_SECRET" in body["error_description"]
+
+
+def test_a_stolen_refresh_token_does_not_end_the_keycloak_session(stack: Stack) -> None:
+    """Posted without the session's cookie or bearer token, a refresh token ends nothing."""
+    keycloak = stack.keycloak
+    tokens = keycloak.password_grant(*CLIENTS["fastapi"], "alice", USERS["alice"])
+    cookies = _app_cookie(stack, "fastapi", tokens)
+    with httpx.Client(timeout=10) as client:
+        response = client.post(
+            f"{stack.apps['fastapi'].url}/logout",
+            data={"refresh_token": tokens["refresh_token"]},
+            headers={"Accept": "application/json"},
+        )
+    assert response.status_code == 401
+    sessions = keycloak.admin_get(f"{keycloak.realm}/users/{keycloak.user_id('alice')}/sessions")
+    assert tokens["session_state"] in {s["id"] for s in sessions}
+    assert _status_with_cookie(stack, "fastapi", cookies) == 200
 
 
 def test_api_logout_through_the_middleware(stack: Stack) -> None:

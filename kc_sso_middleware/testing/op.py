@@ -1,17 +1,14 @@
-"""Helpers for your own tests: mint logout tokens and session cookies, run a stand-in OP.
+"""A stand-in OpenID Provider on a loopback port, for fast tests.
 
-* :func:`mint_logout_token` signs a back-channel logout token shaped like Keycloak's, with
-  any header or claim overridden or dropped, to test acceptance and every rejection rule.
-* :func:`make_session_cookie` signs a session the way Flask or Starlette would.
-* :class:`StandInOP` is a small OpenID Provider on a loopback port (discovery, JWKS,
-  authorize, token, end-session with back-channel fan-out) for fast tests.  It signs real
-  tokens with joserfc.  It is **not** Keycloak: end-to-end tests belong against the real one.
+:class:`StandInOP` serves discovery, JWKS, authorize (automatic login, SSO by cookie),
+token (authorization code, password, refresh), introspection and end-session with
+back-channel fan-out, and signs real tokens with joserfc.  It is **not** Keycloak:
+end-to-end tests belong against the real one.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import secrets
 import threading
@@ -20,110 +17,16 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from joserfc import jws
-from joserfc.jwk import RSAKey
+from joserfc.jwk import OctKey, RSAKey
 
-from ._tokens import BACKCHANNEL_EVENT
+from .tokens import mint_jwt, mint_logout_token
 
-__all__ = [
-    "BACKCHANNEL_EVENT",
-    "StandInOP",
-    "make_session_cookie",
-    "mint_jwt",
-    "mint_logout_token",
-]
-
-
-def mint_jwt(
-    key: RSAKey,
-    claims: Mapping[str, Any],
-    header: Mapping[str, Any] | None = None,
-) -> str:
-    """Sign ``claims`` as a compact JWS; ``header`` is taken as given (``alg`` defaults RS256)."""
-    full_header = {"alg": "RS256", "kid": key.kid, **(header or {})}
-    full_header = {k: v for k, v in full_header.items() if v is not None}
-    return jws.serialize_compact(
-        full_header,
-        json.dumps(dict(claims), separators=(",", ":")).encode(),
-        key,
-        algorithms=[full_header["alg"]],
-    )
-
-
-def mint_logout_token(
-    key: RSAKey,
-    *,
-    issuer: str,
-    audience: str | list[str],
-    sub: str | None = "user-1",
-    sid: str | None = "session-1",
-    now: float | None = None,
-    header: Mapping[str, Any] | None = None,
-    drop: Iterable[str] = (),
-    **claims: Any,
-) -> str:
-    """A logout token like Keycloak 25+ sends, with claims overridden or dropped.
-
-    ``header`` overrides JOSE header members (``typ`` defaults to ``logout+jwt``); ``drop``
-    names claims or header members to leave out (e.g. ``drop=["exp", "typ"]``).
-    """
-    issued = int(now if now is not None else time.time())
-    payload: dict[str, Any] = {
-        "iat": issued,
-        "exp": issued + 120,
-        "jti": str(uuid.uuid4()),
-        "iss": issuer,
-        "aud": audience,
-        "sub": sub,
-        "typ": "Logout",
-        "sid": sid,
-        "events": {BACKCHANNEL_EVENT: {}},
-    }
-    payload.update(claims)
-    full_header: dict[str, Any] = {"alg": "RS256", "typ": "logout+jwt", "kid": key.kid}
-    full_header.update(header or {})
-    for name in drop:
-        payload.pop(name, None)
-        full_header.pop(name, None)
-    payload = {k: v for k, v in payload.items() if v is not None}
-    return mint_jwt(key, payload, full_header)
-
-
-class _FixedTimeSigner(TimestampSigner):
-    stamp: int = 0
-
-    def get_timestamp(self) -> int:
-        return self.stamp or super().get_timestamp()
-
-
-def make_session_cookie(
-    secret: str,
-    session: Mapping[str, Any],
-    *,
-    format: Literal["flask", "starlette"] = "flask",
-    timestamp: int | None = None,
-) -> str:
-    """A session cookie value, signed as Flask's cookie session or Starlette's would sign it."""
-    signer = type("Signer", (_FixedTimeSigner,), {"stamp": timestamp or 0})
-    if format == "flask":
-        serializer = URLSafeTimedSerializer(
-            secret,
-            salt="cookie-session",
-            signer=signer,
-            signer_kwargs={"key_derivation": "hmac", "digest_method": hashlib.sha1},
-        )
-        return str(serializer.dumps(dict(session)))
-    data = base64.b64encode(json.dumps(dict(session)).encode())
-    signed: bytes = signer(secret).sign(data)
-    return signed.decode()
-
-
-# --------------------------------------------------------------------------- stand-in OP
+__all__ = ["Delivery", "StandInOP"]
 
 
 @dataclass
@@ -165,11 +68,18 @@ class StandInOP:
     def __init__(self, username: str = "alice") -> None:
         self.key = RSAKey.generate_key(2048, parameters={"use": "sig"})
         self.key.ensure_kid()
+        # Keycloak signs refresh tokens with a realm HMAC key nobody else can verify.
+        self._refresh_key = OctKey.generate_key(512)
         self.username = username
         self.clients: dict[str, _Client] = {}
         self.sessions: dict[str, _Session] = {}
         self.deliveries: list[Delivery] = []
         self.end_session_requests: list[dict[str, str]] = []
+        #: how many times the JWKS was fetched; set ``jwks_status`` to make it fail and
+        #: ``jwks_delay`` (seconds) to make it slow
+        self.jwks_requests = 0
+        self.jwks_status = 200
+        self.jwks_delay = 0.0
         self._codes: dict[str, dict[str, str]] = {}
         self._refresh: dict[str, tuple[str, str]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -239,7 +149,21 @@ class StandInOP:
         }
         if nonce:
             claims["nonce"] = nonce
-        refresh = secrets.token_urlsafe(24)
+        refresh = mint_jwt(
+            self._refresh_key,
+            {
+                "iss": self.issuer,
+                "aud": self.issuer,
+                "azp": client_id,
+                "sub": op_session.sub,
+                "sid": op_session.sid,
+                "iat": now,
+                "exp": now + 1800,
+                "jti": str(uuid.uuid4()),
+                "typ": "Refresh",
+            },
+            {"alg": "HS512", "typ": "JWT", "kid": None},
+        )
         self._refresh[refresh] = (op_session.sid, client_id)
         return {
             "access_token": mint_jwt(self.key, {**claims, "typ": "Bearer"}, {"typ": "JWT"}),
@@ -338,6 +262,12 @@ class StandInOP:
                 )
 
             def _certs(self, _params: dict[str, str]) -> None:
+                op.jwks_requests += 1
+                if op.jwks_delay:
+                    time.sleep(op.jwks_delay)
+                if op.jwks_status != 200:
+                    self._json(op.jwks_status, {"error": "server_error"})
+                    return
                 self._json(200, {"keys": [op.key.as_dict(private=False)]})
 
             def _op_session(self) -> _Session | None:

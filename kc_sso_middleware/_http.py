@@ -1,0 +1,123 @@
+"""The plain values the core and the adapters exchange: requests, responses, verdicts.
+
+A leaf module: no framework, no I/O.  The adapters build a :class:`RequestHead` (what an
+ordinary request carries that may identify a Keycloak session) or a :class:`Request` (for
+the middleware's own paths), and turn a :class:`Response` or a :class:`Verdict` into bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "NO_STORE",
+    "PASS",
+    "Request",
+    "RequestHead",
+    "Response",
+    "SignOut",
+    "Verdict",
+    "html_response",
+    "json_response",
+]
+
+NO_STORE = ("Cache-Control", "no-store")
+JSON_TYPE = ("Content-Type", "application/json")
+HTML_TYPE = ("Content-Type", "text/html; charset=utf-8")
+
+#: Raw header value as the adapter has it: text under WSGI, latin-1 bytes under ASGI.
+RawHeader = str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHead:
+    """What an ordinary request carries that may name a Keycloak session.
+
+    ``cookies`` holds every ``Cookie`` header in order (WSGI has at most one; ASGI may have
+    several); ``authorization`` the ``Authorization`` header, if any.
+    """
+
+    cookies: tuple[RawHeader, ...] = ()
+    authorization: RawHeader | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the core needs to know about a request to one of its own paths."""
+
+    method: str
+    query_string: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
+    body: bytes = b""
+    scheme: str = "http"
+    root_path: str = ""
+    head: RequestHead = field(default_factory=RequestHead)
+
+    @property
+    def origin(self) -> str:
+        host = self.headers.get("host", "localhost")
+        return f"{self.scheme}://{host}"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A complete answer, turned into bytes by the adapters."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SignOut:
+    """Why a request's session was just taken out: the request-scoped marker.
+
+    The adapters put it where the app can read it (``environ["kc_sso.signed_out"]``,
+    ``scope["kc_sso.signed_out"]``) so a page can tell the user what happened.
+    """
+
+    #: ``backchannel``, ``frontchannel``, ``local_logout``, ``user_logout``,
+    #: ``sign_out_all``, ``liveness`` or ``lifetime``
+    reason: str
+    #: epoch seconds when the revocation was recorded, when known
+    at: float | None = None
+    #: the Keycloak session id (``sid``) of the session taken out, when known
+    sid: str | None = None
+    #: which client's action caused it, when known (e.g. the app a local logout ran in)
+    origin: str | None = None
+
+    def as_dict(self) -> dict[str, object]:
+        return {"reason": self.reason, "at": self.at, "sid": self.sid, "origin": self.origin}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What happens to an ordinary request.
+
+    * :data:`PASS`: call the app with the request untouched;
+    * ``response`` set: answer it instead of calling the app;
+    * otherwise call the app with the Cookie header replaced by ``cookie`` (``""`` removes
+      it), and add ``set_cookies`` to the app's answer unless it sets those cookies itself.
+    """
+
+    response: Response | None = None
+    #: replacement for every Cookie header; ``None`` keeps them
+    cookie: str | None = None
+    #: ``Set-Cookie`` values to add (each ``name=...; attributes``)
+    set_cookies: tuple[str, ...] = ()
+    #: the request-scoped marker, when a session was taken out
+    signed_out: SignOut | None = None
+
+
+PASS = Verdict()
+
+
+def json_response(status: int, payload: Mapping[str, object], *extra: tuple[str, str]) -> Response:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return Response(status, (JSON_TYPE, NO_STORE, *extra), body)
+
+
+def html_response(status: int, body: str, *extra: tuple[str, str]) -> Response:
+    return Response(status, (HTML_TYPE, NO_STORE, *extra), body.encode())

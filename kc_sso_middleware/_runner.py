@@ -1,0 +1,163 @@
+"""The performers of the core's effects: the only place its flows meet the network and store.
+
+:class:`SyncRunner` serves the WSGI adapter with httpx's blocking client and the store's
+``record``; :class:`AsyncRunner` serves the ASGI adapter with ``httpx.AsyncClient`` and the
+store's ``arecord``.  Both drive flows with :func:`~._flows.drive` / :func:`~._flows.adrive`;
+only the I/O differs.  Concurrent identical GETs (the JWKS refetch a burst of tokens with a
+new ``kid`` asks for) are performed once and their answer shared: single flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from typing import Any, TypeVar
+
+import httpx
+
+from ._effects import HttpCall, HttpResult, RecordRevocations
+from ._flows import Effect, Flow, adrive, drive
+from .errors import DiscoveryError
+from .settings import Settings
+from .stores.base import RevocationStore
+
+__all__ = ["AsyncRunner", "SyncRunner"]
+
+T = TypeVar("T")
+
+
+def _verify(settings: Settings) -> ssl.SSLContext | bool:
+    if not settings.tls_verify:
+        return False
+    if settings.ca_bundle:
+        return ssl.create_default_context(cafile=settings.ca_bundle)
+    return True
+
+
+def _unreachable(call: HttpCall, exc: Exception) -> DiscoveryError:
+    return DiscoveryError(f"{call.method} {call.url} failed: {exc.__class__.__name__}: {exc}")
+
+
+def _unknown(effect: Effect[Any]) -> TypeError:
+    return TypeError(f"no performer for {type(effect).__name__}")
+
+
+class _Flight:
+    """One GET in flight, shared by every thread that asks for the same URL meanwhile."""
+
+    __slots__ = ("done", "error", "result")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: HttpResult | None = None
+        self.error: Exception | None = None
+
+
+class SyncRunner:
+    """Runs flows with blocking I/O."""
+
+    def __init__(self, settings: Settings, store: RevocationStore) -> None:
+        self.store = store
+        self._timeout = settings.http_timeout
+        self.http = httpx.Client(timeout=settings.http_timeout, verify=_verify(settings))
+        self._flights: dict[str, _Flight] = {}
+        self._flights_lock = threading.Lock()
+
+    def run(self, flow: Flow[T]) -> T:
+        return drive(flow, self.perform)
+
+    def perform(self, effect: Effect[Any]) -> object:
+        if isinstance(effect, HttpCall):
+            if effect.method == "GET":
+                return self._get_once(effect)
+            return self._request(effect)
+        if isinstance(effect, RecordRevocations):
+            return self.store.record(
+                effect.revocations,
+                jti=effect.jti,
+                jti_expires_at=effect.jti_expires_at,
+                authenticated=effect.authenticated,
+            )
+        raise _unknown(effect)
+
+    def _request(self, call: HttpCall) -> HttpResult:
+        try:
+            response = self.http.request(call.method, call.url, data=call.form, auth=call.auth)
+        except httpx.HTTPError as exc:
+            raise _unreachable(call, exc) from exc
+        return HttpResult(response.status_code, response.content)
+
+    def _get_once(self, call: HttpCall) -> HttpResult:
+        with self._flights_lock:
+            flight = self._flights.get(call.url)
+            leading = flight is None
+            if flight is None:
+                flight = self._flights[call.url] = _Flight()
+        if not leading:
+            if not flight.done.wait(self._timeout * 2):
+                raise DiscoveryError(f"GET {call.url}: the shared fetch did not finish")
+            if flight.error is not None:
+                raise flight.error
+            assert flight.result is not None
+            return flight.result
+        try:
+            flight.result = self._request(call)
+            return flight.result
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._flights_lock:
+                del self._flights[call.url]
+            flight.done.set()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+class AsyncRunner:
+    """Runs flows with asyncio I/O."""
+
+    def __init__(self, settings: Settings, store: RevocationStore) -> None:
+        self.store = store
+        self.http = httpx.AsyncClient(timeout=settings.http_timeout, verify=_verify(settings))
+        self._flights: dict[str, asyncio.Future[HttpResult]] = {}
+
+    async def run(self, flow: Flow[T]) -> T:
+        return await adrive(flow, self.perform)
+
+    async def perform(self, effect: Effect[Any]) -> object:
+        if isinstance(effect, HttpCall):
+            if effect.method == "GET":
+                return await self._get_once(effect)
+            return await self._request(effect)
+        if isinstance(effect, RecordRevocations):
+            return await self.store.arecord(
+                effect.revocations,
+                jti=effect.jti,
+                jti_expires_at=effect.jti_expires_at,
+                authenticated=effect.authenticated,
+            )
+        raise _unknown(effect)
+
+    async def _request(self, call: HttpCall) -> HttpResult:
+        try:
+            response = await self.http.request(
+                call.method, call.url, data=call.form, auth=call.auth
+            )
+        except httpx.HTTPError as exc:
+            raise _unreachable(call, exc) from exc
+        return HttpResult(response.status_code, response.content)
+
+    async def _get_once(self, call: HttpCall) -> HttpResult:
+        flight = self._flights.get(call.url)
+        if flight is None:
+            flight = asyncio.ensure_future(self._request(call))
+            self._flights[call.url] = flight
+            flight.add_done_callback(lambda _: self._flights.pop(call.url, None))
+        # shield: one waiter cancelled (a client gone) must not cancel the others' fetch
+        return await asyncio.shield(flight)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()

@@ -1,0 +1,93 @@
+"""What every responder shares: settings, the OP's keys, the sources, and two common steps.
+
+The two steps used by more than one protocol live here once: verifying a token's signature
+with the OP's keys (back-channel and admin URL), and recording revocations with a replay
+check (back-channel, admin URL; the others record without a ``jti``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from joserfc.jws import CompactSignature
+
+from .._effects import RecordRevocations
+from .._flows import Flow
+from .._http import RequestHead
+from .._logs import Tagger
+from .._oidc import Provider
+from .._tokens import TokenPolicy, candidate_keys, verify_signature
+from ..errors import LogoutTokenError
+from ..settings import Settings
+from ..sources.base import IdentitySource, LoginTokens, SessionIdentity
+from ..stores.model import Revocation
+
+__all__ = ["Context"]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """The shared state of one app's responders."""
+
+    settings: Settings
+    provider: Provider
+    policy: TokenPolicy
+    sources: Sequence[IdentitySource]
+    clock: Callable[[], float]
+    tagger: Tagger
+
+    @property
+    def issuer(self) -> str:
+        return self.settings.issuer
+
+    def expires_at(self) -> float:
+        """When an entry recorded now can be forgotten (no session it matches lives on)."""
+        return self.clock() + self.settings.max_session_lifetime
+
+    def session_of(self, head: RequestHead) -> tuple[SessionIdentity, IdentitySource] | None:
+        """The first Keycloak session ``head`` carries, and the source it came from."""
+        now = self.clock()
+        for source in self.sources:
+            finding = source.find(head, now)
+            if finding is not None and finding.identities:
+                return finding.identities[0], source
+        return None
+
+    def tokens_of(self, head: RequestHead) -> LoginTokens | None:
+        """The tokens of the session ``head`` carries, from the first source holding any."""
+        now = self.clock()
+        for source in self.sources:
+            tokens = source.tokens(head, now)
+            if tokens is not None:
+                return tokens
+        return None
+
+    def verify(
+        self, obj: CompactSignature, header: Mapping[str, object], alg: str
+    ) -> Flow[dict[str, Any]]:
+        """The payload of a token signed by one of the OP's keys (RFC 8725 §3.1-3.2)."""
+        keys = yield from self.provider.keys()
+        candidates = candidate_keys(keys, header, alg)
+        kid = header.get("kid")
+        if not candidates and isinstance(kid, str):
+            # A key published since the last fetch must work at once (see _oidc).
+            keys = yield from self.provider.keys_for_unknown_kid(kid)
+            candidates = candidate_keys(keys, header, alg)
+        if not candidates:
+            raise LogoutTokenError("unknown_kid", f"no {alg} key with kid {kid!r} in the OP's JWKS")
+        return verify_signature(obj, candidates, alg)
+
+    def replay_key(self, kind: str, token_id: str) -> str:
+        # jti is unique per issuer; the client id keeps apps that share one store from
+        # refusing each other's copy of a multi-audience token as a replay.
+        return f"{kind}:{self.settings.client_id}:{self.settings.issuer}:{token_id}"
+
+    def record_once(
+        self, revocations: Sequence[Revocation], jti: str, jti_expires_at: float
+    ) -> Flow[None]:
+        """Record ``revocations`` claiming ``jti``; a replay is a rule failure."""
+        first = yield from RecordRevocations(tuple(revocations), jti, jti_expires_at)
+        if not first:
+            raise LogoutTokenError("replayed_jti", "this logout token was already received")

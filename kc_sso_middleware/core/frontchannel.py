@@ -1,0 +1,116 @@
+"""OIDC Front-Channel Logout 1.0, off unless ``KC_SSO_FRONTCHANNEL_PATH`` is set.
+
+Keycloak renders a page with an iframe per client pointing here, with ``iss`` and ``sid``
+(§2, §3).  Nothing authenticates such a request: any site can make a browser load it (an
+``<img>`` tag).  So the endpoint ends only what the browser itself proves it holds: the
+session in its own cookie, when ``iss`` and ``sid`` match it (or name nothing).  The
+cookie is expired and the session revoked for every worker.  Revoking a ``sid`` that is
+*not* the browser's own session is a separate opt-in (``KC_SSO_FRONTCHANNEL_REVOKE_OTHERS``):
+it lets anyone who learns a session id end it, so it is rate-limited and refused once the
+store holds its bound of entries.
+
+The page may be framed only by the OP (``Content-Security-Policy: frame-ancestors``).
+Keycloak turns back-channel logout off for a client whose front-channel logout is on, so
+prefer back-channel: leave this off.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+from .._effects import RecordRevocations
+from .._flows import Flow
+from .._http import Request, Response
+from ..errors import RequestRefusedError
+from ..stores.model import Revocation
+from .context import Context
+
+__all__ = ["FrontchannelResponder"]
+
+logger = logging.getLogger("kc_sso_middleware")
+
+_PAGE = b"<!doctype html><title>Logged out</title><p>Logged out.</p>"
+#: revocations of other browsers' sessions allowed per second per worker (and burst)
+_OTHERS_PER_SECOND = 5.0
+_OTHERS_BURST = 20.0
+
+
+class _Bucket:
+    """A token bucket: ``rate`` per second, up to ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self._rate, self._burst = rate, burst
+        self._tokens, self._at = burst, time.monotonic()
+        self._lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._at) * self._rate)
+            self._at = now
+            if self._tokens < 1:
+                return False
+            self._tokens -= 1
+            return True
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class FrontchannelResponder:
+    """Serves ``KC_SSO_FRONTCHANNEL_PATH``."""
+
+    methods = ("GET",)
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._others = _Bucket(_OTHERS_PER_SECOND, _OTHERS_BURST)
+        self._headers = (
+            ("Content-Type", "text/html; charset=utf-8"),
+            ("Cache-Control", "no-cache, no-store"),
+            ("Pragma", "no-cache"),
+            ("Content-Security-Policy", f"frame-ancestors {_origin(context.issuer)}"),
+        )
+
+    def respond(self, request: Request) -> Flow[Response]:
+        context = self._context
+        try:
+            params = parse_qs(request.query_string, max_num_fields=20)
+        except ValueError:  # more fields than that
+            raise RequestRefusedError("bad_request", "too many query parameters") from None
+        iss = params.get("iss", [None])[0]
+        sid = params.get("sid", [None])[0]
+        if (iss is None) != (sid is None):
+            raise RequestRefusedError("bad_request", "iss and sid must be given together")
+        if iss is not None and iss != context.issuer:
+            raise RequestRefusedError("bad_iss", "iss is not this app's issuer")
+        headers: tuple[tuple[str, str], ...] = self._headers
+        expires_at = context.expires_at()
+        own = context.session_of(request.head)
+        if own is not None and (sid is None or own[0].sid == sid):
+            identity, source = own
+            # The browser's own session, vouched for by its verified cookie: the whole
+            # Keycloak session when the OP named it, else this app session.
+            key = sid if sid is not None else identity.instance
+            if key is not None:
+                revocation = Revocation.session(context.issuer, key, expires_at=expires_at)
+                yield from RecordRevocations((revocation,))
+                logger.info("front-channel logout: revoked sid %s", context.tagger.tag(key))
+            for cookie in source.expiry_headers():
+                headers = (*headers, ("Set-Cookie", cookie))
+        elif sid is not None and context.settings.frontchannel_revoke_others:
+            if not self._others.take():
+                raise RequestRefusedError(
+                    "rate_limited", "too many front-channel revocations", status=429
+                )
+            revocation = Revocation.session(context.issuer, sid, expires_at=expires_at)
+            yield from RecordRevocations((revocation,), authenticated=False)
+            logger.info(
+                "front-channel logout: revoked another browser's sid %s", context.tagger.tag(sid)
+            )
+        return Response(200, headers, _PAGE)

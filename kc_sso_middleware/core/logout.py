@@ -1,0 +1,281 @@
+"""RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0) at ``KC_SSO_LOGOUT_PATH``.
+
+A browser is logged out locally (its cookie expired, this app session revoked for every
+worker, so a copied cookie is refused too) and sent to Keycloak's ``end_session_endpoint``
+with ``id_token_hint``, ``post_logout_redirect_uri``, ``client_id`` and a fresh ``state``.
+An API client (``Accept: application/json``, or a POST carrying ``refresh_token``) gets the
+Keycloak session ended server-side with a refresh token instead.
+
+Two protections:
+
+* **Logout CSRF.**  A cross-site request (``Sec-Fetch-Site: cross-site``; without fetch
+  metadata, an ``Origin`` or ``Referer`` of another origin) neither clears the session nor
+  sends ``id_token_hint`` (which would end the Keycloak session without asking): a browser
+  gets a small page with a same-origin button that POSTs the logout, an API client a 403.
+  ``KC_SSO_LOGOUT_POST_ONLY`` refuses GET altogether.
+* **Someone else's refresh token.**  A refresh token in the request is honoured only when
+  the request is authenticated as that same Keycloak session (its verified session cookie,
+  or a bearer access token with a valid signature and the same ``sid``).  Otherwise 401,
+  whatever the token, so the answer never tells whether a token is valid.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import secrets
+from collections.abc import Mapping
+from html import escape
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from .._effects import HttpCall, RecordRevocations
+from .._flows import Flow
+from .._http import NO_STORE, Request, Response, html_response, json_response
+from .._tokens import check_header, parse_compact, strict_json
+from ..errors import DiscoveryError, LogoutTokenError, RequestRefusedError, StoreUnavailableError
+from ..sources.base import IdentitySource, LoginTokens, SessionIdentity
+from ..stores.model import Revocation
+from .answers import ProviderRefusedError, answer
+from .backchannel import FORM_CONTENT_TYPE
+from .context import Context
+from .redirects import RedirectGuard
+
+__all__ = ["LogoutResponder"]
+
+logger = logging.getLogger("kc_sso_middleware")
+
+_SAFE_FETCH_SITES = frozenset({"same-origin", "same-site", "none"})
+
+
+def cross_site(request: Request) -> bool:
+    """Whether the browser says the request comes from another site."""
+    fetch_site = request.headers.get("sec-fetch-site")
+    if fetch_site is not None:
+        return fetch_site.strip().lower() not in _SAFE_FETCH_SITES
+    origin = request.headers.get("origin")
+    if origin is not None:
+        return origin.strip().lower() != request.origin.lower()  # "null" included
+    referer = request.headers.get("referer")
+    if referer:
+        parts = urlsplit(referer.strip())
+        return f"{parts.scheme}://{parts.netloc}".lower() != request.origin.lower()
+    return False
+
+
+def _unverified_sid(token: str) -> str | None:
+    """The ``sid`` claim of a JWT, unverified (Keycloak's refresh tokens carry one)."""
+    try:
+        payload = token.split(".")[1]
+        claims = strict_json(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return None
+    sid = claims.get("sid") if isinstance(claims, dict) else None
+    return sid if isinstance(sid, str) and sid else None
+
+
+class LogoutResponder:
+    """Serves ``KC_SSO_LOGOUT_PATH``."""
+
+    def __init__(self, context: Context, guard: RedirectGuard) -> None:
+        self._context = context
+        self._guard = guard
+        self.methods: tuple[str, ...] = (
+            ("POST",) if context.settings.logout_post_only else ("GET", "POST")
+        )
+
+    def respond(self, request: Request) -> Flow[Response]:
+        params = self._params(request)
+        accept = request.headers.get("accept", "")
+        wants_json = "application/json" in accept and "text/html" not in accept
+        api = wants_json or (request.method == "POST" and "refresh_token" in params)
+        if cross_site(request):
+            logger.warning("logout: cross-site request refused (logout CSRF)")
+            if api:
+                raise RequestRefusedError(
+                    "cross_site_request", "a cross-site logout is refused", status=403
+                )
+            return self._confirmation_page(request, params)
+        context = self._context
+        own = context.session_of(request.head)
+        tokens = context.tokens_of(request.head) if own is not None else None
+        expiries = self._expiries()
+        end_session = yield from self._end_session_endpoint()
+        if api:
+            return (yield from self._api_logout(request, params, own, tokens, end_session))
+        yield from self._forget_locally(own)
+        target = self._guard.target(request, params.get("post_logout_redirect_uri"))
+        query: dict[str, str] = {}
+        if tokens is not None and tokens.id_token is not None:
+            query["id_token_hint"] = tokens.id_token
+        legacy = context.settings.legacy_redirect_uri
+        query["redirect_uri" if legacy else "post_logout_redirect_uri"] = target
+        query["client_id"] = context.settings.client_id
+        query["state"] = secrets.token_urlsafe(16)
+        separator = "&" if "?" in end_session else "?"
+        location = f"{end_session}{separator}{urlencode(query)}"
+        return Response(302, (("Location", location), NO_STORE, *expiries))
+
+    # -- steps -------------------------------------------------------------------------
+
+    def _params(self, request: Request) -> dict[str, str]:
+        params = {k: v[0] for k, v in parse_qs(request.query_string, max_num_fields=100).items()}
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and content_type.split(";")[0].strip() == FORM_CONTENT_TYPE:
+            form = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=100)
+            params.update({k: v[0] for k, v in form.items()})
+        return params
+
+    def _expiries(self) -> tuple[tuple[str, str], ...]:
+        # Every source's session ends in the browser, whether or not one was found: a
+        # cookie that did not verify is expired too.
+        return tuple(
+            ("Set-Cookie", cookie)
+            for source in self._context.sources
+            for cookie in source.expiry_headers()
+        )
+
+    def _forget_locally(self, own: tuple[SessionIdentity, IdentitySource] | None) -> Flow[None]:
+        """Revoke this app session (its own token), so a copied cookie is refused too."""
+        if own is None or own[0].instance is None:
+            return
+        # This app session only (see SessionIdentity.instance); Keycloak's back-channel
+        # request revokes the whole sid once the Keycloak session really ends.
+        context = self._context
+        revocation = Revocation.session(
+            context.issuer, own[0].instance, expires_at=context.expires_at()
+        )
+        try:
+            yield from RecordRevocations((revocation,))
+        except StoreUnavailableError as exc:
+            # The browser is still logged out and Keycloak still back-channels every
+            # client; only a copied old cookie stays usable until then.
+            logger.error(
+                "logout: could not record session %s as revoked: %s",
+                context.tagger.tag(own[0].instance),
+                exc,
+            )
+
+    def _end_session_endpoint(self) -> Flow[str]:
+        try:
+            return (yield from self._context.provider.metadata()).end_session_endpoint
+        except DiscoveryError as exc:
+            logger.warning("logout: discovery failed (%s); using Keycloak's default path", exc)
+            return f"{self._context.issuer}/protocol/openid-connect/logout"
+
+    def _confirmation_page(self, request: Request, params: Mapping[str, str]) -> Response:
+        action = escape(f"{request.root_path}{self._context.settings.logout_path}")
+        hidden = ""
+        if "post_logout_redirect_uri" in params:
+            value = escape(params["post_logout_redirect_uri"])
+            hidden = f'<input type="hidden" name="post_logout_redirect_uri" value="{value}">'
+        page = (
+            "<!doctype html><html><head><meta charset='utf-8'><title>Log out?</title>"
+            "</head><body><p>Do you want to log out?</p>"
+            f'<form method="post" action="{action}">{hidden}'
+            '<button type="submit" id="confirm-logout">Log out</button></form></body></html>'
+        )
+        return html_response(200, page, ("X-Frame-Options", "DENY"))
+
+    # -- API clients ---------------------------------------------------------------------
+
+    def _api_logout(
+        self,
+        request: Request,
+        params: Mapping[str, str],
+        own: tuple[SessionIdentity, IdentitySource] | None,
+        tokens: LoginTokens | None,
+        end_session: str,
+    ) -> Flow[Response]:
+        """End the Keycloak session server-side with a refresh token."""
+        refresh_token = params.get("refresh_token")
+        if refresh_token:
+            yield from self._authenticate(request, refresh_token, own)
+        elif tokens is not None:
+            refresh_token = tokens.refresh_token
+        expiries = self._expiries()
+        yield from self._forget_locally(own)
+        if not refresh_token:
+            return json_response(
+                200,
+                {
+                    "logged_out": True,
+                    "op_session_ended": False,
+                    "end_session_endpoint": end_session,
+                },
+                *expiries,
+            )
+        context = self._context
+        form = {"client_id": context.settings.client_id, "refresh_token": refresh_token}
+        if context.settings.client_secret:
+            form["client_secret"] = context.settings.client_secret
+        try:
+            result = yield from HttpCall("POST", end_session, form)
+        except DiscoveryError as exc:
+            error = ProviderRefusedError(str(exc), op_error="unreachable", op_status=None)
+            error.code = "op_unreachable"
+            return answer(error, *expiries)
+        if result.status in (200, 204):
+            return json_response(200, {"logged_out": True, "op_session_ended": True}, *expiries)
+        op_error, op_description = _op_error(result.body)
+        logger.warning("logout: Keycloak refused the server-side logout: %s", op_error)
+        hint = ""
+        if op_error in {"unauthorized_client", "invalid_client"}:
+            hint = " (is KC_SSO_CLIENT_SECRET set to the client's secret?)"
+        refused = ProviderRefusedError(
+            f"Keycloak answered {op_error}: {op_description}{hint}",
+            op_error=op_error,
+            op_status=result.status,
+        )
+        return answer(refused, *expiries)
+
+    def _authenticate(
+        self,
+        request: Request,
+        refresh_token: str,
+        own: tuple[SessionIdentity, IdentitySource] | None,
+    ) -> Flow[None]:
+        """Refuse unless the request is authenticated as the refresh token's session."""
+        wanted = _unverified_sid(refresh_token)
+        if own is not None and own[0].sid is not None and own[0].sid == wanted:
+            return
+        bearer = yield from self._verified_bearer_sid(request)
+        if bearer is not None and bearer == wanted:
+            return
+        raise RequestRefusedError(
+            "unauthorized",
+            "a refresh token is honoured only from a request authenticated as its own "
+            "session (its session cookie, or a bearer access token of the same sid)",
+            status=401,
+        )
+
+    def _verified_bearer_sid(self, request: Request) -> Flow[str | None]:
+        """The ``sid`` of a bearer access token whose signature, iss and exp hold."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        context = self._context
+        try:
+            obj = parse_compact(token.strip())
+            header = obj.headers()
+            alg = check_header(header, context.policy, admin=True)
+            claims: dict[str, Any] = yield from context.verify(obj, header, alg)
+        except LogoutTokenError:
+            return None
+        exp = claims.get("exp")
+        now = context.clock()
+        if claims.get("iss") != context.issuer or not isinstance(exp, int | float):
+            return None
+        if isinstance(exp, bool) or exp + context.settings.clock_skew <= now:
+            return None
+        sid = claims.get("sid")
+        return sid if isinstance(sid, str) and sid else None
+
+
+def _op_error(body: bytes) -> tuple[str, str]:
+    try:
+        detail = strict_json(body)
+        return str(detail.get("error", "unknown")), str(detail.get("error_description", ""))
+    except (ValueError, AttributeError):
+        return "unknown", body[:200].decode("utf-8", "replace")

@@ -1,0 +1,107 @@
+"""Identity sources: the seam between "how an app carries a Keycloak session" and the core.
+
+An :class:`IdentitySource` answers two questions about a request, as the adapter sees it:
+
+* which Keycloak sessions does it carry (:meth:`IdentitySource.find`: each as a
+  :class:`SessionIdentity` with its ``sid``, ``sub``, times and lookup keys), and
+* how is the request changed if one of them is revoked (:meth:`IdentitySource.refuse`: a
+  :class:`~kc_sso_middleware._http.Verdict` — take a cookie out and expire it, answer 401,
+  …).
+
+The core's request check (:mod:`kc_sso_middleware.core.check`) asks every configured source
+and compares what they found with the revocation store; responders ask a source for the
+session a logout request belongs to.  A source never makes a session valid: it only ever
+refuses, and everything it cannot vouch for it takes out of the request.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+from .._http import PASS, RequestHead, SignOut, Verdict
+from ..stores.model import SessionKeys
+
+__all__ = ["Finding", "IdentitySource", "LoginTokens", "SessionIdentity"]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionIdentity:
+    """One Keycloak session a request carries, as far as revocation is concerned."""
+
+    #: the Keycloak user session id (``sid`` of the ID or access token)
+    sid: str | None
+    #: the user (``sub``)
+    sub: str | None
+    #: when the Keycloak session began (``auth_time``, else ``iat``): for the lifetime limit
+    auth_time: float | None
+    #: when this app session's token was issued (``iat``): user- and client-wide
+    #: revocations compare it, as Keycloak compares a token's ``iat`` with its not-before
+    issued_at: float | None
+    #: this app session's own token (``"sid#jti"``, or ``"sid#iat"`` without ``jti``): the
+    #: key a local logout revokes.  Revoking the sid itself would also refuse a fresh SSO
+    #: login into the same, still-alive Keycloak session (the user left Keycloak's logout
+    #: confirmation page): a login loop.  The token instance ends only this copy.
+    instance: str | None
+    #: the store subjects this session is looked up by
+    keys: SessionKeys
+
+
+@dataclass(frozen=True, slots=True)
+class LoginTokens:
+    """The tokens a session holds, for the logout path (never cached on the request path)."""
+
+    id_token: str | None
+    refresh_token: str | None
+
+
+class Finding:
+    """What a source found in one request, cached by the source while it holds.
+
+    ``clean`` is the verdict when no identity is revoked: :data:`PASS`, or a rewrite that
+    takes out values the source could not vouch for.  ``checked_at`` is the store version
+    at which the identities were last found not revoked (-1: not yet), so an unchanged
+    store needs no look-up at all.
+    """
+
+    __slots__ = ("checked_at", "clean", "identities", "source", "valid_until")
+
+    def __init__(
+        self,
+        source: IdentitySource,
+        identities: tuple[SessionIdentity, ...],
+        *,
+        valid_until: float = float("inf"),
+        clean: Verdict = PASS,
+    ) -> None:
+        self.source = source
+        self.identities = identities
+        self.valid_until = valid_until
+        self.clean = clean
+        self.checked_at = -1
+
+
+class IdentitySource(abc.ABC):
+    """One way a request can carry a Keycloak session."""
+
+    #: short name, for logs and metrics (``cookie``, ``bearer``, …)
+    name: str = "source"
+
+    @abc.abstractmethod
+    def find(self, head: RequestHead, now: float) -> Finding | None:
+        """The sessions ``head`` carries; ``None`` when it carries nothing of this kind.
+
+        Runs on every request: memory only, and cheap for a request seen before.
+        """
+
+    @abc.abstractmethod
+    def refuse(self, finding: Finding, head: RequestHead, signed_out: SignOut) -> Verdict:
+        """How the request changes when a session of ``finding`` is revoked."""
+
+    def tokens(self, head: RequestHead, now: float) -> LoginTokens | None:
+        """The tokens of the session ``head`` carries, for a logout (``None``: none)."""
+        return None
+
+    def expiry_headers(self) -> tuple[str, ...]:
+        """``Set-Cookie`` values that end this source's session in the browser."""
+        return ()

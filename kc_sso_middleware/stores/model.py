@@ -1,0 +1,145 @@
+"""What a revocation is and what a request looks up: plain values, no I/O (a leaf module).
+
+Every entry is scoped.  A ``sid`` or ``sub`` means something only together with the issuer
+that minted it (a realm copy keeps its user ids, two Keycloak servers may reuse session
+ids), and Keycloak's not-before push names one client.  So an entry is indexed by a
+*subject*: a 60-bit BLAKE2b digest of its kind, its scope and its key.  Entries from two
+issuers can then never match each other's sessions, even when their strings collide, and a
+replica holds one small integer per revoked session instead of the strings.  The digest is
+stable across processes and hosts, so a subject written by one worker means the same in
+every other, and entries can be written back from a replica (see the stores' repair).
+
+The plain key (``label``) travels with an entry to the shared store and to event
+callbacks, for people and for apps that must act on it (close a user's websockets); the
+request path never reads it.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass
+
+__all__ = ["Revocation", "RevocationKind", "SessionKeys", "StoreStatus", "subject_of"]
+
+_SUBJECT_BITS = 60  # a Python int of up to 60 bits takes two 30-bit digits: 32 bytes
+
+
+class RevocationKind(str, enum.Enum):
+    """What a revocation entry matches."""
+
+    #: one session: a Keycloak user session (its ``sid``, as a back-channel logout names
+    #: it), or one app session of it (its ID token, ``"sid#jti"``, as a local logout
+    #: revokes it so that a fresh SSO login into the same Keycloak session still works)
+    SESSION = "sid"
+    #: every session of one user (``sub``) of one issuer that began before ``not_before``
+    USER = "sub"
+    #: every session of one client of one issuer that began before ``not_before``
+    #: (Keycloak's not-before push and "sign out all active sessions")
+    ALL = "all"
+
+
+def subject_of(kind: RevocationKind, scope: str, key: str) -> int:
+    """The stable digest an entry of ``kind`` for ``key`` within ``scope`` is indexed by."""
+    material = f"{kind.value}\x00{scope}\x00{key}".encode()
+    digest = hashlib.blake2b(material, digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> (64 - _SUBJECT_BITS)
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revocation entry.
+
+    ``not_before`` is the epoch second before which a matching session counts as revoked
+    (0 for :attr:`RevocationKind.SESSION`, which revokes the session whatever its age);
+    ``expires_at`` is when the entry can no longer matter (every session it could match
+    has outlived ``KC_SSO_MAX_SESSION_LIFETIME``).  Build entries with :meth:`session`,
+    :meth:`user` and :meth:`all_sessions`.
+    """
+
+    kind: RevocationKind
+    subject: int
+    not_before: float
+    expires_at: float
+    #: the plain key (sid, sid#jti, sub or client id), when known; not part of equality
+    label: str | None = None
+
+    @classmethod
+    def session(cls, issuer: str, sid: str, *, expires_at: float) -> Revocation:
+        """Revoke one Keycloak session (``sid``) or one app session (``"sid#jti"``)."""
+        kind = RevocationKind.SESSION
+        return cls(kind, subject_of(kind, issuer, sid), 0.0, expires_at, sid)
+
+    @classmethod
+    def user(cls, issuer: str, sub: str, *, not_before: float, expires_at: float) -> Revocation:
+        """Revoke every session of user ``sub`` that began before ``not_before``."""
+        kind = RevocationKind.USER
+        return cls(kind, subject_of(kind, issuer, sub), not_before, expires_at, sub)
+
+    @classmethod
+    def all_sessions(
+        cls, issuer: str, client_id: str, *, not_before: float, expires_at: float
+    ) -> Revocation:
+        """Revoke every session of client ``client_id`` that began before ``not_before``."""
+        kind = RevocationKind.ALL
+        return cls(kind, subject_of(kind, issuer, client_id), not_before, expires_at, client_id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Revocation):
+            return NotImplemented
+        return (self.kind, self.subject, self.not_before, self.expires_at) == (
+            other.kind,
+            other.subject,
+            other.not_before,
+            other.expires_at,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.kind, self.subject, self.not_before, self.expires_at))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionKeys:
+    """The subjects one app session is looked up by, computed once per session.
+
+    ``issued_at`` is when this app session began (its ID token's ``iat``): user- and
+    client-wide entries revoke sessions issued strictly before their ``not_before``, as
+    Keycloak compares a token's ``iat`` with its not-before.  ``None`` means unknown, which
+    counts as revoked whenever such an entry exists.
+    """
+
+    session: int | None
+    instance: int | None
+    user: int | None
+    client: int
+    issued_at: float | None
+
+    @classmethod
+    def of(
+        cls,
+        issuer: str,
+        client_id: str,
+        *,
+        sid: str | None,
+        sub: str | None,
+        instance: str | None,
+        issued_at: float | None,
+    ) -> SessionKeys:
+        session_kind = RevocationKind.SESSION
+        return cls(
+            session=None if sid is None else subject_of(session_kind, issuer, sid),
+            instance=None if instance is None else subject_of(session_kind, issuer, instance),
+            user=None if sub is None else subject_of(RevocationKind.USER, issuer, sub),
+            client=subject_of(RevocationKind.ALL, issuer, client_id),
+            issued_at=issued_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStatus:
+    """Health of a store's replica, for the fail-open / fail-closed policy and for health."""
+
+    #: the replica is known to be current (the shared store was reachable at the last check)
+    available: bool
+    #: why not, in plain words (for logs and the health endpoint); empty when available
+    detail: str = ""

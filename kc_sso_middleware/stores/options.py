@@ -1,0 +1,411 @@
+"""Every ``KC_SSO_STORE`` URL option, in one table, parsed and checked once for every store.
+
+A store URL is ``scheme://location?name=value&…``.  :func:`parse_store_url` checks the
+scheme, then every option against :data:`OPTIONS`: an option the scheme does not accept,
+a value that does not parse or is out of range (``memory://?max_entries=0``, a negative
+or ``nan`` ``ack_timeout``, a TLS option on a plain connection) is a
+:class:`~kc_sso_middleware.errors.ConfigurationError` naming the option, raised when the
+store is opened and never later on a request.  A repeated option: the last one wins.
+
+Options marked ``redis_kwarg`` are handed to redis-py as typed keyword arguments; the
+store never passes anything to redis-py that this table has not checked, because a
+keyword redis-py does not expect fails only at the first connection.  Passwords belong in
+the URL's user part (``redis://:password@host``), which messages never show.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, cast
+from urllib.parse import SplitResult, parse_qs, urlsplit
+
+from ..errors import ConfigurationError
+
+__all__ = [
+    "OPTIONS",
+    "SCHEMES",
+    "Option",
+    "StoreURL",
+    "accepted",
+    "default_of",
+    "parse_store_url",
+    "redact",
+]
+
+T = TypeVar("T")
+
+#: every scheme a store URL may have, and what it means
+SCHEMES: Mapping[str, str] = {
+    "memory": "memory:// (this process only)",
+    "sqlite": "sqlite:////absolute/path.db or sqlite:///relative/path.db",
+    "redis": "redis://[[user]:password@]host[:port][/db]",
+    "rediss": "rediss://… (Redis over TLS)",
+    "unix": "unix:///path/to/redis.sock?db=N",
+    "redis+sentinel": (
+        "redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service_name[/db]"
+    ),
+}
+
+_ALL = frozenset(SCHEMES)
+_SHARED = _ALL - {"memory"}
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
+_TLS = frozenset({"rediss", "redis+sentinel"})
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One URL option: how it parses, its default, its range, and who accepts it."""
+
+    name: str
+    parse: Callable[[str], T]
+    #: the value when the URL does not give one; ``None``: the library's own default
+    default: T | None
+    #: whether a parsed value is in range, and the words for the range ("a positive number")
+    check: Callable[[T], bool]
+    expected: str
+    meaning: str
+    schemes: frozenset[str]
+    #: passed to redis-py as a keyword argument of the same name
+    redis_kwarg: bool = False
+    #: never shown in messages
+    secret: bool = False
+
+
+def _integer(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _number(raw: str) -> float:
+    return float(raw.strip())
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _boolean(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def _positive(value: float) -> bool:
+    return value > 0 and math.isfinite(value)
+
+
+def _non_negative(value: float) -> bool:
+    return value >= 0 and math.isfinite(value)
+
+
+def _non_empty(value: str) -> bool:
+    return bool(value)
+
+
+def _any(_value: object) -> bool:
+    return True
+
+
+def _cert_reqs(value: str) -> bool:
+    return value in {"none", "optional", "required"}
+
+
+def _is_file(value: str) -> bool:
+    return os.path.isfile(value)
+
+
+MAX_ENTRIES = Option(
+    "max_entries",
+    _integer,
+    1_000_000,
+    _positive,
+    "a positive whole number",
+    "entries a worker's replica holds before unauthenticated writes (front-channel "
+    "logouts) are refused with StoreFullError; authenticated ones are always stored",
+    _ALL,
+)
+ACK_TIMEOUT = Option(
+    "ack_timeout",
+    _number,
+    1.0,
+    _non_negative,
+    "a non-negative number",
+    "seconds record() waits for every live worker to apply a write (0: do not wait)",
+    _SHARED,
+)
+POLL_INTERVAL = Option(
+    "poll_interval",
+    _number,
+    0.01,
+    _positive,
+    "a positive number",
+    "seconds between a follower's checks for new rows",
+    frozenset({"sqlite"}),
+)
+BUSY_TIMEOUT = Option(
+    "busy_timeout",
+    _integer,
+    5000,
+    _positive,
+    "a positive whole number",
+    "milliseconds a write waits for another writer's lock",
+    frozenset({"sqlite"}),
+)
+PURGE_INTERVAL = Option(
+    "purge_interval",
+    _number,
+    60.0,
+    _positive,
+    "a positive number",
+    "seconds between deletions of expired rows",
+    frozenset({"sqlite"}),
+)
+PREFIX = Option(
+    "prefix",
+    _text,
+    "kcsso:",
+    _non_empty,
+    "a non-empty string",
+    "prefix of every key (put a {hash tag} in it for Redis Cluster)",
+    REDIS_SCHEMES,
+)
+STREAM_MAXLEN = Option(
+    "stream_maxlen",
+    _integer,
+    10_000,
+    _positive,
+    "a positive whole number",
+    "messages the change feed keeps (a follower further behind resyncs)",
+    REDIS_SCHEMES,
+)
+SOCKET_TIMEOUT = Option(
+    "socket_timeout",
+    _number,
+    5.0,
+    _positive,
+    "a positive number",
+    "seconds a Redis command may take",
+    REDIS_SCHEMES,
+    redis_kwarg=True,
+)
+SOCKET_CONNECT_TIMEOUT = Option(
+    "socket_connect_timeout",
+    _number,
+    2.0,
+    _positive,
+    "a positive number",
+    "seconds a connection attempt may take",
+    REDIS_SCHEMES,
+    redis_kwarg=True,
+)
+DB = Option(
+    "db",
+    _integer,
+    None,
+    _non_negative,
+    "a non-negative whole number",
+    "Redis database number (also the URL path's last segment)",
+    REDIS_SCHEMES,
+    redis_kwarg=True,
+)
+SSL = Option(
+    "ssl",
+    _boolean,
+    None,
+    _any,
+    "true or false",
+    "TLS to the master that Sentinel names",
+    frozenset({"redis+sentinel"}),
+    redis_kwarg=True,
+)
+SSL_CERT_REQS = Option(
+    "ssl_cert_reqs",
+    _text,
+    None,
+    _cert_reqs,
+    "none, optional or required",
+    "whether the server's TLS certificate is verified (default required)",
+    _TLS,
+    redis_kwarg=True,
+)
+SSL_CA_CERTS = Option(
+    "ssl_ca_certs",
+    _text,
+    None,
+    _is_file,
+    "an existing file",
+    "CA certificates (PEM) the server's certificate is verified against",
+    _TLS,
+    redis_kwarg=True,
+)
+SSL_CERTFILE = Option(
+    "ssl_certfile",
+    _text,
+    None,
+    _is_file,
+    "an existing file",
+    "client certificate (PEM) for mutual TLS",
+    _TLS,
+    redis_kwarg=True,
+)
+SSL_KEYFILE = Option(
+    "ssl_keyfile",
+    _text,
+    None,
+    _is_file,
+    "an existing file",
+    "private key (PEM) of the client certificate",
+    _TLS,
+    redis_kwarg=True,
+)
+SENTINEL_PASSWORD = Option(
+    "sentinel_password",
+    _text,
+    None,
+    _non_empty,
+    "a non-empty string",
+    "password of the sentinels themselves (the master's is in the URL)",
+    frozenset({"redis+sentinel"}),
+    secret=True,
+)
+
+#: the table: every option any store accepts
+OPTIONS: tuple[Option[Any], ...] = (
+    MAX_ENTRIES,
+    ACK_TIMEOUT,
+    POLL_INTERVAL,
+    BUSY_TIMEOUT,
+    PURGE_INTERVAL,
+    PREFIX,
+    STREAM_MAXLEN,
+    SOCKET_TIMEOUT,
+    SOCKET_CONNECT_TIMEOUT,
+    DB,
+    SSL,
+    SSL_CERT_REQS,
+    SSL_CA_CERTS,
+    SSL_CERTFILE,
+    SSL_KEYFILE,
+    SENTINEL_PASSWORD,
+)
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+# Options some users will try, refused with the reason rather than as merely unknown.
+_REFUSED = {
+    "protocol": "the store speaks RESP2 on its own connections; the protocol option is "
+    "not supported",
+    "password": "put the password in the URL's user part: redis://:password@host",
+    "username": "put the user name in the URL's user part: redis://user:password@host",
+}
+
+_TLS_OPTIONS = frozenset(o.name for o in OPTIONS if o.name.startswith("ssl_"))
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A store URL whose scheme and options have been checked."""
+
+    #: the URL as given (with its password: never put it in a message)
+    url: str
+    scheme: str
+    parts: SplitResult
+    #: every option the scheme accepts that has a value (given, or its default)
+    values: Mapping[str, object]
+    #: the options the URL itself gave
+    given: frozenset[str]
+
+    def __getitem__(self, option: Option[T]) -> T:
+        return cast(T, self.values[option.name])
+
+    def get(self, option: Option[T]) -> T | None:
+        return cast("T | None", self.values.get(option.name))
+
+    @property
+    def redacted(self) -> str:
+        """The URL without its password or query, for messages."""
+        return redact(self.url)
+
+    @property
+    def without_query(self) -> str:
+        """The URL without its query (and fragment), as redis-py is given it."""
+        return self.url.partition("#")[0].partition("?")[0]
+
+    def redis_kwargs(self) -> dict[str, object]:
+        """The redis-py keyword arguments these options give (with our defaults)."""
+        return {
+            option.name: self.values[option.name]
+            for option in OPTIONS
+            if option.redis_kwarg and option.name in self.values
+        }
+
+
+def default_of(option: Option[T]) -> T:
+    """The default of an option that has one (for constructors' keyword defaults)."""
+    if option.default is None:
+        raise LookupError(f"{option.name} has no default")
+    return option.default
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***`` and its query dropped."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url.partition("?")[0]
+    location, slash, path = rest.partition("/")
+    userinfo, at, hosts = location.rpartition("@")
+    if at and ":" in userinfo:
+        location = f"{userinfo.partition(':')[0]}:***@{hosts}"
+    return f"{scheme}://{location}{slash}{path}".partition("#")[0].partition("?")[0]
+
+
+def accepted(scheme: str) -> list[Option[Any]]:
+    """The options ``scheme`` accepts, in table order."""
+    return [option for option in OPTIONS if scheme in option.schemes]
+
+
+def parse_store_url(url: str, *, schemes: frozenset[str] = _ALL) -> StoreURL:
+    """Check ``url``'s scheme (one of ``schemes``) and options; raise ConfigurationError."""
+    parts = urlsplit(url)
+    shown = redact(url)
+    if parts.scheme not in schemes:
+        forms = "; ".join(SCHEMES[s] for s in SCHEMES if s in schemes)
+        raise ConfigurationError(
+            f"KC_SSO_STORE={shown!r} has an unsupported scheme {parts.scheme!r}; accepted: {forms}"
+        )
+    own = accepted(parts.scheme)
+    query = parse_qs(parts.query, keep_blank_values=True)
+    values: dict[str, object] = {o.name: o.default for o in own if o.default is not None}
+    for name, raws in query.items():
+        option = _BY_NAME.get(name)
+        if option is None or parts.scheme not in option.schemes:
+            why = f" ({_REFUSED[name]})" if name in _REFUSED else ""
+            raise ConfigurationError(
+                f"KC_SSO_STORE={shown!r}: unknown option {name!r} for {parts.scheme}://{why}; "
+                f"accepted: {', '.join(o.name for o in own)}"
+            )
+        raw = raws[-1]
+        shown_raw = "***" if option.secret else repr(raw)
+        try:
+            value = option.parse(raw)
+        except ValueError:
+            ok = False
+        else:
+            ok = option.check(value)
+        if not ok:
+            raise ConfigurationError(
+                f"KC_SSO_STORE={shown!r}: {name}={shown_raw} must be {option.expected} "
+                f"({option.meaning})"
+            )
+        values[name] = value
+    given = frozenset(query)
+    if parts.scheme == "redis+sentinel" and given & _TLS_OPTIONS and not values.get("ssl"):
+        raise ConfigurationError(
+            f"KC_SSO_STORE={shown!r}: {', '.join(sorted(given & _TLS_OPTIONS))} need ssl=true "
+            "(the connection to the master is not TLS otherwise)"
+        )
+    return StoreURL(url, parts.scheme, parts, values, given)

@@ -1,0 +1,554 @@
+"""Attacks on the middleware, through both adapters and the frameworks' own parsers.
+
+The middleware must decide on exactly what the framework will read: a revoked session sent
+in any form the framework accepts (quoted, escaped, duplicated, split over two headers) is
+refused, a value it cannot vouch for never reaches the app, and nothing one issuer or
+client writes touches another's sessions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from joserfc import jws
+
+from kc_sso_middleware import ConfigurationError, Revocation, Settings
+from kc_sso_middleware.stores import MemoryStore, StoreStatus
+from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, make_session_cookie, mint_jwt
+from tests.conftest import (
+    CLIENT_ID,
+    SESSION_SECRET,
+    Clock,
+    Harness,
+    HarnessFactory,
+    admin_token,
+    direct_grant,
+    post_admin,
+)
+
+BACKCHANNEL = "/backchannel-logout"
+
+# ------------------------------------------------------------------ cookie forms
+
+
+def _octal_first(value: str) -> str:
+    return f'"\\{ord(value[0]):03o}{value[1:]}"'
+
+
+#: name -> how the Cookie header(s) carry the session value ``v`` (and junk ``j``)
+FORMS: dict[str, Callable[[str], list[str]]] = {
+    "plain": lambda v: [f"session={v}"],
+    "quoted": lambda v: [f'session="{v}"'],
+    "backslash escape": lambda v: [f'session="\\{v}"'],
+    "octal escape": lambda v: [f"session={_octal_first(v)}"],
+    "junk first": lambda v: [f"session=junk.value.x; session={v}"],
+    "junk last": lambda v: [f"session={v}; session=junk.value.x"],
+    "spaces around =": lambda v: [f"theme=dark;   session = {v} ; a=b"],
+    "tab before": lambda v: [f"a=b;\tsession={v}"],
+}
+#: forms only ASGI servers produce: several Cookie headers
+ASGI_FORMS: dict[str, Callable[[str], list[str]]] = {
+    "second header": lambda v: ["a=1", f"session={v}"],
+    "both headers": lambda v: [f"session={v}", "session=junk.value.x"],
+}
+
+
+def _send(harness: Harness, headers: list[str], path: str = "/") -> httpx.Response:
+    return harness.client.get(path, headers=[("Cookie", h) for h in headers])
+
+
+def _framework_reads(harness: Harness, headers: list[str]) -> str | None:
+    """What the framework's own parser gives the app for ``session``."""
+    if harness.kind == "asgi":
+        from starlette.requests import HTTPConnection
+
+        scope = {"type": "http", "headers": [(b"cookie", h.encode("latin-1")) for h in headers]}
+        return HTTPConnection(scope).cookies.get("session")
+    from werkzeug.wrappers import Request
+
+    return Request({"HTTP_COOKIE": ";".join(headers)}).cookies.get("session")
+
+
+def _forms(harness: Harness) -> dict[str, Callable[[str], list[str]]]:
+    return {**FORMS, **ASGI_FORMS} if harness.kind == "asgi" else FORMS
+
+
+def _ways_to_revoke(
+    harness: Harness, op: StandInOP, clock: Clock
+) -> dict[str, tuple[str, Callable[[], None]]]:
+    """Each way a session can be revoked: (its cookie, the action revoking it)."""
+    now = clock.now
+
+    def store(entry: Revocation) -> Callable[[], None]:
+        def record() -> None:
+            assert harness.store.record([entry])
+
+        return record
+
+    sid_cookie = harness.session_cookie(op, sid="bcl", sub="u1", auth_time=now - 10)
+    user_cookie = harness.session_cookie(op, sid="usr", sub="u2", auth_time=now - 10)
+    all_cookie = harness.session_cookie(op, sid="all", sub="u3", auth_time=now - 10)
+    local_cookie = harness.session_cookie(op, sid="loc", sub="u4", auth_time=now - 10)
+    old_cookie = harness.session_cookie(op, sid="old", sub="u5", auth_time=now - 10)
+
+    def local_logout() -> None:
+        harness.client.get("/logout", headers={"Cookie": f"session={local_cookie}"})
+
+    def age() -> None:
+        clock.now += harness.settings.max_session_lifetime + 1
+
+    return {
+        "back-channel": (
+            sid_cookie,
+            lambda: harness.client.post(
+                BACKCHANNEL, data={"logout_token": op.logout_token(CLIENT_ID, sid="bcl")}
+            ),
+        ),
+        "user": (
+            user_cookie,
+            store(Revocation.user(op.issuer, "u2", not_before=now, expires_at=now + 3600)),
+        ),
+        "not-before": (
+            all_cookie,
+            store(
+                Revocation.all_sessions(op.issuer, CLIENT_ID, not_before=now, expires_at=now + 3600)
+            ),
+        ),
+        "local logout": (local_cookie, local_logout),
+        "lifetime": (old_cookie, age),
+    }
+
+
+WAYS = ["back-channel", "user", "not-before", "local logout", "lifetime"]
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_a_revoked_cookie_is_refused_in_every_form(
+    way: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Whatever form the framework's parser accepts, a revoked session never reaches the app."""
+    clock = Clock()
+    harness = make_harness(clock=clock, max_session_lifetime=3600)
+    cookie, revoke = _ways_to_revoke(harness, op, clock)[way]
+    for name, form in _forms(harness).items():
+        if _framework_reads(harness, form(cookie)) == cookie:
+            assert _send(harness, form(cookie)).json()["session"] != {}, f"{name}: works before"
+    revoke()
+    for name, form in _forms(harness).items():
+        response = _send(harness, form(cookie))
+        assert response.status_code == 200, name
+        seen = response.json()
+        assert seen["session"] == {}, f"{name}: the app saw the revoked session"
+        assert cookie not in (seen["cookie"] or ""), f"{name}: the value reached the app"
+        assert "Max-Age=0" in response.headers["set-cookie"], name
+
+
+def test_a_revoked_cookie_gets_401_in_every_form(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """KC_SSO_REVOKED_ACTION=401 holds for every form too."""
+    harness = make_harness(revoked_action="401")
+    cookie = harness.session_cookie(op, sid="r401")
+    harness.store.record([Revocation.session(op.issuer, "r401", expires_at=time.time() + 60)])
+    for name, form in _forms(harness).items():
+        assert _send(harness, form(cookie)).status_code == 401, name
+
+
+class _DownStore(MemoryStore):
+    def status(self) -> StoreStatus:
+        return StoreStatus(available=False, detail="down for the test")
+
+
+def test_store_down_answers_503_in_every_form(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """Fail-closed holds for every form of a session cookie, not only the plain one."""
+    harness = make_harness(store=_DownStore())
+    cookie = harness.session_cookie(op, sid="down")
+    for name, form in _forms(harness).items():
+        response = _send(harness, form(cookie))
+        assert response.status_code == 503, name
+        assert "retry-after" in response.headers
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("session=not-a-signed-value", id="junk"),
+        pytest.param('session="\\157pen"', id="escaped junk"),
+        pytest.param("session=junk; session=more.junk", id="duplicate junk"),
+    ],
+)
+def test_values_that_do_not_verify_never_reach_the_app(
+    header: str, make_harness: HarnessFactory
+) -> None:
+    """Anything under the session name the middleware cannot verify is taken out and expired."""
+    harness = make_harness()
+    response = harness.client.get("/", headers={"Cookie": f"keep=1; {header}"})
+    assert response.json() == {"session": {}, "cookie": "keep=1"}
+    assert "Max-Age=0" in response.headers["set-cookie"]
+
+
+def test_only_the_verified_value_reaches_the_app(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Next to a verified, unrevoked value, junk duplicates are dropped and the app is served."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="ok-dup")
+    # Werkzeug reads the first duplicate, Starlette the last: the junk goes where the
+    # framework would not read it, so the app is served the verified value.
+    pair = [f"session={cookie}", "other=1", "session=junk.x.y"]
+    if harness.kind == "asgi":
+        pair.reverse()
+    response = harness.client.get("/", headers={"Cookie": "; ".join(pair)})
+    seen = response.json()
+    assert seen["session"] != {}
+    assert "junk" not in seen["cookie"]
+    assert "other=1" in seen["cookie"]
+
+
+def test_other_cookies_named_alike_are_left_alone(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Cookies whose names contain the session name (django_session, Session) are not ours."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="alike")
+    header = f'django_session=abc; Session=X; session={cookie}; session_state=s; q="session=1"'
+    response = harness.client.get("/", headers={"Cookie": header})
+    assert response.json()["session"] != {}
+    assert "set-cookie" not in response.headers
+
+
+# ------------------------------------------------------------------ secret rotation
+
+
+def test_cookies_signed_with_a_fallback_secret_still_verify(op: StandInOP) -> None:
+    """KC_SSO_SESSION_SECRET_FALLBACKS: rotating the secret logs nobody out (Flask 3.1)."""
+    from flask import Flask, jsonify, session
+
+    from kc_sso_middleware.wsgi import SSOMiddleware
+
+    app = Flask("rotated")
+    app.secret_key = "new-secret"
+    app.config["SECRET_KEY_FALLBACKS"] = ["old-secret"]
+
+    @app.get("/")
+    def show() -> Any:
+        return jsonify(session=dict(session))
+
+    settings = Settings(
+        issuer=op.issuer,
+        client_id=CLIENT_ID,
+        session_secret="new-secret",
+        session_secret_fallbacks=("old-secret",),
+        store="memory://",
+    )
+    store = MemoryStore()
+    app.wsgi_app = SSOMiddleware(app.wsgi_app, settings, store=store)  # type: ignore[method-assign]
+    id_token = mint_jwt(
+        op.key, {"iss": op.issuer, "sid": "rot", "sub": "u", "iat": int(time.time())}
+    )
+    old = make_session_cookie("old-secret", {"id_token": id_token})
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://a") as client:
+        first = client.get("/", headers={"Cookie": f"session={old}"})
+        assert first.json()["session"]["id_token"] == id_token
+        assert "set-cookie" not in first.headers or "Max-Age=0" not in first.headers["set-cookie"]
+        store.record([Revocation.session(op.issuer, "rot", expires_at=time.time() + 60)])
+        assert client.get("/", headers={"Cookie": f"session={old}"}).json()["session"] == {}
+
+
+# ------------------------------------------------------------------ NumericDates
+
+
+def _signed_raw(op: StandInOP, payload: str, header: dict[str, Any] | None = None) -> str:
+    full = {"alg": "RS256", "kid": op.key.kid, "typ": "logout+jwt", **(header or {})}
+    return jws.serialize_compact(full, payload.encode(), op.key, algorithms=["RS256"])
+
+
+def _logout_payload(op: StandInOP, **raw: str) -> str:
+    now = int(time.time())
+    fields = {
+        "iss": json.dumps(op.issuer),
+        "aud": json.dumps(CLIENT_ID),
+        "iat": str(now),
+        "exp": str(now + 120),
+        "jti": json.dumps(str(uuid.uuid4())),
+        "sid": json.dumps("nd-session"),
+        "events": json.dumps({BACKCHANNEL_EVENT: {}}),
+    }
+    fields.update(raw)
+    return "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+
+
+ABSURD = ["NaN", "Infinity", "-Infinity", "1e400", "1" + "0" * 400, "-5", "1e15", "true"]
+
+
+@pytest.mark.parametrize("claim", ["iat", "exp", "nbf", "auth_time"])
+@pytest.mark.parametrize("value", ABSURD)
+def test_absurd_numeric_dates_in_logout_tokens_are_rule_failures(
+    claim: str, value: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Non-finite or absurd NumericDates get a clean 400, never a 500 or a stored entry."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="nd-session")
+    token = _signed_raw(op, _logout_payload(op, **{claim: value}))
+    response = harness.client.post(BACKCHANNEL, data={"logout_token": token})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == "invalid_request"
+    assert harness.seen_session(cookie) != {}
+
+
+@pytest.mark.parametrize("claim", ["expiration", "notBefore"])
+@pytest.mark.parametrize("value", ABSURD)
+def test_absurd_numeric_dates_in_admin_tokens_are_rule_failures(
+    claim: str, value: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """The legacy admin URL treats them the same way."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="nd-admin")
+    fields = {
+        "id": json.dumps(str(uuid.uuid4())),
+        "expiration": str(int(time.time()) + 30),
+        "resource": json.dumps(CLIENT_ID),
+        "action": json.dumps("LOGOUT"),
+        "notBefore": "0",
+        claim: value,
+    }
+    payload = "{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}"
+    token = _signed_raw(op, payload, {"typ": "JWT"})
+    response = harness.client.post(
+        "/k_logout", content=token, headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400, response.text
+    assert harness.seen_session(cookie) != {}
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "1e400", "-5"])
+def test_absurd_numeric_dates_in_a_session_make_it_unverifiable(
+    value: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """An ID token in the session with such an iat is not a valid session: taken out."""
+    harness = make_harness()
+    header = {"alg": "RS256", "kid": op.key.kid}
+    payload = f'{{"iss":"{op.issuer}","sid":"nd-cookie","sub":"u","iat":{value}}}'
+    id_token = jws.serialize_compact(header, payload.encode(), op.key, algorithms=["RS256"])
+    cookie = make_session_cookie(SESSION_SECRET, {"id_token": id_token}, format=harness.format)
+    response = harness.get("/", cookie)
+    assert response.status_code == 200
+    assert response.json()["session"] == {}
+    assert "Max-Age=0" in response.headers["set-cookie"]
+
+
+# ------------------------------------------------------------------ logout CSRF
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param({"Sec-Fetch-Site": "cross-site"}, id="fetch metadata"),
+        pytest.param({"Origin": "https://evil.example"}, id="foreign Origin"),
+        pytest.param({"Origin": "null"}, id="opaque Origin"),
+        pytest.param({"Referer": "https://evil.example/page"}, id="foreign Referer"),
+    ],
+)
+def test_cross_site_logout_neither_clears_nor_ends_the_session(
+    headers: dict[str, str], make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A cross-site <img src=/logout> gets a confirmation page: no expiry, no id_token_hint."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="csrf")
+    response = harness.client.get("/logout", headers={"Cookie": f"session={cookie}", **headers})
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers
+    assert "location" not in response.headers
+    assert 'method="post"' in response.text
+    assert "id_token_hint" not in response.text
+    assert harness.seen_session(cookie) != {}
+
+
+def test_cross_site_api_logout_is_forbidden(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """An API-style cross-site logout gets 403."""
+    harness = make_harness()
+    response = harness.client.post(
+        "/logout", headers={"Accept": "application/json", "Sec-Fetch-Site": "cross-site"}
+    )
+    assert response.status_code == 403
+
+
+@pytest.mark.parametrize("site", ["same-origin", "same-site", "none"])
+def test_same_site_logout_works(site: str, make_harness: HarnessFactory, op: StandInOP) -> None:
+    """Links and forms of the app itself keep working."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid=f"same-{site}")
+    response = harness.client.get(
+        "/logout", headers={"Cookie": f"session={cookie}", "Sec-Fetch-Site": site}
+    )
+    assert response.status_code == 302
+    assert "Max-Age=0" in response.headers["set-cookie"]
+
+
+def test_confirmation_button_logs_out(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """The page's same-origin POST completes the logout."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="confirm")
+    response = harness.client.post(
+        "/logout",
+        headers={
+            "Cookie": f"session={cookie}",
+            "Sec-Fetch-Site": "same-origin",
+            "Origin": "http://app.test",
+        },
+    )
+    assert response.status_code == 302
+    assert "id_token_hint" in response.headers["location"]
+
+
+def test_post_only_logout(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """KC_SSO_LOGOUT_POST_ONLY answers a GET with 405 and serves POST."""
+    harness = make_harness(logout_post_only=True)
+    cookie = harness.session_cookie(op, sid="post-only")
+    response = harness.client.get("/logout", headers={"Cookie": f"session={cookie}"})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert harness.seen_session(cookie) != {}
+    assert (
+        harness.client.post("/logout", headers={"Cookie": f"session={cookie}"}).status_code == 302
+    )
+
+
+# ------------------------------------------------------------------ someone else's refresh token
+
+
+def test_a_stolen_refresh_token_cannot_end_its_session(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Without the session's own cookie or bearer token: 401, the same for any token."""
+    harness = make_harness()
+    victim = direct_grant(op, "victim")
+    attacker_cookie = harness.session_cookie(op, sid="attacker-sid")
+    before = len(op.end_session_requests)
+    answers = [
+        harness.client.post("/logout", data={"refresh_token": token}, headers=headers)
+        for token in (victim["refresh_token"], "not-a-token", victim["refresh_token"] + "x")
+        for headers in (
+            {"Accept": "application/json"},
+            {"Accept": "application/json", "Cookie": f"session={attacker_cookie}"},
+            {"Authorization": f"Bearer {victim['access_token']}x"},
+        )
+    ]
+    assert {a.status_code for a in answers} == {401}
+    assert len({a.text for a in answers}) == 1
+    assert len(op.end_session_requests) == before
+
+
+def test_the_sessions_own_cookie_authenticates_its_refresh_token(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """With a session cookie of the same sid the refresh token is honoured."""
+    harness = make_harness()
+    tokens = direct_grant(op, "victim")
+    claims = json.loads(jws.extract_compact(tokens["id_token"].encode()).payload)
+    cookie = harness.session_cookie(op, sid=claims["sid"], sub=claims["sub"])
+    response = harness.client.post(
+        "/logout",
+        data={"refresh_token": tokens["refresh_token"]},
+        headers={"Accept": "application/json", "Cookie": f"session={cookie}"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["op_session_ended"] is True
+
+
+# ------------------------------------------------------------------ realms and clients
+
+
+def test_two_realms_sharing_one_store_never_touch_each_other(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Same sid and sub strings in two realms: revoking in one leaves the other alone."""
+    shared = MemoryStore()
+    with StandInOP() as other_op:
+        other_op.register_client(CLIENT_ID, "s")
+        realm_a = make_harness(store=shared)
+        realm_b = make_harness(store=shared, issuer=other_op.issuer)
+        now = time.time()
+        cookie_a = realm_a.session_cookie(op, sid="same-sid", sub="same-sub", auth_time=now - 5)
+        cookie_b = realm_b.session_cookie(
+            other_op, sid="same-sid", sub="same-sub", auth_time=now - 5
+        )
+        assert (
+            realm_a.client.post(
+                BACKCHANNEL, data={"logout_token": op.logout_token(CLIENT_ID, sid="same-sid")}
+            ).status_code
+            == 200
+        )
+        token = op.logout_token(CLIENT_ID, sid=None, sub="same-sub")
+        assert realm_a.client.post(BACKCHANNEL, data={"logout_token": token}).status_code == 200
+        assert post_admin(realm_a, "/k_logout", admin_token(op, "LOGOUT")).status_code == 200
+        assert realm_a.seen_session(cookie_a) == {}
+        assert realm_b.seen_session(cookie_b) != {}
+
+
+def test_not_before_of_one_client_spares_another(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Sign out all addressed to client A does not log out client B sharing the store."""
+    shared = MemoryStore()
+    op.register_client("client-b", "s")
+    app_a = make_harness(store=shared)
+    app_b = make_harness(store=shared, client_id="client-b")
+    now = time.time()
+    cookie_b = app_b.session_cookie(op, sid="b-sid", auth_time=now - 5)
+    response = post_admin(app_a, "/k_logout", admin_token(op, "LOGOUT"))
+    assert response.status_code == 200
+    assert app_b.seen_session(cookie_b) != {}
+
+
+# ------------------------------------------------------------------ logs
+
+
+def test_untrusted_values_cannot_forge_log_lines(
+    make_harness: HarnessFactory, op: StandInOP, caplog: pytest.LogCaptureFixture
+) -> None:
+    """CR/LF in request values are escaped; sids are tagged, tokens never logged."""
+    harness = make_harness(frontchannel_path="/frontchannel-logout")
+    caplog.set_level(logging.DEBUG, logger="kc_sso_middleware")
+    token = op.logout_token(CLIENT_ID, sid="real-sid-value")
+    harness.client.post(BACKCHANNEL, data={"logout_token": token})
+    harness.client.get("/logout", params={"post_logout_redirect_uri": "https://evil\r\nFAKE LINE"})
+    bad = op.logout_token(CLIENT_ID, sid="x", iss="http://evil\nINJECTED")
+    harness.client.post(BACKCHANNEL, data={"logout_token": bad})
+    for record in caplog.records:
+        message = record.getMessage()
+        assert "\n" not in message, message
+        assert "\r" not in message, message
+        assert token not in message
+        if record.levelno >= logging.INFO:
+            assert "real-sid-value" not in message, message
+
+
+# ------------------------------------------------------------------ settings
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("store_failure", "clsoed"),
+        ("typ_policy", "Strict"),
+        ("session_format", "flsk"),
+        ("revoked_action", "403"),
+        ("session_cookie_samesite", "Lax "),
+        ("tls_verify", "false"),
+        ("clock_skew", float("nan")),
+        ("max_session_lifetime", 0),
+    ],
+)
+def test_settings_built_directly_are_validated(field: str, value: Any, op: StandInOP) -> None:
+    """A typo in a choice is an error naming the field and the accepted values."""
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(issuer=op.issuer, client_id="c", session_secret="s", **{field: value})
+    assert field in str(caught.value)

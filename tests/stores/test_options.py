@@ -1,0 +1,147 @@
+"""The URL options table: every option of every scheme parses, and every bad one is refused
+at open time with a ConfigurationError naming it (no connection is made)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kc_sso_middleware.errors import ConfigurationError
+from kc_sso_middleware.stores import open_store
+from kc_sso_middleware.stores.options import OPTIONS, SCHEMES, parse_store_url
+
+pytest.importorskip("redis", reason="the redis extra is not installed")
+
+#: one valid URL per scheme, without options
+BASE = {
+    "memory": "memory://",
+    "sqlite": "sqlite:///x.db",
+    "redis": "redis://cache.example:6379/0",
+    "rediss": "rediss://cache.example:6380/0",
+    "unix": "unix:///run/redis.sock",
+    "redis+sentinel": "redis+sentinel://s1:26379,s2/mymaster",
+}
+
+#: values each option must refuse
+BAD = {
+    "max_entries": ["0", "-1", "many", "1.5", ""],
+    "ack_timeout": ["-1", "nan", "inf", "soon", ""],
+    "poll_interval": ["0", "-0.5", "nan", "inf"],
+    "busy_timeout": ["0", "-5", "1.5"],
+    "purge_interval": ["0", "nan"],
+    "prefix": [""],
+    "stream_maxlen": ["0", "ten"],
+    "socket_timeout": ["0", "-1", "nan"],
+    "socket_connect_timeout": ["0", "inf"],
+    "db": ["-1", "two"],
+    "ssl": ["perhaps"],
+    "ssl_cert_reqs": ["maybe", "REQUIRED!"],
+    "ssl_ca_certs": ["/nonexistent/ca.pem"],
+    "ssl_certfile": ["/nonexistent/client.pem"],
+    "ssl_keyfile": ["/nonexistent/client.key"],
+    "sentinel_password": [""],
+}
+
+
+def _url(scheme: str, query: str) -> str:
+    base = BASE[scheme]
+    if scheme == "redis+sentinel" and query.startswith("ssl_"):
+        query = f"ssl=true&{query}"  # TLS options need TLS to the master
+    return f"{base}?{query}"
+
+
+def _cases() -> list[object]:
+    return [
+        pytest.param(
+            _url(scheme, f"{option.name}={bad}"), option.name, id=f"{scheme}-{option.name}={bad}"
+        )
+        for option in OPTIONS
+        for scheme in sorted(option.schemes)
+        for bad in BAD[option.name]
+    ]
+
+
+def test_every_option_has_bad_values_to_try() -> None:
+    """The table of bad values covers the whole options table."""
+    assert set(BAD) == {option.name for option in OPTIONS}
+    assert set(BASE) == set(SCHEMES)
+
+
+@pytest.mark.parametrize(("url", "name"), _cases())
+def test_out_of_range_option_is_refused_naming_it(url: str, name: str) -> None:
+    """A value that does not parse or is out of range fails open_store, naming the option."""
+    with pytest.raises(ConfigurationError, match=f"{name}="):
+        open_store(url)
+
+
+@pytest.mark.parametrize("scheme", sorted(SCHEMES))
+def test_unknown_option_is_refused_listing_the_accepted_ones(scheme: str) -> None:
+    """An unknown option names itself and every option the scheme accepts."""
+    with pytest.raises(ConfigurationError, match="unknown option 'bogus'") as raised:
+        open_store(f"{BASE[scheme]}?bogus=1")
+    listed = str(raised.value).split("accepted: ")[1].split(", ")
+    assert listed == [option.name for option in OPTIONS if scheme in option.schemes]
+
+
+@pytest.mark.parametrize(
+    ("scheme", "name"),
+    [
+        pytest.param(scheme, option.name, id=f"{scheme}-{option.name}")
+        for option in OPTIONS
+        for scheme in sorted(set(SCHEMES) - option.schemes)
+    ],
+)
+def test_option_of_another_scheme_is_refused(scheme: str, name: str) -> None:
+    """An option the scheme does not take (poll_interval on Redis, TLS on plain redis://)."""
+    with pytest.raises(ConfigurationError, match=re.escape(f"'{name}' for {scheme}://")):
+        open_store(f"{BASE[scheme]}?{name}=1")
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        pytest.param("redis://h/0?protocol=3", "protocol", id="protocol"),
+        pytest.param("redis://h/0?password=x", "user part", id="password in the query"),
+        pytest.param("redis+sentinel://s1/m?ssl_cert_reqs=none", "ssl=true", id="tls without ssl"),
+        pytest.param("mongodb://h/0", "unsupported scheme", id="scheme"),
+        pytest.param("memory://somewhere", "no host or path", id="memory location"),
+        pytest.param("redis://h/zero", "database number", id="redis path"),
+        pytest.param("redis://h/1?db=2", "given twice", id="two databases"),
+    ],
+)
+def test_other_malformed_urls_name_the_problem(url: str, reason: str) -> None:
+    """Refused options, schemes and locations say why."""
+    with pytest.raises(ConfigurationError, match=reason):
+        open_store(url)
+
+
+def test_passwords_never_appear_in_messages() -> None:
+    """Neither the URL's password nor the sentinel password is shown in an error."""
+    for url in [
+        "redis://:hunter2@h/0?bogus=1",
+        "redis+sentinel://user:hunter2@s1/m?sentinel_password=s3cret&bogus=1",
+        "redis+sentinel://:hunter2@s1/m?sentinel_password=",
+    ]:
+        with pytest.raises(ConfigurationError) as raised:
+            open_store(url)
+        assert "hunter2" not in str(raised.value)
+        assert "s3cret" not in str(raised.value)
+
+
+def test_defaults_and_given_values(tmp_path: Path) -> None:
+    """Options not given take the table's defaults; given ones are typed; the last repeat wins."""
+    parsed = parse_store_url("redis://h/0?stream_maxlen=5&stream_maxlen=7&socket_timeout=1.5")
+    assert parsed.values["stream_maxlen"] == 7
+    assert parsed.values["max_entries"] == 1_000_000
+    assert parsed.redis_kwargs() == {"socket_timeout": 1.5, "socket_connect_timeout": 2.0}
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    tls = parse_store_url(f"rediss://h/0?ssl_cert_reqs=none&ssl_ca_certs={ca}&db=0")
+    assert tls.redis_kwargs()["ssl_cert_reqs"] == "none"
+    assert tls.redis_kwargs()["ssl_ca_certs"] == str(ca)
+    assert tls.given == {"ssl_cert_reqs", "ssl_ca_certs", "db"}
+    sentinel = parse_store_url("redis+sentinel://s1/m?ssl=yes&sentinel_password=pw")
+    assert sentinel.values["ssl"] is True
+    assert "sentinel_password" not in sentinel.redis_kwargs()

@@ -1,0 +1,272 @@
+"""The Redis store's own forms and failure modes, against real redis-server processes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import time
+from typing import TYPE_CHECKING
+
+import pytest
+
+from devtools.redis_server import RedisSentinel, RedisServer
+from kc_sso_middleware.errors import ConfigurationError, StoreUnavailableError
+from kc_sso_middleware.stores import open_store
+from kc_sso_middleware.stores._following import Write
+
+from ._helpers import LONG, Clock, Recorder, eventually, revoked, session, user
+from .conftest import new_prefix
+
+if TYPE_CHECKING:
+    import redis
+
+    from kc_sso_middleware.stores.redis import RedisStore
+
+pytest.importorskip("redis", reason="the redis extra is not installed")
+
+
+def _raw_client(url: str) -> redis.Redis:
+    """A plain client, to tamper with the store's keys behind its back."""
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def _store(url: str, timer: Clock | None = None) -> RedisStore:
+    from kc_sso_middleware.stores.redis import RedisStore
+
+    return RedisStore.from_url(url, timer=timer or time.time)
+
+
+def test_redis_url_forms() -> None:
+    """Store options are taken from the query, redis-py's checked ones passed on; bad ones
+    fail early."""
+    store = _store(
+        "rediss://user:secret@cache.example:6380/2?prefix={kc}:&max_entries=5&stream_maxlen=50"
+        "&socket_timeout=3"
+    )
+    assert store.prefix == "{kc}:"
+    assert store._replica.max_entries == 5
+    assert store.stream_maxlen == 50
+    assert "secret" not in repr(store)
+    assert "secret" not in store.connector.description
+    assert store._client.connection_pool.connection_kwargs["socket_timeout"] == 3
+    assert store._client.connection_pool.connection_kwargs["db"] == 2
+    assert store.ack_timeout == 1.0
+    assert _store("redis://h/0?ack_timeout=0").ack_timeout == 0
+    assert _store("redis://h/0?ack_timeout=0.25").ack_timeout == 0.25
+    assert (
+        _store("unix:///run/redis.sock?db=4")._client.connection_pool.connection_kwargs["db"] == 4
+    )
+    sentinel = _store("redis+sentinel://:pw@s1:26380,s2/mymaster/1?ack_timeout=2")
+    assert sentinel.ack_timeout == 2
+    assert sentinel.connector.description == "redis+sentinel://s1:26380,s2:26379/mymaster"
+    for bad, reason in [
+        ("redis://h/0?prefix=", "prefix"),
+        ("redis://h/0?max_entries=0", "positive"),
+        ("redis://h/0?ack_timeout=-1", "non-negative"),
+        ("redis://h/0?ack_timeout=nan", "non-negative"),
+        ("redis://h/0?protocol=3", "protocol"),
+        ("redis+sentinel://s1/", "accepted form"),
+        ("redis+sentinel://s1:x/m", "sentinel address"),
+        ("redis+sentinel://s1/m?bogus=1", "unknown option"),
+    ]:
+        with pytest.raises(ConfigurationError, match=reason):
+            _store(bad)
+
+
+@pytest.mark.redis
+def test_redis_password_and_database_from_the_url() -> None:
+    """A password-protected server and a non-zero database number work from the URL."""
+    with RedisServer(password="s3cret") as server:
+        url = server.url.replace("/0", "/3")
+        store = open_store(f"{url}?prefix=pw:")
+        try:
+            store.start()
+            assert store.status().available
+            assert store.record([session("sid", time.time() + LONG)])
+            raw = _raw_client(url)
+            assert raw.zcard("pw:entries") == 1
+            raw.close()
+        finally:
+            store.close()
+
+
+@pytest.mark.redis
+def test_redis_killed_reports_unavailable_and_refuses_writes(own_redis: RedisServer) -> None:
+    """Redis killed: status() turns unavailable and record()/arecord() raise; both recover."""
+    store = open_store(own_redis.url)
+    try:
+        store.start()
+        assert store.status().available
+        own_redis.kill()
+        assert eventually(lambda: not store.status().available)
+        with pytest.raises(StoreUnavailableError):
+            store.record([session("during-outage", time.time() + LONG)])
+        with pytest.raises(StoreUnavailableError):
+            asyncio.run(store.arecord([session("during-outage", time.time() + LONG)]))
+        assert not revoked(store, "during-outage")
+        own_redis.start()
+        assert eventually(lambda: store.status().available)
+        assert store.record([session("after-outage", time.time() + LONG)])
+    finally:
+        store.close()
+    gc.collect()
+
+
+@pytest.mark.redis
+def test_redis_down_at_start_does_not_crash_and_recovers(own_redis: RedisServer) -> None:
+    """start() with Redis down returns; the follower keeps retrying and syncs once it is up."""
+    own_redis.kill()
+    store = open_store(own_redis.url)
+    other = open_store(own_redis.url)
+    try:
+        store.start()
+        assert not store.status().available
+        own_redis.start()
+        assert other.record([session("written-while-follower-was-away", time.time() + LONG)])
+        assert eventually(lambda: store.status().available)
+        assert eventually(lambda: revoked(store, "written-while-follower-was-away"))
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.redis
+def test_redis_restart_resyncs_from_the_keyspace(own_redis: RedisServer) -> None:
+    """After a restart the follower resyncs, so entries it was never notified of arrive
+    (without their label: labels live only in the feed)."""
+    store = _store(own_redis.url)
+    other = open_store(own_redis.url)
+    recorder = Recorder()
+    store.add_listener(recorder)
+    t = time.time()
+    silent = user("silent", t, t + LONG)
+    try:
+        store.start()
+        # An entry in the keyspace without a feed message: a lost notification.
+        raw = _raw_client(own_redis.url)
+        raw.zadd(store.keys.entries, {f"sub:{silent.subject}": t + LONG})
+        raw.hset(store.keys.not_before, f"sub:{silent.subject}", t)
+        raw.close()
+        own_redis.stop(save=True)
+        assert eventually(lambda: not store.status().available)
+        with pytest.raises(StoreUnavailableError):
+            other.record([session("refused", t + LONG)])
+        own_redis.start()
+        assert other.record([session("after-restart", t + LONG)])
+        assert eventually(lambda: store.status().available)
+        assert eventually(lambda: revoked(store, "after-restart"))
+        assert eventually(lambda: revoked(store, None, "silent", t - 1))
+        # Each once; the silent one without a label (the resync finds it in the keyspace).
+        after = session("after-restart", t + LONG)
+        assert sorted(recorder.subjects) == sorted([silent.subject, after.subject])
+        assert None in recorder.labels
+    finally:
+        store.close()
+        other.close()
+
+
+@pytest.mark.redis
+def test_redis_feed_gap_triggers_full_resync(redis_server: RedisServer) -> None:
+    """A feed message whose seq skips ahead (a trimmed feed) makes the follower resync."""
+    store = _store(f"{redis_server.url}?prefix={new_prefix()}")
+    t = time.time()
+    entry = session("only-in-keyspace", t + LONG)
+    try:
+        store.start()
+        raw = _raw_client(redis_server.url)
+        raw.zadd(store.keys.entries, {f"sid:{entry.subject}": t + LONG})
+        raw.xadd(store.keys.feed, {"seq": "1000", "data": "[]"})
+        raw.close()
+        assert eventually(lambda: revoked(store, "only-in-keyspace"))
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_redis_entries_of_the_old_format_are_ignored_without_harm(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key-based members and messages of 0.1 under the same prefix are skipped with a
+    warning; the follower keeps following and new entries still work."""
+    store = _store(f"{redis_server.url}?prefix={new_prefix()}")
+    t = time.time()
+    raw = _raw_client(redis_server.url)
+    raw.zadd(store.keys.entries, {"sid:3f2a-old-uuid": t + LONG, "all:": t + LONG})
+    with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
+        try:
+            store.start()
+            assert store.status().available
+            seq = raw.incr(store.keys.seq)
+            raw.xadd(store.keys.feed, {"seq": seq, "data": json.dumps([["sid", "x", 0, t + 9]])})
+            assert store.record([session("new-format", t + LONG)])
+            assert revoked(store, "new-format")
+            assert store.status().available
+        finally:
+            store.close()
+            raw.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("2 entries in the keyspace" in m for m in messages)
+    assert any("feed message is not in this version's format" in m for m in messages)
+
+
+@pytest.mark.redis
+def test_redis_purges_expired_entries(redis_server: RedisServer) -> None:
+    """Each write removes expired entries, so the keyspace stays bounded."""
+    clock = Clock()
+    store = _store(f"{redis_server.url}?prefix={new_prefix()}", clock)
+    try:
+        t = clock.now
+        assert store.record([session("old", t + 10), user("alice", t, t + 10)])
+        clock.now = t + 11
+        new = session("new", t + LONG)
+        assert store.record([new])
+        raw = _raw_client(redis_server.url)
+        assert raw.zrange(store.keys.entries, 0, -1) == [f"sid:{new.subject}"]
+        assert raw.hlen(store.keys.not_before) == 0
+        raw.close()
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_redis_retried_write_is_not_a_replay(redis_server: RedisServer) -> None:
+    """The same script call run twice (a retry after a lost reply) succeeds both times.
+
+    Both report a seq to wait for (the retry's is at or past the first attempt's); only a
+    real replay reports 0.
+    """
+    store = _store(f"{redis_server.url}?prefix={new_prefix()}")
+    try:
+        t = time.time()
+        call = store._script_call(Write((session("retried", t + LONG),), "jti-r", t + LONG, t))
+        first = store._record_script(*call)
+        assert first >= 1
+        assert store._record_script(*call) >= first
+        assert not store.record([session("replay", t + LONG)], jti="jti-r", jti_expires_at=t + LONG)
+    finally:
+        store.close()
+
+
+@pytest.mark.redis
+def test_redis_through_sentinel(redis_server: RedisServer) -> None:
+    """A redis+sentinel:// URL finds the master; writes, async writes and following work."""
+    with RedisSentinel(redis_server) as sentinel:
+        url = f"{sentinel.url}?prefix={new_prefix()}"
+        first, second = open_store(url), open_store(url)
+        try:
+            first.start()
+            second.start()
+            assert first.status().available
+            t = time.time()
+            assert first.record([session("via-sentinel", t + LONG)])
+            assert asyncio.run(first.arecord([session("via-sentinel-async", t + LONG)]))
+            assert eventually(lambda: revoked(second, "via-sentinel"))
+            assert eventually(lambda: revoked(second, "via-sentinel-async"))
+        finally:
+            first.close()
+            second.close()
+        gc.collect()
