@@ -25,22 +25,37 @@ What it measures
     valid cookie value the middleware has not seen before (a cache miss, e.g. the first
     request after Starlette re-signed the cookie, which it does on every response).
 
+    Every identity source, every store, two kinds of header objects: the own cost
+    (wrapped - bare) on a session-bearing request for
+
+    * ``cookie``      the signed cookie session (bare: the framework's cookie session);
+    * ``serverside``  a server-side session id (starsessions, Flask-Session; their memory
+                      backends, so that a network round trip both sides pay does not
+                      drown the difference; bare: the same app without SSOMiddleware);
+    * ``bearer``      ``Authorization: Bearer <access token>`` (bare: the same app);
+
+    each with the header object the same in every call (``same``: its hash is cached, as
+    for a repeated request in a loop) and a fresh object per call (``fresh``: a real
+    server hands the middleware a new ``bytes``/``str`` each request, hashed anew).
+
     Method: every variant runs in the same process; each round runs ``--calls`` calls of
     every variant in a shuffled order.  A variant's time is the median over ``--rounds``
     rounds of its mean per-call time; "delta" and "wrapped/bare" are medians over rounds of
     the same round's difference and ratio, which cancels most drift of a shared machine.
 
 Targets
-    (b) wrapped/bare <= 1.10 on Starlette + SessionMiddleware with every store; and the
+    (b) wrapped/bare <= 1.10 on Starlette + SessionMiddleware with every store; the
     middleware's own cost per request (wrapped - bare) at least 20x below the naive Redis
-    round trip's cost (naive - bare), for both adapters.
+    round trip's cost (naive - bare), for both adapters; and own cost <= 1.5 us for both
+    adapters, every store, every identity source, same and fresh header objects.
 
 Run
     .venv/bin/python bench/overhead.py                            # about 1 minute
     .venv/bin/python bench/overhead.py --rounds 101 --calls 500   # steadier, several minutes
     .venv/bin/python bench/overhead.py --profile asgi-redis-valid # cProfile one variant
 
-The last line is ``RESULT overhead_valid_session_starlette wrapped/bare=<worst store>``.
+The last lines are ``RESULT overhead_valid_session_starlette wrapped/bare=<worst store>``
+and ``RESULT overhead_own_cost_us=<worst of adapter x source x store x header>``.
 """
 
 from __future__ import annotations
@@ -50,6 +65,7 @@ import asyncio
 import cProfile
 import gc
 import io
+import json
 import os
 import pstats
 import random
@@ -65,19 +81,26 @@ import redis.asyncio
 from _common import (
     OFFLINE_ISSUER,
     SESSION_SECRET,
+    id_token,
     machine,
     median,
     session_cookie,
     session_data,
+    signing_key,
     table,
 )
+from cachelib import SimpleCache
 from flask import Flask
+from flask import session as flask_session
+from flask_session import Session as FlaskSession
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from starsessions import InMemoryStore, SessionAutoloadMiddleware
+from starsessions import SessionMiddleware as StarsessionsMiddleware
 
 from devtools.redis_server import RedisServer
 from kc_sso_middleware import Settings
@@ -86,11 +109,15 @@ from kc_sso_middleware import wsgi as wsgi_adapter
 from kc_sso_middleware.stores import MemoryStore, Revocation, RevocationStore
 from kc_sso_middleware.stores.redis import RedisStore
 from kc_sso_middleware.stores.sqlite import SQLiteStore
+from kc_sso_middleware.testing import mint_jwt
 
 STORES = ("memory", "sqlite", "redis")
 CASES = ("none", "valid", "revoked")
 NAIVE_KEY = "naive:revoked"
 OTHER_COOKIES = ("theme=dark", "lang=en")
+SOURCES = ("cookie", "serverside", "bearer")
+HEADERS = ("same", "fresh")
+OWN_COST_TARGET_US = 1.5
 
 
 # --------------------------------------------------------------------------- apps
@@ -111,6 +138,46 @@ def flask_app() -> Flask:
     @app.get("/")
     def hello() -> str:
         return "Hello, world!"
+
+    return app
+
+
+def starsessions_app() -> Starlette:
+    """Hello-world behind starsessions (memory backend), with the examples' login route."""
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("Hello, world!")
+
+    async def login(request: Request) -> PlainTextResponse:
+        request.session.update(await request.json())
+        return PlainTextResponse("ok")
+
+    return Starlette(
+        routes=[Route("/", hello), Route("/login", login, methods=["POST"])],
+        middleware=[
+            Middleware(StarsessionsMiddleware, store=InMemoryStore(), cookie_https_only=False),
+            Middleware(SessionAutoloadMiddleware),
+        ],
+    )
+
+
+def flask_session_app() -> Flask:
+    """Hello-world behind Flask-Session (cachelib memory backend), with a login route."""
+    app = Flask("bench-serverside")
+    app.secret_key = SESSION_SECRET
+    app.config.update(SESSION_TYPE="cachelib", SESSION_CACHELIB=SimpleCache(threshold=100_000))
+    FlaskSession(app)
+
+    @app.get("/")
+    def hello() -> str:
+        return "Hello, world!"
+
+    @app.post("/login")
+    def login() -> str:
+        from flask import request
+
+        flask_session.update(request.get_json())
+        return "ok"
 
     return app
 
@@ -148,7 +215,10 @@ def cookie_header(cookie: str) -> str:
     return "; ".join((OTHER_COOKIES[0], f"session={cookie}", *OTHER_COOKIES[1:]))
 
 
-def asgi_scope(cookie: str | None) -> dict[str, Any]:
+def asgi_scope(
+    cookie: str | None, *, raw_cookie: str | None = None, authorization: str | None = None
+) -> dict[str, Any]:
+    """``cookie``: the session cookie among two others; ``raw_cookie``: the header as is."""
     headers = [
         (b"host", b"bench.local"),
         (b"user-agent", b"Mozilla/5.0 (X11; Linux x86_64) bench/1.0"),
@@ -158,7 +228,11 @@ def asgi_scope(cookie: str | None) -> dict[str, Any]:
         (b"connection", b"keep-alive"),
     ]
     if cookie is not None:
-        headers.append((b"cookie", cookie_header(cookie).encode("latin-1")))
+        raw_cookie = cookie_header(cookie)
+    if raw_cookie is not None:
+        headers.append((b"cookie", raw_cookie.encode("latin-1")))
+    if authorization is not None:
+        headers.append((b"authorization", authorization.encode("latin-1")))
     return {
         "type": "http",
         "asgi": {"version": "3.0", "spec_version": "2.3"},
@@ -175,7 +249,9 @@ def asgi_scope(cookie: str | None) -> dict[str, Any]:
     }
 
 
-def wsgi_environ(cookie: str | None) -> dict[str, Any]:
+def wsgi_environ(
+    cookie: str | None, *, raw_cookie: str | None = None, authorization: str | None = None
+) -> dict[str, Any]:
     environ: dict[str, Any] = {
         "REQUEST_METHOD": "GET",
         "SCRIPT_NAME": "",
@@ -200,8 +276,38 @@ def wsgi_environ(cookie: str | None) -> dict[str, Any]:
         "wsgi.run_once": False,
     }
     if cookie is not None:
-        environ["HTTP_COOKIE"] = cookie_header(cookie)
+        raw_cookie = cookie_header(cookie)
+    if raw_cookie is not None:
+        environ["HTTP_COOKIE"] = raw_cookie
+    if authorization is not None:
+        environ["HTTP_AUTHORIZATION"] = authorization
     return environ
+
+
+def _fresh_bytes(value: bytes) -> bytes:
+    return bytes(bytearray(value))  # equal, but a new object whose hash is not cached
+
+
+def _fresh_str(value: str) -> str:
+    return (value + " ")[:-1]
+
+
+def fresh_asgi(scope: dict[str, Any]) -> dict[str, Any]:
+    """The scope with new objects for the Cookie and Authorization values."""
+    headers = [
+        (name, _fresh_bytes(value) if name in (b"cookie", b"authorization") else value)
+        for name, value in scope["headers"]
+    ]
+    return {**scope, "headers": headers}
+
+
+def fresh_wsgi(environ: dict[str, Any]) -> dict[str, Any]:
+    """The environ with new objects for the Cookie and Authorization values."""
+    fresh = dict(environ)
+    for key in ("HTTP_COOKIE", "HTTP_AUTHORIZATION"):
+        if key in fresh:
+            fresh[key] = _fresh_str(fresh[key])
+    return fresh
 
 
 _REQUEST_MESSAGE = {"type": "http.request", "body": b"", "more_body": False}
@@ -229,6 +335,8 @@ class Variant:
     requests: list[dict[str, Any]]
     samples: list[float] = field(default_factory=list)
     _next: int = 0
+    #: new header objects in every call (built before the timed loop)
+    fresh: bool = False
 
     @property
     def request(self) -> dict[str, Any]:
@@ -238,7 +346,10 @@ class Variant:
         """The next ``calls`` requests (fresh copies: the apps add keys to them)."""
         pool, start = self.requests, self._next
         self._next = (start + calls) % len(pool)
-        return [dict(pool[(start + i) % len(pool)]) for i in range(calls)]
+        batch = [dict(pool[(start + i) % len(pool)]) for i in range(calls)]
+        if self.fresh:
+            return [fresh_asgi(r) if self.adapter == "asgi" else fresh_wsgi(r) for r in batch]
+        return batch
 
     @property
     def per_call_us(self) -> float:
@@ -336,7 +447,7 @@ def fresh_cookies(fmt: str, sid: str, count: int) -> list[str]:
     return [session_cookie(fmt, data={**data, "n": n}) for n in range(count)]  # type: ignore[arg-type]
 
 
-def build_variants(
+async def build_variants(
     args: argparse.Namespace,
     redis_url: str,
     db_dir: str,
@@ -377,8 +488,11 @@ def build_variants(
 
     variants: list[Variant] = []
 
-    def add(name: str, adapter: str, app: Any, *requests: dict[str, Any]) -> None:
-        variants.append(Variant(name, adapter, app, list(requests)))
+    def add(name: str | Variant, adapter: str = "", app: Any = None, *requests: Any) -> None:
+        if isinstance(name, Variant):
+            variants.append(name)
+        else:
+            variants.append(Variant(name, adapter, app, list(requests)))
 
     # ASGI: Starlette hello-world
     plain = starlette_app(with_session=False)
@@ -430,7 +544,123 @@ def build_variants(
             add(f"wsgi {store_name} {case}", "wsgi", wrapped, wsgi_environ(cookies["flask"][case]))
         if store_name == "memory":
             add("wsgi memory fresh", "wsgi", wrapped, *map(wsgi_environ, fresh["flask"]))
+    await add_source_matrix(add, new_store, settings, cookies, valid_sid)  # type: ignore[arg-type]
     return variants, stores
+
+
+def _session_id(set_cookies: list[str]) -> str:
+    for header in set_cookies:
+        name, _, rest = header.partition("=")
+        if name.strip() == "session":
+            return rest.split(";", 1)[0]
+    raise SystemExit(f"the login set no session cookie: {set_cookies}")
+
+
+async def asgi_login(app: Any, data: dict[str, Any]) -> str:
+    """POST /login through ``app`` (in process); the server-side session id it sets."""
+    body = json.dumps(data).encode()
+    scope = {
+        **asgi_scope(None),
+        "method": "POST",
+        "path": "/login",
+        "raw_path": b"/login",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    headers = sent[0].get("headers", [])
+    return _session_id([v.decode() for n, v in headers if n.lower() == b"set-cookie"])
+
+
+def wsgi_login(app: Any, data: dict[str, Any]) -> str:
+    body = json.dumps(data).encode()
+    environ = {
+        **wsgi_environ(None),
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/login",
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": str(len(body)),
+        "wsgi.input": io.BytesIO(body),
+    }
+    got: list[list[tuple[str, str]]] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        got.append(headers)
+
+    b"".join(app(environ, start_response))
+    return _session_id([v for n, v in got[0] if n.lower() == "set-cookie"])
+
+
+async def add_source_matrix(
+    add: Any,
+    new_store: Any,
+    settings: Settings,
+    cookies: dict[str, dict[str, str | None]],
+    sid: str,
+) -> None:
+    """Variants ``<adapter> src <source> <store|bare> <same|fresh>``: a session-bearing
+    request of every identity source, bare and wrapped with every store."""
+    now = int(time.time())
+    claims = {
+        "iss": settings.issuer,
+        "aud": "account",
+        "azp": settings.client_id,
+        "sub": "user-1",
+        "sid": sid,
+        "iat": now,
+        "exp": now + 36000,
+        "typ": "Bearer",
+    }
+    bearer = f"Bearer {mint_jwt(signing_key(), claims, {'typ': 'JWT'})}"
+    login = {
+        "id_token": id_token(issuer=settings.issuer, sid=sid),
+        "user": {"sub": "user-1", "sid": sid, "preferred_username": "alice"},
+    }
+
+    def request(adapter: str, source: str, session_id: str | None = None) -> dict[str, Any]:
+        build = asgi_scope if adapter == "asgi" else wsgi_environ
+        if source == "cookie":
+            return build(cookies["starlette" if adapter == "asgi" else "flask"]["valid"])
+        if source == "bearer":
+            return build(None, authorization=bearer)
+        return build(None, raw_cookie=f"theme=dark; session={session_id}; lang=en")
+
+    for adapter in ("asgi", "wsgi"):
+        wrap = asgi_adapter.SSOMiddleware if adapter == "asgi" else wsgi_adapter.SSOMiddleware
+        for source in SOURCES:
+            for store_name in ("bare", *STORES):
+                if source == "serverside":  # its own app (and backend) per variant
+                    app = starsessions_app() if adapter == "asgi" else flask_session_app().wsgi_app
+                elif source == "cookie":
+                    app = starlette_app(with_session=True) if adapter == "asgi" else None
+                    app = app or flask_app().wsgi_app
+                else:
+                    app = starlette_app(with_session=False) if adapter == "asgi" else None
+                    app = app or flask_app().wsgi_app
+                if store_name != "bare":
+                    app = wrap(app, settings, store=new_store(store_name))
+                session_id = None
+                if source == "serverside":
+                    if adapter == "asgi":
+                        session_id = await asgi_login(app, login)
+                    else:
+                        session_id = wsgi_login(app, login)
+                for header in HEADERS:
+                    variant = Variant(
+                        f"{adapter} src {source} {store_name} {header}",
+                        adapter,
+                        app,
+                        [request(adapter, source, session_id)],
+                        fresh=header == "fresh",
+                    )
+                    add(variant)
 
 
 # --------------------------------------------------------------------------- main
@@ -441,7 +671,7 @@ async def run(args: argparse.Namespace) -> int:
     with RedisServer() as server, tempfile.TemporaryDirectory(prefix="kcsso-bench-") as db_dir:
         async_client = redis.asyncio.Redis.from_url(server.url)
         sync_client = redis.Redis.from_url(server.url)
-        variants, stores = build_variants(args, server.url, db_dir, async_client, sync_client)
+        variants, stores = await build_variants(args, server.url, db_dir, async_client, sync_client)
         try:
             await check_variants(variants)
             if args.profile:
@@ -488,6 +718,8 @@ async def profile(variants: list[Variant], args: argparse.Namespace) -> None:
     profiler.disable()
     print(f"profile of {v.name!r}, {calls} calls")
     pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    print("the middleware's own functions, by cumulative time")
+    pstats.Stats(profiler).sort_stats("cumulative").print_stats("kc_sso_middleware", 25)
 
 
 def paired(variants: dict[str, Variant], wrapped: str, bare: str) -> tuple[float, float]:
@@ -569,6 +801,27 @@ def report(variant_list: list[Variant], args: argparse.Namespace) -> int:
         "SessionMiddleware; naive rows: bare is the same app without the naive middleware"
     )
 
+    print("\nown cost (wrapped - bare, us) of a session-bearing request, per identity source")
+    own_rows, worst_own = [], 0.0
+    for adapter in ("asgi", "wsgi"):
+        for source in SOURCES:
+            for header in HEADERS:
+                bare = f"{adapter} src {source} bare {header}"
+                deltas = []
+                for store_name in STORES:
+                    delta, _ = paired(v, f"{adapter} src {source} {store_name} {header}", bare)
+                    deltas.append(delta)
+                worst_own = max(worst_own, *deltas)
+                own_rows.append(
+                    (
+                        f"{adapter} {source}",
+                        header,
+                        f"{t[bare]:.2f}",
+                        *(f"{d:+.2f}" for d in deltas),
+                    )
+                )
+    print(table(("request", "header", "bare us", *STORES), own_rows))
+
     print("\ntargets")
     worst_ratio = 0.0
     ok = True
@@ -593,6 +846,13 @@ def report(variant_list: list[Variant], args: argparse.Namespace) -> int:
                 f"{naive_cost:.2f} us: {factor:.1f}x (target >= 20x: "
                 f"{'met' if met else 'MISSED'})"
             )
+    own_met = worst_own <= OWN_COST_TARGET_US
+    ok &= own_met
+    print(
+        f"  own cost, worst of adapter x source x store x header: {worst_own:.2f} us "
+        f"(target <= {OWN_COST_TARGET_US}: {'met' if own_met else 'MISSED'})"
+    )
+    print(f"RESULT overhead_own_cost_us={worst_own:.2f}")
     print(
         f"RESULT overhead_valid_session_starlette wrapped/bare={worst_ratio:.3f} "
         f"(worst of {'/'.join(STORES)}; all targets {'met' if ok else 'NOT met'})"

@@ -19,7 +19,17 @@ from .gunicorn_conf import READY_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 
-AppKind = Literal["flask", "fastapi"]
+AppKind = Literal["flask", "fastapi", "django-wsgi", "django-asgi"]
+
+#: what each kind's server imports unless told otherwise
+DEFAULT_MODULES: dict[str, str] = {
+    "flask": "examples.flask_app:app",
+    "fastapi": "examples.fastapi_app:app",
+    "django-wsgi": "examples.django_app.wsgi:application",
+    "django-asgi": "examples.django_app.asgi:application",
+}
+#: the kinds served by gunicorn (WSGI); the others by uvicorn (ASGI)
+GUNICORN_KINDS = frozenset({"flask", "django-wsgi"})
 
 
 def free_port() -> int:
@@ -31,7 +41,10 @@ def free_port() -> int:
 
 
 class AppServer:
-    """One example app under gunicorn (Flask) or uvicorn (FastAPI), as a context manager."""
+    """One example app under gunicorn (Flask, Django WSGI) or uvicorn (FastAPI, Django ASGI).
+
+    A context manager.  The Django example creates its SQLite database on first start.
+    """
 
     def __init__(
         self,
@@ -57,12 +70,13 @@ class AppServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        if self.kind == "flask":
+        module = self.module or DEFAULT_MODULES[self.kind]
+        if self.kind in GUNICORN_KINDS:
             return [
                 sys.executable,
                 "-m",
                 "gunicorn",
-                self.module or "examples.flask_app:app",
+                module,
                 "--bind",
                 f"127.0.0.1:{self.port}",
                 "--workers",
@@ -78,7 +92,7 @@ class AppServer:
             sys.executable,
             "-m",
             "uvicorn",
-            self.module or "examples.fastapi_app:app",
+            module,
             "--host",
             "127.0.0.1",
             "--port",
@@ -88,7 +102,7 @@ class AppServer:
         ]
 
     def _ready_marker(self) -> str:
-        if self.kind == "flask":
+        if self.kind in GUNICORN_KINDS:
             return READY_MARKER
         return "Application startup complete."
 

@@ -8,7 +8,21 @@
         server.start()      # same port again
         server.restart()    # SHUTDOWN SAVE + start: data survives, connections drop
 
+``RedisServer(durable=True)`` keeps an append-only file (``appendfsync always``), so a
+SIGKILL loses nothing; by default a server has no persistence at all, like many managed and
+default installations, and a kill empties it.
+
 ``RedisSentinel`` runs a Sentinel (``redis-server --sentinel``) monitoring one server.
+
+``RedisCluster`` runs a Redis Cluster: three masters and three replicas (``redis-server
+--cluster-enabled yes``, joined with ``redis-cli --cluster create … --cluster-replicas 1``),
+without persistence; ``kill_master_of(key)`` SIGKILLs the master holding a key's slot and
+waits until its replica has taken over::
+
+    with RedisCluster() as cluster:
+        url = f"{cluster.url}?prefix={{kcsso}}:"
+        killed = cluster.kill_master_of("{kcsso}")   # its replica is master now
+        killed.start()                                # rejoins, as a replica
 
 Without the binary the test is skipped.  When ``CI`` or ``KC_SSO_REQUIRE_SERVICES=1`` is
 set it fails instead, so a CI image missing the package cannot pass by skipping.
@@ -30,7 +44,7 @@ from types import TracebackType
 
 import pytest
 
-__all__ = ["RedisSentinel", "RedisServer", "require_redis_server"]
+__all__ = ["ClusterNode", "RedisCluster", "RedisSentinel", "RedisServer", "require_redis_server"]
 
 _READY_TIMEOUT = 10.0
 
@@ -65,7 +79,10 @@ def _command(port: int, *commands: list[str], timeout: float = 1.0) -> bytes:
 class _RedisProcess(abc.ABC):
     """A redis-server process on a fixed port, restartable."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, own_session: bool = False) -> None:
+        """``own_session``: run in a session of its own, out of reach of the terminal's
+        Ctrl-C and of a ``kill`` of the caller's process group (the owner stops it)."""
+        self.own_session = own_session
         self.binary = require_redis_server()
         self.port = _free_port()
         self._tmp = tempfile.TemporaryDirectory(prefix=f"kcsso-{kind}-")
@@ -75,6 +92,22 @@ class _RedisProcess(abc.ABC):
     @abc.abstractmethod
     def _argv(self) -> list[str]:
         """The command line (the port and directory stay the same across restarts)."""
+
+    def _server_argv(self) -> list[str]:
+        """A redis-server on loopback at this port, in this directory, without RDB snapshots."""
+        return [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.dir / "redis.log"),
+            "--save",
+            "",
+        ]
 
     @property
     def running(self) -> bool:
@@ -86,7 +119,11 @@ class _RedisProcess(abc.ABC):
             return
         log = self.dir / "redis.log"
         self.process = subprocess.Popen(
-            self._argv(), cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self._argv(),
+            cwd=self.dir,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=self.own_session,
         )
         deadline = time.monotonic() + _READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -124,25 +161,21 @@ class _RedisProcess(abc.ABC):
 class RedisServer(_RedisProcess):
     """A standalone redis-server; no persistence unless :meth:`restart` saves on the way."""
 
-    def __init__(self, *, password: str | None = None) -> None:
-        super().__init__("redis")
+    def __init__(
+        self, *, password: str | None = None, durable: bool = False, own_session: bool = False
+    ) -> None:
+        super().__init__("redis", own_session=own_session)
         self.password = password
+        self.durable = durable
 
     def _argv(self) -> list[str]:
         argv = [
-            self.binary,
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(self.dir),
-            "--logfile",
-            str(self.dir / "redis.log"),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
+            *self._server_argv(),
+            *(
+                ["--appendonly", "yes", "--appendfsync", "always"]
+                if self.durable
+                else ["--appendonly", "no"]
+            ),
         ]
         if self.password is not None:
             argv += ["--requirepass", self.password]
@@ -208,3 +241,184 @@ class RedisSentinel(_RedisProcess):
     def __enter__(self) -> RedisSentinel:
         self.start()
         return self
+
+
+def _redis_cli() -> str:
+    path = shutil.which("redis-cli")
+    if path is None:  # Debian ships it with redis-server (redis-tools)
+        require_redis_server()
+        pytest.skip("redis-cli is not installed (Debian: apt-get install redis-tools)")
+    return path
+
+
+class ClusterNode(_RedisProcess):
+    """One node of a :class:`RedisCluster`; restarted, it rejoins with its ``nodes.conf``."""
+
+    def __init__(self, node_timeout_ms: int) -> None:
+        super().__init__("cluster-node")
+        self.node_timeout_ms = node_timeout_ms
+        self.bus_port = _free_port()  # not port + 10000, which may be taken or out of range
+
+    def _argv(self) -> list[str]:
+        return [
+            *self._server_argv(),
+            "--appendonly",
+            "no",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-port",
+            str(self.bus_port),
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
+            # A replica takes over however long it was cut off from its master.
+            "--cluster-replica-validity-factor",
+            "0",
+            # Replicas sync at once (the default waits 5 s for more replicas to join).
+            "--repl-diskless-sync-delay",
+            "0",
+        ]
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+class RedisCluster:
+    """Three masters and three replicas on loopback, no persistence; torn down at exit.
+
+    ``node_timeout_ms`` (``cluster-node-timeout``) is how long a master may be silent before
+    its replica takes over: a failover takes about twice that.
+    """
+
+    def __init__(self, *, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.cli = _redis_cli()
+        self.nodes = [ClusterNode(node_timeout_ms) for _ in range(masters * 2)]
+        self.masters = masters
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` naming the first three nodes (any of them finds the rest)."""
+        return "redis+cluster://" + ",".join(n.address for n in self.nodes[: self.masters])
+
+    def cli_call(self, node: ClusterNode, *words: str, timeout: float = 10.0) -> str:
+        done = subprocess.run(
+            [self.cli, "-h", "127.0.0.1", "-p", str(node.port), *words],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+        return done.stdout
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                self.cli,
+                "--cluster",
+                "create",
+                *(n.address for n in self.nodes),
+                "--cluster-replicas",
+                "1",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        self.wait_until_ok()
+
+    def _info(self, node: ClusterNode) -> dict[str, str]:
+        text = self.cli_call(node, "CLUSTER", "INFO", timeout=2.0)
+        return dict(line.split(":", 1) for line in text.split() if ":" in line)
+
+    def _replicating(self, node: ClusterNode) -> bool:
+        """A master, or a replica whose link to its master is up (it has the data)."""
+        text = self.cli_call(node, "INFO", "replication", timeout=2.0)
+        return "role:master" in text or "master_link_status:up" in text
+
+    def wait_until_ok(self, timeout: float = 30.0) -> None:
+        """Until every running node says ``cluster_state:ok`` with every slot served, and
+        every running replica is in sync with its master."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                running = [n for n in self.nodes if n.running]
+                infos = [self._info(n) for n in running]
+                if all(
+                    i.get("cluster_state") == "ok" and i.get("cluster_slots_ok") == "16384"
+                    for i in infos
+                ) and all(self._replicating(n) for n in running):
+                    return
+            except (subprocess.SubprocessError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster is not ok after {timeout} s")
+            time.sleep(0.1)
+
+    def master_of(self, key: str) -> ClusterNode:
+        """The node serving ``key``'s slot, as a running node sees it."""
+        asker = next(n for n in self.nodes if n.running)
+        slot = int(self.cli_call(asker, "CLUSTER", "KEYSLOT", key).strip())
+        for line in self.cli_call(asker, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            # <id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <state> <slots…>
+            flags = fields[2].split(",")
+            if "master" not in flags or "fail" in flags or fields[7] != "connected":
+                continue
+            for served in fields[8:]:
+                first, _, last = served.partition("-")
+                if first.isdigit() and int(first) <= slot <= int(last or first):
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise RuntimeError(f"no master serves slot {slot}")
+
+    def kill_master_of(self, key: str, timeout: float = 30.0) -> ClusterNode:
+        """SIGKILL the master of ``key``'s slot; return once a replica has taken over."""
+        victim = self.master_of(key)
+        victim.kill()
+        self.wait_for_failover(key, victim, timeout)
+        return victim
+
+    def wait_for_failover(self, key: str, victim: ClusterNode, timeout: float = 30.0) -> None:
+        """Until another node than ``victim`` serves ``key``'s slot and the cluster is ok."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.master_of(key) is not victim:
+                    break
+            except (RuntimeError, subprocess.SubprocessError, StopIteration):
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica took over from {victim.address}")
+            time.sleep(0.05)
+        self.wait_until_ok(timeout)
+
+    def rejoin(self, node: ClusterNode, timeout: float = 30.0) -> None:
+        """Restart a killed node and wait until it replicates its new master again."""
+        node.start()
+        deadline = time.monotonic() + timeout
+        while "master_link_status:up" not in self.cli_call(node, "INFO", "replication"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{node.address} did not rejoin as a replica")
+            time.sleep(0.1)
+        self.wait_until_ok(timeout)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+    def __enter__(self) -> RedisCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,10 +1,11 @@
 """The example apps, unchanged, each wrapped to say which worker process answered.
 
-Serve ``devtools.served:flask_app`` with gunicorn or ``devtools.served:fastapi_app``
-with uvicorn.  The wrapper is the outermost layer, so every answer carries an
-``X-Worker-Pid`` header, the single sign-out middleware's own answers (401, 503, the
-back-channel endpoint) included.  Each app is imported on first access only (PEP 562), so a
-worker serving one example never builds the other.
+Serve ``devtools.served:flask_app`` or ``devtools.served:django_wsgi_app`` with gunicorn,
+``devtools.served:fastapi_app`` or ``devtools.served:django_asgi_app`` with uvicorn.  The
+wrapper is the outermost layer, so every answer carries an ``X-Worker-Pid`` header, the
+single sign-out middleware's own answers (401, 503, the back-channel endpoint) included.
+Each app is imported on first access only (PEP 562), so a worker serving one example never
+builds the others.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-# ``flask_app`` and ``fastapi_app`` come from __getattr__ below.
+# ``flask_app``, ``fastapi_app``, ``django_wsgi_app`` and ``django_asgi_app`` come from
+# __getattr__ below.
 __all__ = ["PID_HEADER", "WorkerPidASGI", "WorkerPidWSGI"]
 
 PID_HEADER = "X-Worker-Pid"
@@ -62,7 +64,7 @@ class WorkerPidASGI:
 
 
 def __getattr__(name: str) -> Any:
-    """``flask_app`` and ``fastapi_app``, built on first access and then kept."""
+    """The wrapped example apps, each built on first access and then kept."""
     if name == "flask_app":
         from examples.flask_app import app as flask
 
@@ -71,6 +73,14 @@ def __getattr__(name: str) -> Any:
         from examples.fastapi_app import app as fastapi
 
         wrapped = WorkerPidASGI(fastapi)
+    elif name == "django_wsgi_app":
+        from examples.django_app.wsgi import application as django_wsgi
+
+        wrapped = WorkerPidWSGI(django_wsgi)
+    elif name == "django_asgi_app":
+        from examples.django_app.asgi import application as django_asgi
+
+        wrapped = WorkerPidASGI(django_asgi)
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     globals()[name] = wrapped

@@ -1,30 +1,58 @@
 """FastAPI example: Keycloak login with Authlib, single sign-out with kc_sso_middleware.
 
 Run with ``uvicorn examples.fastapi_app:app`` or ``uvicorn --workers 3 …``; configured only
-by ``KC_SSO_*`` variables.
+by ``KC_SSO_*`` variables, and ``EXAMPLE_SESSION_STORE``: unset, sessions live in
+Starlette's signed cookie; a ``redis://host:port/db`` URL keeps them server-side in that
+Redis with starsessions.  Either way the login callback is the same, and so is the
+middleware's one line.
 """
 
 from __future__ import annotations
 
+import os
+
 from authlib.integrations.starlette_client import OAuth
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.middleware.sessions import SessionMiddleware
 
+from examples._bearer import BearerValidator
+from examples._logging import log_events
 from examples._page import index_page
 from kc_sso_middleware import Settings
 from kc_sso_middleware.asgi import SSOMiddleware
 
 settings = Settings.from_env()
+log_events("FastAPI app")  # the demo's live lines (EXAMPLE_EVENT_LOG=1)
 
 app = FastAPI(title="FastAPI app")
-app.add_middleware(
-    SessionMiddleware,
-    secret_key=settings.session_secret or "",
-    session_cookie=settings.session_cookie,
-    same_site="lax",
-)
-# Added last, so it is the outermost: it sees the session cookie before SessionMiddleware.
+session_store = os.environ.get("EXAMPLE_SESSION_STORE")
+if session_store:
+    # Server-side sessions (starsessions' RedisStore): the browser holds only the id.  The
+    # middleware finds starsessions on its own, reads and deletes sessions through it.
+    from redis.asyncio import Redis
+    from starsessions import SessionAutoloadMiddleware
+    from starsessions import SessionMiddleware as ServerSessionMiddleware
+    from starsessions.stores.redis import RedisStore
+
+    app.add_middleware(SessionAutoloadMiddleware)
+    app.add_middleware(
+        ServerSessionMiddleware,
+        store=RedisStore(connection=Redis.from_url(session_store)),
+        lifetime=14 * 24 * 3600,
+        cookie_name=settings.session_cookie,
+        cookie_same_site="lax",
+        cookie_https_only=settings.session_cookie_secure,
+    )
+else:
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.session_secret or "",
+        session_cookie=settings.session_cookie,
+        same_site="lax",
+    )
+# Added last, so it is the outermost: it sees the session cookie before either session
+# middleware.
 app.add_middleware(SSOMiddleware, settings=settings)
 
 oauth = OAuth()
@@ -37,9 +65,14 @@ oauth.register(
 )
 
 
+bearer = BearerValidator(settings.issuer, algorithms=settings.algorithms)
+
+
 @app.get("/", response_class=HTMLResponse)
 async def index(request: Request) -> str:
-    return index_page("FastAPI app", request.session.get("user"))
+    # The middleware's marker says why, on the request right after a single sign-out.
+    marker = request.scope.get("kc_sso.signed_out")
+    return index_page("FastAPI app", request.session.get("user"), marker)
 
 
 @app.get("/login")
@@ -53,9 +86,12 @@ async def login(request: Request) -> Response:
 async def callback(request: Request) -> Response:
     token = await oauth.keycloak.authorize_access_token(request)
     request.session.clear()
-    # What the middleware reads: the raw ID token (id_token_hint, sid, auth_time) and its claims.
+    # What the middleware reads: the raw ID token (id_token_hint, sid, auth_time) and its
+    # claims; the refresh token lets it ask Keycloak whether the session is still alive
+    # (KC_SSO_LIVENESS_INTERVAL).
     request.session["id_token"] = token["id_token"]
     request.session["user"] = dict(token["userinfo"])
+    request.session["refresh_token"] = token.get("refresh_token")
     return RedirectResponse(request.url_for("index"), status_code=303)
 
 
@@ -65,3 +101,25 @@ async def me(request: Request) -> Response:
     if not user:
         return JSONResponse({"error": "not_logged_in"}, status_code=401)
     return JSONResponse(user)
+
+
+@app.websocket("/ws/me")
+async def ws_me(websocket: WebSocket) -> None:
+    """The session's user over a websocket: the middleware checks the handshake too."""
+    user = websocket.session.get("user")
+    if not user:
+        await websocket.close(code=1008, reason="not logged in")
+        return
+    await websocket.accept()
+    await websocket.send_json(user)
+    await websocket.close()
+
+
+@app.get("/api/me")
+async def api_me(request: Request) -> Response:
+    """The bearer token's claims, validated here (the middleware refuses revoked ones)."""
+    from starlette.concurrency import run_in_threadpool
+
+    answer = await run_in_threadpool(bearer.answer, request.headers.get("authorization"))
+    headers = {**dict(answer.headers), "Cache-Control": "no-store"}
+    return JSONResponse(dict(answer.body), status_code=answer.status, headers=headers)

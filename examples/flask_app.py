@@ -1,26 +1,44 @@
 """Flask example: Keycloak login with Authlib, single sign-out with kc_sso_middleware.
 
 Run with ``flask --app examples/flask_app.py run`` or
-``gunicorn -w 3 examples.flask_app:app``; configured only by ``KC_SSO_*`` variables.
+``gunicorn -w 3 examples.flask_app:app``; configured only by ``KC_SSO_*`` variables, and
+``EXAMPLE_SESSION_STORE``: unset, sessions live in Flask's signed cookie; a
+``redis://host:port/db`` URL keeps them server-side in that Redis with Flask-Session.
+Either way the login callback is the same, and so is the middleware's one line.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from authlib.integrations.flask_client import OAuth
-from flask import Flask, jsonify, redirect, session, url_for
+from flask import Flask, jsonify, redirect, request, session, url_for
 
+from examples._bearer import BearerValidator
+from examples._logging import log_events
 from examples._page import index_page
 from kc_sso_middleware import Settings
 from kc_sso_middleware.wsgi import SSOMiddleware
 
 settings = Settings.from_env()
+log_events("Flask app")  # the demo's live lines (EXAMPLE_EVENT_LOG=1)
 
 app = Flask(__name__)
 app.secret_key = settings.session_secret
 app.config["SESSION_COOKIE_NAME"] = settings.session_cookie
 app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
+
+session_store = os.environ.get("EXAMPLE_SESSION_STORE")
+if session_store:
+    # Server-side sessions (Flask-Session's Redis backend): the browser holds only the id.
+    # The middleware finds Flask-Session on its own, reads and deletes sessions through it.
+    import redis
+    from flask_session import Session
+
+    app.config["SESSION_TYPE"] = "redis"
+    app.config["SESSION_REDIS"] = redis.Redis.from_url(session_store)
+    Session(app)
 
 oauth = OAuth(app)
 oauth.register(
@@ -32,9 +50,13 @@ oauth.register(
 )
 
 
+bearer = BearerValidator(settings.issuer, algorithms=settings.algorithms)
+
+
 @app.get("/")
 def index() -> str:
-    return index_page("Flask app", session.get("user"))
+    # The middleware's marker says why, on the request right after a single sign-out.
+    return index_page("Flask app", session.get("user"), request.environ.get("kc_sso.signed_out"))
 
 
 @app.get("/login")
@@ -46,9 +68,12 @@ def login() -> Any:
 def callback() -> Any:
     token = oauth.keycloak.authorize_access_token()
     session.clear()
-    # What the middleware reads: the raw ID token (id_token_hint, sid, auth_time) and its claims.
+    # What the middleware reads: the raw ID token (id_token_hint, sid, auth_time) and its
+    # claims; the refresh token lets it ask Keycloak whether the session is still alive
+    # (KC_SSO_LIVENESS_INTERVAL).
     session["id_token"] = token["id_token"]
     session["user"] = dict(token["userinfo"])
+    session["refresh_token"] = token.get("refresh_token")
     return redirect(url_for("index"))
 
 
@@ -58,6 +83,17 @@ def me() -> Any:
     if not user:
         return jsonify(error="not_logged_in"), 401
     return jsonify(user)
+
+
+@app.get("/api/me")
+def api_me() -> Any:
+    """The bearer token's claims, validated here (the middleware refuses revoked ones)."""
+    answer = bearer.answer(request.headers.get("Authorization"))
+    return (
+        jsonify(dict(answer.body)),
+        answer.status,
+        [*answer.headers, ("Cache-Control", "no-store")],
+    )
 
 
 # Outside Flask's own session handling, so a revoked cookie is taken out before Flask reads it.

@@ -8,14 +8,16 @@ store's write path.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ._flows import Effect
 from .stores.model import Revocation
 
-__all__ = ["HttpCall", "HttpResult", "RecordRevocations"]
+__all__ = ["BackendCall", "HttpCall", "HttpResult", "RecordRevocations"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,3 +58,18 @@ class RecordRevocations(Effect[bool]):
     jti: str | None = None
     jti_expires_at: float = 0.0
     authenticated: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BackendCall(Effect[T], Generic[T]):
+    """A call into a session backend an identity source reads (Flask-Session, starsessions).
+
+    ``sync`` is what a blocking runner calls; ``aio`` what an asyncio runner awaits (when
+    absent, it runs ``sync`` in a worker thread).  Whatever it raises is thrown into the
+    flow.
+    """
+
+    sync: Callable[[], T] | None = None
+    aio: Callable[[], Awaitable[T]] | None = None
+    #: for logs and errors
+    what: str = "session backend call"

@@ -8,8 +8,9 @@ the middleware's own paths), and turn a :class:`Response` or a :class:`Verdict` 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "NO_STORE",
@@ -31,16 +32,33 @@ HTML_TYPE = ("Content-Type", "text/html; charset=utf-8")
 RawHeader = str | bytes
 
 
-@dataclass(frozen=True, slots=True)
 class RequestHead:
     """What an ordinary request carries that may name a Keycloak session.
 
     ``cookies`` holds every ``Cookie`` header in order (WSGI has at most one; ASGI may have
-    several); ``authorization`` the ``Authorization`` header, if any.
+    several); ``authorization`` the ``Authorization`` header, if any; ``native`` the
+    framework's own request object where an integration has one (Django's
+    ``HttpRequest``), for sources that read what the framework already parsed.
+
+    Built for every request, so a plain slotted class (a frozen dataclass costs three
+    times as much to make); treat it as read-only.
     """
 
-    cookies: tuple[RawHeader, ...] = ()
-    authorization: RawHeader | None = None
+    __slots__ = ("authorization", "cookies", "native")
+
+    def __init__(
+        self,
+        cookies: tuple[RawHeader, ...] = (),
+        authorization: RawHeader | None = None,
+        native: Any = None,
+    ) -> None:
+        self.cookies = cookies
+        self.authorization = authorization
+        self.native = native
+
+    def __repr__(self) -> str:
+        has = "with" if self.authorization is not None else "without"
+        return f"RequestHead({len(self.cookies)} cookie header(s), {has} authorization)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +117,9 @@ class Verdict:
     * :data:`PASS`: call the app with the request untouched;
     * ``response`` set: answer it instead of calling the app;
     * otherwise call the app with the Cookie header replaced by ``cookie`` (``""`` removes
-      it), and add ``set_cookies`` to the app's answer unless it sets those cookies itself.
+      it), and add ``set_cookies`` to the app's answer unless it sets those cookies itself;
+    * ``pending`` set: the decision needs I/O first (a server-side session not seen
+      before): drive the flow, whose result is the verdict to apply.
     """
 
     response: Response | None = None
@@ -109,6 +129,21 @@ class Verdict:
     set_cookies: tuple[str, ...] = ()
     #: the request-scoped marker, when a session was taken out
     signed_out: SignOut | None = None
+    #: the rest of the decision, when it needs I/O (a flow of ``_flows``; its result is
+    #: the verdict)
+    pending: Generator[Any, object, Verdict] | None = None
+    #: flows to run beside the request, never delaying it (liveness checks)
+    background: tuple[Generator[Any, object, None], ...] = ()
+
+    @property
+    def passes(self) -> bool:
+        """Whether the app gets the request untouched (background work aside)."""
+        return (
+            self.response is None
+            and self.cookie is None
+            and not self.set_cookies
+            and self.signed_out is None
+        )
 
 
 PASS = Verdict()

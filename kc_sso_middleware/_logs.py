@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-__all__ = ["Tagger", "untrusted"]
+__all__ = ["Tagger", "log_safe", "untrusted"]
 
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, 0x85)}
 _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029", ord("\\"): "\\\\"})
@@ -28,6 +28,19 @@ def untrusted(value: object, limit: int = _LIMIT) -> str:
     if len(text) > limit:
         text = f"{text[:limit]}…({len(text)} chars)"
     return text.translate(_ESCAPES)
+
+
+_CONTROLS = frozenset(chr(code) for code in _ESCAPES if code != ord("\\"))
+_FIELD_LIMIT = 1000
+
+
+def log_safe(value: object) -> object:
+    """An event field as a log line may show it: a string with control characters, or
+    longer than a log line should hold, goes through :func:`untrusted`; anything else
+    (including text :func:`untrusted` already escaped) is left as it is."""
+    if isinstance(value, str) and (len(value) > _FIELD_LIMIT or not _CONTROLS.isdisjoint(value)):
+        return untrusted(value, _FIELD_LIMIT)
+    return value
 
 
 class Tagger:

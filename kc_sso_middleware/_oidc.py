@@ -25,9 +25,12 @@ from dataclasses import dataclass
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from . import events as ev
 from ._effects import HttpCall
 from ._flows import Flow
+from ._logs import untrusted
 from .errors import DiscoveryError, KeysThrottledError
+from .events import Events
 from .settings import Settings
 
 __all__ = ["Provider", "ProviderMetadata"]
@@ -48,7 +51,10 @@ class ProviderMetadata:
 class Provider:
     """Cached discovery and keys of one issuer."""
 
-    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+    def __init__(
+        self, settings: Settings, clock: Callable[[], float], events: Events | None = None
+    ) -> None:
+        self._events = events if events is not None else Events(settings.client_id)
         self._issuer = settings.issuer
         self._ttl = settings.jwks_cache_ttl
         self._min_refresh = settings.jwks_min_refresh_interval
@@ -110,7 +116,7 @@ class Provider:
         if self._keys is not None and now - self._keys_at < self._ttl:
             return self._keys
         try:
-            return (yield from self._fetch_keys(now))
+            return (yield from self._fetch_keys(now, "load" if self._keys is None else "refresh"))
         except DiscoveryError:
             if self._keys is None:
                 raise
@@ -132,19 +138,30 @@ class Provider:
             self._refetched_at = now
             self._refetch_until = now + self._http_timeout
         try:
-            return (yield from self._fetch_keys(now))
+            return (yield from self._fetch_keys(now, "unknown_kid"))
         finally:
             self._refetch_until = -float("inf")
 
-    def _fetch_keys(self, now: float) -> Flow[KeySet]:
-        metadata = yield from self.metadata()
-        result = yield from HttpCall("GET", metadata.jwks_uri)
+    def _fetch_keys(self, now: float, reason: str) -> Flow[KeySet]:
         try:
-            if result.status != 200:
-                raise ValueError(f"status {result.status}")
-            keys: KeySet = KeySet.import_key_set(result.json())
-        except (ValueError, KeyError, TypeError, AttributeError, JoseError) as exc:
-            raise DiscoveryError(f"bad JWKS at {metadata.jwks_uri}: {exc}") from None
+            metadata = yield from self.metadata()
+            result = yield from HttpCall("GET", metadata.jwks_uri)
+            try:
+                if result.status != 200:
+                    raise ValueError(f"status {result.status}")
+                keys: KeySet = KeySet.import_key_set(result.json())
+            except (ValueError, KeyError, TypeError, AttributeError, JoseError) as exc:
+                raise DiscoveryError(f"bad JWKS at {metadata.jwks_uri}: {exc}") from None
+        except DiscoveryError as exc:
+            self._events.emit(
+                ev.JWKS_FAILED,
+                "the OP's keys could not be fetched",
+                level=30,
+                reason=reason,
+                detail=untrusted(str(exc)),
+            )
+            raise
         self._keys, self._keys_at = keys, now
         self.last_contact = now
+        self._events.emit(ev.JWKS_FETCHED, "the OP's keys were fetched", reason=reason)
         return keys

@@ -10,13 +10,16 @@ new ``kid`` asks for) are performed once and their answer shared: single flight.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import httpx
 
-from ._effects import HttpCall, HttpResult, RecordRevocations
+from ._effects import BackendCall, HttpCall, HttpResult, RecordRevocations
 from ._flows import Effect, Flow, adrive, drive
 from .errors import DiscoveryError
 from .settings import Settings
@@ -25,6 +28,7 @@ from .stores.base import RevocationStore
 __all__ = ["AsyncRunner", "SyncRunner"]
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 def _verify(settings: Settings) -> ssl.SSLContext | bool:
@@ -63,9 +67,27 @@ class SyncRunner:
         self.http = httpx.Client(timeout=settings.http_timeout, verify=_verify(settings))
         self._flights: dict[str, _Flight] = {}
         self._flights_lock = threading.Lock()
+        # Created on first use, so that a forking server's workers each get their own.
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def run(self, flow: Flow[T]) -> T:
         return drive(flow, self.perform)
+
+    def beside(self, flows: Sequence[Flow[None]]) -> None:
+        """Run ``flows`` on a small pool of threads without the request waiting for them."""
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(2, thread_name_prefix="kc-sso-beside")
+        for flow in flows:
+            self._pool.submit(self._run_beside, flow)
+
+    def _run_beside(self, flow: Flow[None]) -> None:
+        try:
+            self.run(flow)
+        except Exception:
+            logger.exception("background check failed")
 
     def perform(self, effect: Effect[Any]) -> object:
         if isinstance(effect, HttpCall):
@@ -79,6 +101,10 @@ class SyncRunner:
                 jti_expires_at=effect.jti_expires_at,
                 authenticated=effect.authenticated,
             )
+        if isinstance(effect, BackendCall):
+            if effect.sync is None:
+                raise TypeError(f"{effect.what} has no blocking form for the WSGI adapter")
+            return effect.sync()
         raise _unknown(effect)
 
     def _request(self, call: HttpCall) -> HttpResult:
@@ -113,6 +139,8 @@ class SyncRunner:
             flight.done.set()
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         self.http.close()
 
 
@@ -123,9 +151,22 @@ class AsyncRunner:
         self.store = store
         self.http = httpx.AsyncClient(timeout=settings.http_timeout, verify=_verify(settings))
         self._flights: dict[str, asyncio.Future[HttpResult]] = {}
+        self._background: set[asyncio.Future[None]] = set()
 
     async def run(self, flow: Flow[T]) -> T:
         return await adrive(flow, self.perform)
+
+    def beside(self, flows: Sequence[Flow[None]]) -> None:
+        """Run ``flows`` on the running event loop without the request waiting for them."""
+        for flow in flows:
+            task = asyncio.ensure_future(self.run(flow))
+            self._background.add(task)  # a task only weakly referenced may vanish
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background check failed", exc_info=task.exception())
 
     async def perform(self, effect: Effect[Any]) -> object:
         if isinstance(effect, HttpCall):
@@ -139,6 +180,12 @@ class AsyncRunner:
                 jti_expires_at=effect.jti_expires_at,
                 authenticated=effect.authenticated,
             )
+        if isinstance(effect, BackendCall):
+            if effect.aio is not None:
+                return await effect.aio()
+            if effect.sync is None:
+                raise TypeError(f"{effect.what} has neither a blocking nor an async form")
+            return await asyncio.to_thread(effect.sync)
         raise _unknown(effect)
 
     async def _request(self, call: HttpCall) -> HttpResult:

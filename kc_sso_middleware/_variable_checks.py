@@ -148,6 +148,14 @@ def check_store(value: object) -> str | None:
     if not isinstance(value, str) or "://" not in value:
         return f"must be a store URL, got {value!r}"
     scheme = value.split("://", 1)[0]
-    if scheme not in {"memory", "sqlite", "redis", "rediss", "redis+sentinel", "unix"}:
+    if scheme not in {
+        "memory",
+        "sqlite",
+        "redis",
+        "rediss",
+        "redis+sentinel",
+        "redis+cluster",
+        "unix",
+    }:
         return f"has unknown scheme {scheme!r}"
     return None

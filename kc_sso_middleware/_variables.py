@@ -11,7 +11,7 @@ this table, compared entry by entry by a test.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +41,52 @@ from ._variable_checks import (
 __all__ = ["ASYMMETRIC_ALGORITHMS", "VARIABLES", "Variable", "default_store_url"]
 
 
-def default_store_url() -> str:
-    # Embedded SQLite shared by every worker of this host: a fresh `gunicorn -w 4`
-    # deployment is correct with nothing configured.
+def default_store_url(environ: Mapping[str, str] | None = None) -> str:
+    """The SQLite file every worker of a deployment shares when ``KC_SSO_STORE`` is unset.
+
+    A fresh ``gunicorn -w 4`` is correct with nothing configured: its workers run as one
+    user with one environment, so they all pick the same file.  That file must outlive
+    reboots and restarts (a revocation forgotten is a logged-out cookie accepted again),
+    so it lives in a state directory, not in the temp directory (a tmpfs cleared at boot
+    on current distributions, private to the service and deleted when it stops under
+    systemd's ``PrivateTmp=yes``, pruned by ``systemd-tmpfiles``).  The first that applies:
+
+    1. ``$STATE_DIRECTORY/kc-sso-revocations.db``: the service's own state directory
+       (systemd's ``StateDirectory=``; the first one if it lists several);
+    2. ``$XDG_STATE_HOME/kc-sso/revocations.db`` (an absolute path);
+    3. ``~/.local/state/kc-sso/revocations.db``, if the home directory is one this user
+       can create it in;
+    4. ``<temp dir>/kc-sso-revocations.db`` (a user without a usable home, e.g. a system
+       account with ``/nonexistent``), about which the store warns at start-up.
+
+    Nothing is created here (the store creates the directories at start-up).
+    """
+    env = os.environ if environ is None else environ
+    state_directory = env.get("STATE_DIRECTORY", "").split(":")[0]
+    if os.path.isabs(state_directory):
+        return f"sqlite:///{os.path.join(state_directory, 'kc-sso-revocations.db')}"
+    xdg = env.get("XDG_STATE_HOME", "")
+    if os.path.isabs(xdg) and _can_create(os.path.join(xdg, "kc-sso")):
+        return f"sqlite:///{os.path.join(xdg, 'kc-sso', 'revocations.db')}"
+    home = env.get("HOME") or os.path.expanduser("~")
+    if os.path.isabs(home) and home != "/" and os.path.isdir(home):
+        state = os.path.join(home, ".local", "state", "kc-sso")
+        if _can_create(state):
+            return f"sqlite:///{os.path.join(state, 'revocations.db')}"
     import tempfile
 
     return f"sqlite:///{os.path.join(tempfile.gettempdir(), 'kc-sso-revocations.db')}"
+
+
+def _can_create(directory: str) -> bool:
+    """Whether this user can use ``directory`` (or create it and its missing parents)."""
+    existing = directory
+    while not os.path.isdir(existing):
+        parent = os.path.dirname(existing)
+        if parent == existing:
+            return False
+        existing = parent
+    return os.access(existing, os.W_OK | os.X_OK)
 
 
 @dataclass(frozen=True)
@@ -218,10 +258,21 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "KC_SSO_SESSION_REFRESH_TOKEN_KEY",
         "session_refresh_token_key",
-        "session key holding a refresh token, used for server-side logout of API clients",
+        "session key holding a refresh token, used for server-side logout of API clients "
+        "and for liveness checks",
         "string",
         default="refresh_token",
         check=check_nonempty,
+    ),
+    Variable(
+        "KC_SSO_BEARER",
+        "bearer",
+        "check Authorization: Bearer access tokens of this issuer against the same "
+        "revocations (a revoked one gets 401 invalid_token); the app still validates them",
+        "check, off",
+        parse=parse_choice,
+        choices=("check", "off"),
+        default="check",
     ),
     Variable(
         "KC_SSO_LOGOUT_PATH",
@@ -279,9 +330,41 @@ VARIABLES: tuple[Variable, ...] = (
         check=check_path,
     ),
     Variable(
+        "KC_SSO_POST_LOGOUT_PATH",
+        "post_logout_path",
+        "path Keycloak sends the browser back to after logout (post_logout_redirect_uri); the "
+        "middleware checks the logout's state there, then redirects to the final target",
+        "path, or off (Keycloak then sends the browser to the final target directly)",
+        parse=parse_optional_path,
+        default="/logout/complete",
+        check=check_path,
+    ),
+    Variable(
+        "KC_SSO_HEALTH_PATH",
+        "health_path",
+        "path of a JSON health endpoint for load balancers (store availability, replica "
+        "version and age, last OP contact); 503 when the store is unavailable and "
+        "KC_SSO_STORE_FAILURE is closed",
+        "path, or off",
+        parse=parse_optional_path,
+        default="off",
+        check=check_path,
+    ),
+    Variable(
+        "KC_SSO_METRICS_PATH",
+        "metrics_path",
+        "path the middleware serves Prometheus metrics at (needs the metrics extra; see "
+        "Metrics for several workers)",
+        "path, or off",
+        parse=parse_optional_path,
+        default="off",
+        check=check_path,
+    ),
+    Variable(
         "KC_SSO_POST_LOGOUT_REDIRECT_URI",
         "post_logout_redirect_uri",
-        "where Keycloak sends the browser after logout",
+        "where the browser finally lands after a confirmed logout; its origin is the app's "
+        "public origin the return path is built on",
         "absolute URL",
         default="the app's root URL",
         check=check_optional_url,
@@ -306,12 +389,28 @@ VARIABLES: tuple[Variable, ...] = (
         default="false",
     ),
     Variable(
+        "KC_SSO_SID_LOGOUT_SCOPE",
+        "sid_logout_scope",
+        "what a logout token naming a sid ends: session, that Keycloak session; user, also "
+        "every session of its user (sub) in this app's client begun up to it, for "
+        "Keycloak's one-token-for-several-sessions logouts",
+        "session, user",
+        parse=parse_choice,
+        choices=("session", "user"),
+        default="session",
+    ),
+    Variable(
         "KC_SSO_STORE",
         "store",
         "revocation store URL",
         "memory://, sqlite:///path/file.db, redis://[:password@]host:port/db[?prefix=p], "
-        "rediss://…, redis+sentinel://host:port/service_name",
-        default="sqlite:///<temp dir>/kc-sso-revocations.db",
+        "rediss://…, redis+sentinel://host:port/service_name, "
+        "redis+cluster://host:port[,host:port]",
+        default=(
+            "sqlite:///$STATE_DIRECTORY/kc-sso-revocations.db (systemd StateDirectory=), "
+            "else $XDG_STATE_HOME/kc-sso/revocations.db, else "
+            "~/.local/state/kc-sso/revocations.db, else <temp dir>/kc-sso-revocations.db"
+        ),
         check=check_store,
     ),
     Variable(
@@ -398,6 +497,27 @@ VARIABLES: tuple[Variable, ...] = (
         parse=parse_int,
         default="36000",
         check=check_positive,
+    ),
+    Variable(
+        "KC_SSO_LIVENESS_INTERVAL",
+        "liveness_interval",
+        "ask Keycloak (token introspection of the session's refresh token) at most this "
+        "often per Keycloak session, across all workers and hosts, whether a session is "
+        "still alive; catches idle expiry and lost logouts; unset: off",
+        "seconds",
+        parse=parse_float,
+        default="off",
+        check=check_optional_positive,
+    ),
+    Variable(
+        "KC_SSO_LIVENESS_FAILURE",
+        "liveness_failure",
+        "when Keycloak cannot be asked: open keeps the session, closed answers its "
+        "requests 503 until a check succeeds (the session is kept)",
+        "open, closed",
+        parse=parse_choice,
+        choices=("open", "closed"),
+        default="open",
     ),
     Variable(
         "KC_SSO_HTTP_TIMEOUT",

@@ -9,7 +9,8 @@ cookie out.  With ``add_middleware`` the last one added is the outermost, so add
     app.add_middleware(SSOMiddleware)
 
 Placed inside it, every request raises :class:`~kc_sso_middleware.ConfigurationError`
-saying so.  Non-HTTP scopes (``websocket``) pass through untouched.
+saying so.  A websocket handshake is checked as a request is (Starlette gives websockets
+the session too); ``lifespan`` is followed for the store's start and close.
 
 Lifecycle: at ``lifespan`` startup the store starts (its schema, its first load, its
 follower) in a worker thread, so the event loop never blocks on it; at shutdown the store
@@ -26,12 +27,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from functools import partial
 from typing import Any
 
 from ._http import PASS, Request, RequestHead, Response, Verdict
 from ._runner import AsyncRunner
 from .core import Responder, SSOCore
 from .errors import ConfigurationError
+from .events import Events
 from .settings import Settings
 from .sources import IdentitySource, default_sources
 from .stores import RevocationStore, open_store
@@ -64,6 +67,7 @@ class SSOMiddleware:
         store: RevocationStore | None = None,
         sources: Sequence[IdentitySource] | None = None,
         clock: Callable[[], float] = time.time,
+        events: Events | None = None,
     ) -> None:
         if _looks_like_wsgi(app):
             raise ConfigurationError(
@@ -74,9 +78,13 @@ class SSOMiddleware:
         self.settings = settings if settings is not None else Settings.from_env()
         self.store = store if store is not None else open_store(self.settings.store)
         if sources is None:
-            sources = default_sources(self.settings, "starlette", clock)
-        self.core = SSOCore(self.settings, self.store, sources, clock=clock)
+            sources = default_sources(self.settings, "starlette", clock, app=app, store=self.store)
+        self.core = SSOCore(self.settings, self.store, sources, clock=clock, events=events)
+        #: the events of this middleware: subscribe callbacks here (see events.Events)
+        self.events = self.core.events
         self._runner = AsyncRunner(self.settings, self.store)
+        self._routes = self.core.routes
+        self._check = self.core.check
         self._started = False
         self._start_lock: asyncio.Lock | None = None
 
@@ -89,6 +97,7 @@ class SSOMiddleware:
         async with self._start_lock:
             if not self._started:
                 await asyncio.to_thread(self.store.start)
+                self.core.prepare()
                 self._started = True
 
     async def aclose(self) -> None:
@@ -97,42 +106,78 @@ class SSOMiddleware:
         await asyncio.to_thread(self.store.close)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-            return
-        if kind != "http":
-            await self.app(scope, receive, send)
+        # Every request of the app comes through here: the common case (an HTTP request
+        # to the app, its session not revoked) touches as little as possible.
+        if scope["type"] != "http":
+            if scope["type"] == "websocket":
+                await self._websocket(scope, receive, send)
+            elif scope["type"] == "lifespan":
+                await self._lifespan(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
             return
         if not self._started:
             await self.startup()  # a server that sent no lifespan startup
         if "session" in scope:
-            raise ConfigurationError(
-                "SSOMiddleware runs inside SessionMiddleware, too late to take out a revoked "
-                "session cookie: add SSOMiddleware after SessionMiddleware "
-                "(app.add_middleware(SSOMiddleware) as the last add_middleware call)"
-            )
+            raise _misplaced()
+        path: str = scope["path"]
+        if path in self._routes or scope.get("root_path"):
+            responder = self._own_path(scope)
+            if responder is not None:
+                await self._serve(responder, _head(scope["headers"]), scope, receive, send)
+                return
+        verdict = self._check(_head(scope["headers"]))
+        if verdict is PASS:
+            await self.app(scope, receive, send)
+            return
+        await self._carry_out(verdict, scope, receive, send, partial(_respond, send=send))
+
+    async def _carry_out(
+        self,
+        verdict: Verdict,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        refuse: Callable[[Response], Awaitable[None]],
+    ) -> None:
+        """The I/O the verdict still needs, its checks beside the request, then the app,
+        ``refuse`` (the verdict's answer), or the app with the request rewritten."""
+        while verdict.pending is not None:  # a source needed I/O to decide
+            verdict = await self._runner.run(verdict.pending)
+        if verdict.background:
+            self._runner.beside(verdict.background)
+        if verdict.passes:
+            await self.app(scope, receive, send)
+        elif verdict.response is not None:
+            await refuse(verdict.response)
+        else:
+            await self._rewritten(verdict, scope, receive, send)
+
+    def _own_path(self, scope: Scope) -> Responder | None:
+        """The responder for the request's path below the app's root path, if any."""
         path: str = scope["path"]
         root_path: str = scope.get("root_path", "")
         if root_path and path.startswith(root_path):
             path = path[len(root_path) :]
-        responder = self.core.route(path)
-        head = _head(scope["headers"])
-        if responder is not None:
-            await self._serve(responder, head, scope, receive, send)
-            return
-        verdict = self.core.check(head)
-        if verdict is PASS:
-            await self.app(scope, receive, send)
-        elif verdict.response is not None:
-            await _respond(verdict.response, send)
-        else:
-            await self._rewritten(verdict, scope, receive, send)
+        return self.core.route(path)
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A websocket handshake is checked as a request is: Starlette's SessionMiddleware
+        reads the session cookie for websockets too.  A refusal (401, 503) answers the
+        handshake with that response where the server supports it, else rejects it."""
+        if not self._started:
+            await self.startup()
+        if "session" in scope:
+            raise _misplaced()
+        verdict = self._check(_head(scope.get("headers", ())))
+        refuse = partial(_refuse_handshake, scope=scope, receive=receive, send=send)
+        await self._carry_out(verdict, scope, receive, send, refuse)
 
     async def _rewritten(
         self, verdict: Verdict, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        """Call the app with the verdict's Cookie header and its cookies added to the answer."""
+        """Call the app with the verdict's Cookie header and its cookies added to the answer
+        (the response's head, or a websocket's accept)."""
         headers = [(n, v) for n, v in scope["headers"] if n != b"cookie"]
         if verdict.cookie:
             headers.append((b"cookie", verdict.cookie.encode("latin-1")))
@@ -142,7 +187,7 @@ class SSOMiddleware:
         added = [(b"set-cookie", value.encode("latin-1")) for value in verdict.set_cookies]
 
         async def send_with_cookies(message: Message) -> None:
-            if added and message["type"] == "http.response.start":
+            if added and message["type"] in ("http.response.start", "websocket.accept"):
                 response_headers = list(message.get("headers", []))
                 if not any(
                     n.lower() == b"set-cookie"
@@ -180,7 +225,7 @@ class SSOMiddleware:
         method: str = scope["method"]
         early = self.core.precheck(responder, method, headers.get("content-length"))
         if early is not None:
-            await _respond(early, send)
+            await _respond(early, send=send)
             return
         body = b""
         if method == "POST":
@@ -204,25 +249,54 @@ class SSOMiddleware:
             head=head,
         )
         response = await self._runner.run(self.core.respond(responder, request))
-        await _respond(response, send)
+        await _respond(response, send=send)
 
 
 def _head(raw_headers: Any) -> RequestHead:
-    cookies: list[bytes] = []
+    """The Cookie headers (all, in order) and the first Authorization header."""
+    cookies: tuple[bytes, ...] | None = None
     authorization: bytes | None = None
     for name, value in raw_headers:
         if name == b"cookie":
-            cookies.append(value)
+            cookies = (value,) if cookies is None else (*cookies, value)
         elif name == b"authorization" and authorization is None:
             authorization = value
-    return RequestHead(tuple(cookies), authorization)
+    return RequestHead(cookies or (), authorization)
 
 
-async def _respond(response: Response, send: Send) -> None:
+def _raw_headers(response: Response) -> list[tuple[bytes, bytes]]:
     raw_headers = [
         (name.lower().encode("latin-1"), value.encode("latin-1"))
         for name, value in response.headers
     ]
     raw_headers.append((b"content-length", str(len(response.body)).encode()))
-    await send({"type": "http.response.start", "status": response.status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": response.body})
+    return raw_headers
+
+
+async def _respond(response: Response, *, send: Send, prefix: str = "http") -> None:
+    """Send ``response``; ``prefix`` ``websocket.http`` answers a websocket handshake."""
+    start = {"type": f"{prefix}.response.start", "status": response.status}
+    await send({**start, "headers": _raw_headers(response)})
+    await send({"type": f"{prefix}.response.body", "body": response.body})
+
+
+def _misplaced() -> ConfigurationError:
+    return ConfigurationError(
+        "SSOMiddleware runs inside SessionMiddleware, too late to take out a revoked "
+        "session cookie: add SSOMiddleware after SessionMiddleware "
+        "(app.add_middleware(SSOMiddleware) as the last add_middleware call)"
+    )
+
+
+async def _refuse_handshake(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Refuse a websocket handshake: with ``response`` itself where the server speaks the
+    ASGI ``websocket.http.response`` extension, else by closing before accepting (the
+    server then answers 403)."""
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return  # the client went away first
+    if "websocket.http.response" in (scope.get("extensions") or {}):
+        await _respond(response, send=send, prefix="websocket.http")
+        return
+    # 1008: policy violation (a revoked session); 1013: try again later (store down).
+    await send({"type": "websocket.close", "code": 1013 if response.status == 503 else 1008})

@@ -25,6 +25,9 @@ SessionFormat = Literal["auto", "flask", "starlette"]
 TypPolicy = Literal["lenient", "strict"]
 RevokedAction = Literal["anonymous", "401"]
 StoreFailurePolicy = Literal["closed", "open"]
+BearerPolicy = Literal["check", "off"]
+SidLogoutScope = Literal["session", "user"]
+LivenessFailurePolicy = Literal["open", "closed"]
 
 
 @dataclass(frozen=True)
@@ -46,16 +49,22 @@ class Settings:
     session_id_token_key: str = "id_token"
     session_claims_key: str = "user"
     session_refresh_token_key: str = "refresh_token"
+    bearer: BearerPolicy = "check"
     logout_path: str = "/logout"
     logout_post_only: bool = False
+    post_logout_path: str | None = "/logout/complete"
     backchannel_path: str = "/backchannel-logout"
     frontchannel_path: str | None = None
     frontchannel_revoke_others: bool = False
     admin_path: str | None = "/"
+    health_path: str | None = None
+    metrics_path: str | None = None
     post_logout_redirect_uri: str | None = None
     logout_redirect_allowlist: tuple[str, ...] = ()
     legacy_redirect_uri: bool = False
-    store: str = field(default_factory=default_store_url)
+    sid_logout_scope: SidLogoutScope = "session"
+    #: not in ``repr``: a Redis URL may hold its password
+    store: str = field(default_factory=default_store_url, repr=False)
     store_failure: StoreFailurePolicy = "closed"
     algorithms: tuple[str, ...] = ("RS256",)
     clock_skew: int = 60
@@ -64,6 +73,8 @@ class Settings:
     typ_policy: TypPolicy = "lenient"
     revoked_action: RevokedAction = "anonymous"
     max_session_lifetime: int = 36000
+    liveness_interval: float | None = None
+    liveness_failure: LivenessFailurePolicy = "open"
     http_timeout: float = 5.0
     ca_bundle: str | None = None
     tls_verify: bool = True
@@ -87,13 +98,21 @@ class Settings:
             )
         paths = [
             p
-            for p in (self.logout_path, self.backchannel_path, self.frontchannel_path)
+            for p in (
+                self.logout_path,
+                self.backchannel_path,
+                self.frontchannel_path,
+                self.post_logout_path,
+                self.health_path,
+                self.metrics_path,
+            )
             if p is not None
         ]
         if len(set(paths)) != len(paths):
             raise ConfigurationError(
-                "KC_SSO_LOGOUT_PATH, KC_SSO_BACKCHANNEL_PATH and KC_SSO_FRONTCHANNEL_PATH "
-                f"must differ; got {paths}"
+                "the paths the middleware serves (KC_SSO_LOGOUT_PATH, KC_SSO_BACKCHANNEL_PATH, "
+                "KC_SSO_FRONTCHANNEL_PATH, KC_SSO_POST_LOGOUT_PATH, KC_SSO_HEALTH_PATH, "
+                f"KC_SSO_METRICS_PATH) must differ; got {paths}"
             )
 
     @classmethod

@@ -31,6 +31,7 @@ from ._http import PASS, Request, RequestHead, Response, Verdict
 from ._runner import SyncRunner
 from .core import Responder, SSOCore
 from .errors import ConfigurationError
+from .events import Events
 from .settings import Settings
 from .sources import IdentitySource, default_sources
 from .stores import RevocationStore, open_store
@@ -56,6 +57,7 @@ class SSOMiddleware:
         store: RevocationStore | None = None,
         sources: Sequence[IdentitySource] | None = None,
         clock: Callable[[], float] = time.time,
+        events: Events | None = None,
     ) -> None:
         if inspect.iscoroutinefunction(app) or inspect.iscoroutinefunction(
             getattr(app, "__call__", None)  # noqa: B004 - we inspect the method itself
@@ -68,8 +70,10 @@ class SSOMiddleware:
         self.settings = settings if settings is not None else Settings.from_env()
         self.store = store if store is not None else open_store(self.settings.store)
         if sources is None:
-            sources = default_sources(self.settings, "flask", clock)
-        self.core = SSOCore(self.settings, self.store, sources, clock=clock)
+            sources = default_sources(self.settings, "flask", clock, app=app, store=self.store)
+        self.core = SSOCore(self.settings, self.store, sources, clock=clock, events=events)
+        #: the events of this middleware: subscribe callbacks here (see events.Events)
+        self.events = self.core.events
         self._runner = SyncRunner(self.settings, self.store)
         self._started = False
         self._start_lock = threading.Lock()
@@ -79,6 +83,7 @@ class SSOMiddleware:
         with self._start_lock:
             if not self._started:
                 self.store.start()
+                self.core.prepare()
                 self._started = True
 
     def close(self) -> None:
@@ -97,7 +102,11 @@ class SSOMiddleware:
         if responder is not None:
             return self._serve(responder, head, environ, start_response)
         verdict = self.core.check(head)
-        if verdict is PASS:
+        while verdict.pending is not None:  # a source needed I/O to decide
+            verdict = self._runner.run(verdict.pending)
+        if verdict.background:
+            self._runner.beside(verdict.background)
+        if verdict is PASS or verdict.passes:
             return self.app(environ, start_response)
         if verdict.response is not None:
             return _respond(verdict.response, start_response)

@@ -26,6 +26,7 @@ from starlette.routing import Route
 from kc_sso_middleware import Settings
 from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware import wsgi as wsgi_adapter
+from kc_sso_middleware.events import Events
 from kc_sso_middleware.stores import MemoryStore, RevocationStore
 from kc_sso_middleware.testing import StandInOP, make_session_cookie, mint_jwt
 
@@ -89,8 +90,19 @@ def _starlette_app() -> Starlette:
         request.session["fresh"] = True
         return JSONResponse({"ok": True})
 
+    async def api(request: Request) -> JSONResponse:
+        return JSONResponse({"authorization": request.headers.get("authorization")})
+
+    async def marker(request: Request) -> JSONResponse:
+        return JSONResponse({"signed_out": request.scope.get("kc_sso.signed_out")})
+
     return Starlette(
-        routes=[Route("/", show), Route("/login-again", login_again)],
+        routes=[
+            Route("/", show),
+            Route("/login-again", login_again),
+            Route("/api", api),
+            Route("/marker", marker),
+        ],
         middleware=[Middleware(SessionMiddleware, secret_key=SESSION_SECRET)],
     )
 
@@ -109,6 +121,18 @@ def _flask_app() -> Flask:
     def login_again() -> Any:
         session["fresh"] = True
         return jsonify(ok=True)
+
+    @app.get("/api")
+    def api() -> Any:
+        from flask import request
+
+        return jsonify(authorization=request.headers.get("Authorization"))
+
+    @app.get("/marker")
+    def marker() -> Any:
+        from flask import request
+
+        return jsonify(signed_out=request.environ.get("kc_sso.signed_out"))
 
     return app
 
@@ -129,6 +153,10 @@ class PortalClient:
             return await self._client.request(method, url, **kwargs)
 
         return self._portal.call(call)
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return self._client.cookies
 
     def get(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("GET", url, **kwargs)
@@ -155,12 +183,18 @@ class Harness:
         self.kind = kind
         self.settings = settings
         self.store = store if store is not None else MemoryStore()
+        #: the middleware's events (subscribe callbacks in tests)
+        self.events = Events(settings.client_id)
         self.clock = clock
         self.format: Literal["flask", "starlette"] = "starlette" if kind == "asgi" else "flask"
         if kind == "asgi":
             starlette_app = _starlette_app()
             starlette_app.add_middleware(
-                asgi_adapter.SSOMiddleware, settings=settings, store=self.store, clock=clock
+                asgi_adapter.SSOMiddleware,
+                settings=settings,
+                store=self.store,
+                clock=clock,
+                events=self.events,
             )
             self.app: Any = starlette_app
             self.client: PortalClient | httpx.Client = PortalClient(
@@ -169,7 +203,7 @@ class Harness:
         else:
             flask_app = _flask_app()
             flask_app.wsgi_app = wsgi_adapter.SSOMiddleware(  # type: ignore[method-assign]
-                flask_app.wsgi_app, settings, store=self.store, clock=clock
+                flask_app.wsgi_app, settings, store=self.store, clock=clock, events=self.events
             )
             self.app = flask_app
             self.client = httpx.Client(

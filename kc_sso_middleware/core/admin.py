@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import logging
 
+from .. import events as ev
 from .._flows import Flow
 from .._http import NO_STORE, Request, Response
-from .._logs import untrusted
 from .._tokens import AdminAction, check_admin_claims, check_header, parse_compact
 from ..errors import LogoutTokenError
 from ..stores.model import Revocation
@@ -37,6 +37,7 @@ class AdminResponder:
     """Serves one action of the admin URL."""
 
     methods = ("POST",)
+    rejected_event = ev.ADMIN_REJECTED
 
     def __init__(self, context: Context, action: str) -> None:
         self._context = context
@@ -44,22 +45,20 @@ class AdminResponder:
 
     def respond(self, request: Request) -> Flow[Response]:
         context = self._context
-        try:
-            action = yield from self._validated(request)
-            revocations = self._revocations(action)
-            if revocations:
-                yield from context.record_once(
-                    revocations,
-                    context.replay_key("admin", action.id),
-                    action.expiration + context.settings.clock_skew,
-                )
-        except LogoutTokenError as exc:
-            logger.warning(
-                "admin %s rejected: %s: %s", self._action, exc.code, untrusted(exc.description)
-            )
-            raise
+        action = yield from self._validated(request)
+        revocations = self._revocations(action)
         if revocations:
-            logger.info("admin %s: recorded %d revocation(s)", self._action, len(revocations))
+            yield from context.record_once(
+                revocations,
+                context.replay_key("admin", action.id),
+                action.expiration + context.settings.clock_skew,
+            )
+        context.events.emit(
+            ev.ADMIN_ACCEPTED,
+            "admin-URL action accepted",
+            action=self._action,
+            revocations=len(revocations),
+        )
         return Response(200, (NO_STORE,))
 
     def _validated(self, request: Request) -> Flow[AdminAction]:
@@ -88,14 +87,20 @@ class AdminResponder:
         now = context.clock()
         expires_at = context.expires_at()
         if self._action == "LOGOUT" and action.session_ids:
+            note = context.note("admin_logout")
             return tuple(
-                Revocation.session(context.issuer, sid, expires_at=expires_at)
+                Revocation.session(context.issuer, sid, expires_at=expires_at, note=note)
                 for sid in action.session_ids
             )
         # LOGOUT without session ids means "log out everybody" (what old adapters did);
         # PUSH_NOT_BEFORE moves the not-before time.
         not_before = action.not_before
         if self._action == "LOGOUT":
+            # Now, to the fraction: tokens carry whole seconds, so a login of this very
+            # second cannot be told from one just before it, and "sign out all" must end
+            # every session that exists.  Refusing a login of the same second after it is
+            # the price (the user logs in again); Keycloak's own notBefore (whole seconds)
+            # would let the earlier ones through.
             not_before = max(not_before, now)
         if not_before <= 0:
             return ()
@@ -105,5 +110,9 @@ class AdminResponder:
                 context.settings.client_id,
                 not_before=not_before,
                 expires_at=expires_at,
+                note=context.note(
+                    "sign_out_all" if self._action == "LOGOUT" else "not_before",
+                    context.settings.client_id,
+                ),
             ),
         )

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from urllib.parse import parse_qs
 
+from .. import events as ev
 from .._flows import Flow
 from .._http import NO_STORE, Request, Response
-from .._logs import untrusted
 from .._tokens import LogoutClaims, check_header, check_logout_claims, parse_compact
 from ..errors import LogoutTokenError
 from ..stores.model import Revocation
@@ -33,29 +34,28 @@ class BackchannelResponder:
     """Serves ``KC_SSO_BACKCHANNEL_PATH``."""
 
     methods = ("POST",)
+    rejected_event = ev.BACKCHANNEL_REJECTED
 
     def __init__(self, context: Context) -> None:
         self._context = context
 
     def respond(self, request: Request) -> Flow[Response]:
         context = self._context
-        try:
-            claims = yield from self._claims(request)
-            yield from context.record_once(
-                self._revocations(claims),
-                context.replay_key("bcl", claims.jti),
-                claims.expires_at,
-            )
-        except LogoutTokenError as exc:
-            logger.warning(
-                "back-channel logout rejected: %s: %s", exc.code, untrusted(exc.description)
-            )
-            raise
-        logger.info(
-            "back-channel logout: revoked %s",
-            f"sid {context.tagger.tag(claims.sid)}"
-            if claims.sid is not None
-            else f"sub {context.tagger.tag(claims.sub)}",
+        started = time.perf_counter()
+        claims = yield from self._claims(request)
+        revocations = self._revocations(claims)
+        yield from context.record_once(
+            revocations, context.replay_key("bcl", claims.jti), claims.expires_at
+        )
+        context.events.emit(
+            ev.BACKCHANNEL_ACCEPTED,
+            "back-channel logout accepted",
+            sid_tag=context.tagger.tag(claims.sid),
+            sub_tag=context.tagger.tag(claims.sub),
+            scope="user" if len(revocations) > 1 or claims.sid is None else "session",
+            # how long after Keycloak minted the token it took effect here
+            delay_ms=round((context.clock() - claims.iat) * 1000),
+            duration_ms=round((time.perf_counter() - started) * 1000, 3),
         )
         return Response(200, (NO_STORE,))
 
@@ -81,16 +81,36 @@ class BackchannelResponder:
         return check_logout_claims(payload, self._context.policy, self._context.clock())
 
     def _revocations(self, claims: LogoutClaims) -> tuple[Revocation, ...]:
+        """The sid; or, without one, every session of the user begun up to the token.
+
+        ``KC_SSO_SID_LOGOUT_SCOPE=user`` adds the user's other sessions to a token that
+        names a sid: Keycloak's "log out user" and "sign out other devices" send one token
+        with one sid for several sessions (keycloak#22914, #27359, #28417).
+        """
         context = self._context
         expires_at = context.expires_at()
+        note = context.note("backchannel")
+        revocations: list[Revocation] = []
         if claims.sid is not None:
-            return (Revocation.session(context.issuer, claims.sid, expires_at=expires_at),)
-        assert claims.sub is not None  # check_logout_claims guarantees sub or sid
-        # Every session of the user established up to the token's second (NumericDates
-        # are whole seconds, so a session from that very second counts as earlier).
-        not_before = math.floor(claims.iat) + 1
-        return (
-            Revocation.user(
-                context.issuer, claims.sub, not_before=not_before, expires_at=expires_at
-            ),
-        )
+            revocations.append(
+                Revocation.session(context.issuer, claims.sid, expires_at=expires_at, note=note)
+            )
+        # A token without a sid is Keycloak's own user-wide logout: every app of the realm.
+        # KC_SSO_SID_LOGOUT_SCOPE=user is this app's choice: its client's sessions only.
+        realm_wide = claims.sid is None
+        wide = realm_wide or context.settings.sid_logout_scope == "user"
+        if wide and claims.sub is not None:
+            # Every session of the user established up to the token's second (NumericDates
+            # are whole seconds, so a session from that very second counts as earlier).
+            not_before = math.floor(claims.iat) + 1
+            revocations.append(
+                Revocation.user(
+                    context.issuer,
+                    claims.sub,
+                    not_before=not_before,
+                    expires_at=expires_at,
+                    note=note,
+                    client_id=None if realm_wide else context.settings.client_id,
+                )
+            )
+        return tuple(revocations)

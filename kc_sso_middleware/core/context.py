@@ -7,6 +7,7 @@ check (back-channel, admin URL; the others record without a ``jti``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -20,11 +21,14 @@ from .._logs import Tagger
 from .._oidc import Provider
 from .._tokens import TokenPolicy, candidate_keys, verify_signature
 from ..errors import LogoutTokenError
+from ..events import Events
 from ..settings import Settings
 from ..sources.base import IdentitySource, LoginTokens, SessionIdentity
-from ..stores.model import Revocation
+from ..stores.model import Note, Revocation
 
 __all__ = ["Context"]
+
+logger = logging.getLogger("kc_sso_middleware")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +41,7 @@ class Context:
     sources: Sequence[IdentitySource]
     clock: Callable[[], float]
     tagger: Tagger
+    events: Events
 
     @property
     def issuer(self) -> str:
@@ -46,20 +51,30 @@ class Context:
         """When an entry recorded now can be forgotten (no session it matches lives on)."""
         return self.clock() + self.settings.max_session_lifetime
 
-    def session_of(self, head: RequestHead) -> tuple[SessionIdentity, IdentitySource] | None:
-        """The first Keycloak session ``head`` carries, and the source it came from."""
+    def note(self, cause: str, origin: str | None = None) -> Note:
+        """Why and when an entry recorded now is written."""
+        return Note(cause, self.clock(), origin)
+
+    def session_of(self, head: RequestHead) -> Flow[tuple[SessionIdentity, IdentitySource] | None]:
+        """The first authenticated Keycloak session ``head`` carries, and its source."""
         now = self.clock()
         for source in self.sources:
+            if not source.authenticates:
+                continue
             finding = source.find(head, now)
+            if finding is not None and finding.load is not None:
+                finding = yield from finding.load
             if finding is not None and finding.identities:
                 return finding.identities[0], source
         return None
 
-    def tokens_of(self, head: RequestHead) -> LoginTokens | None:
+    def tokens_of(self, head: RequestHead) -> Flow[LoginTokens | None]:
         """The tokens of the session ``head`` carries, from the first source holding any."""
         now = self.clock()
         for source in self.sources:
-            tokens = source.tokens(head, now)
+            if not source.authenticates:
+                continue
+            tokens = yield from source.tokens(head, now)
             if tokens is not None:
                 return tokens
         return None
@@ -87,7 +102,23 @@ class Context:
     def record_once(
         self, revocations: Sequence[Revocation], jti: str, jti_expires_at: float
     ) -> Flow[None]:
-        """Record ``revocations`` claiming ``jti``; a replay is a rule failure."""
+        """Record ``revocations`` claiming ``jti`` (a replay is a rule failure), then purge."""
         first = yield from RecordRevocations(tuple(revocations), jti, jti_expires_at)
         if not first:
             raise LogoutTokenError("replayed_jti", "this logout token was already received")
+        yield from self.purge(revocations)
+
+    def record(
+        self, revocations: Sequence[Revocation], *, authenticated: bool = True
+    ) -> Flow[None]:
+        """Record ``revocations`` (no replay check), then purge."""
+        yield from RecordRevocations(tuple(revocations), authenticated=authenticated)
+        yield from self.purge(revocations)
+
+    def purge(self, revocations: Sequence[Revocation]) -> Flow[None]:
+        """Let every source end what it keeps of just-recorded revocations (best effort)."""
+        for source in self.sources:
+            try:
+                yield from source.purge(revocations)
+            except Exception as exc:  # recorded already: a backend failure undoes nothing
+                logger.error("%s source could not purge revoked sessions: %s", source.name, exc)

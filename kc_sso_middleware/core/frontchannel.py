@@ -21,7 +21,7 @@ import threading
 import time
 from urllib.parse import parse_qs, urlsplit
 
-from .._effects import RecordRevocations
+from .. import events as ev
 from .._flows import Flow
 from .._http import Request, Response
 from ..errors import RequestRefusedError
@@ -36,6 +36,9 @@ _PAGE = b"<!doctype html><title>Logged out</title><p>Logged out.</p>"
 #: revocations of other browsers' sessions allowed per second per worker (and burst)
 _OTHERS_PER_SECOND = 5.0
 _OTHERS_BURST = 20.0
+#: the longest sid accepted (Keycloak's are 36 characters): the request is not
+#: authenticated, and a sid may be kept as an entry's label until the entry expires
+MAX_SID = 255
 
 
 class _Bucket:
@@ -66,6 +69,7 @@ class FrontchannelResponder:
     """Serves ``KC_SSO_FRONTCHANNEL_PATH``."""
 
     methods = ("GET",)
+    rejected_event = ev.FRONTCHANNEL_REJECTED
 
     def __init__(self, context: Context) -> None:
         self._context = context
@@ -89,18 +93,29 @@ class FrontchannelResponder:
             raise RequestRefusedError("bad_request", "iss and sid must be given together")
         if iss is not None and iss != context.issuer:
             raise RequestRefusedError("bad_iss", "iss is not this app's issuer")
+        if sid is not None and (len(sid) > MAX_SID or not sid.isprintable()):
+            raise RequestRefusedError(
+                "bad_sid", f"sid is not a session id (printable, at most {MAX_SID} characters)"
+            )
         headers: tuple[tuple[str, str], ...] = self._headers
         expires_at = context.expires_at()
-        own = context.session_of(request.head)
+        own = yield from context.session_of(request.head)
         if own is not None and (sid is None or own[0].sid == sid):
             identity, source = own
             # The browser's own session, vouched for by its verified cookie: the whole
             # Keycloak session when the OP named it, else this app session.
             key = sid if sid is not None else identity.instance
             if key is not None:
-                revocation = Revocation.session(context.issuer, key, expires_at=expires_at)
-                yield from RecordRevocations((revocation,))
-                logger.info("front-channel logout: revoked sid %s", context.tagger.tag(key))
+                revocation = Revocation.session(
+                    context.issuer, key, expires_at=expires_at, note=context.note("frontchannel")
+                )
+                yield from context.record((revocation,))
+                context.events.emit(
+                    ev.FRONTCHANNEL_ACCEPTED,
+                    "front-channel logout of the browser's own session",
+                    sid_tag=context.tagger.tag(key),
+                    own=True,
+                )
             for cookie in source.expiry_headers():
                 headers = (*headers, ("Set-Cookie", cookie))
         elif sid is not None and context.settings.frontchannel_revoke_others:
@@ -108,9 +123,14 @@ class FrontchannelResponder:
                 raise RequestRefusedError(
                     "rate_limited", "too many front-channel revocations", status=429
                 )
-            revocation = Revocation.session(context.issuer, sid, expires_at=expires_at)
-            yield from RecordRevocations((revocation,), authenticated=False)
-            logger.info(
-                "front-channel logout: revoked another browser's sid %s", context.tagger.tag(sid)
+            revocation = Revocation.session(
+                context.issuer, sid, expires_at=expires_at, note=context.note("frontchannel")
+            )
+            yield from context.record((revocation,), authenticated=False)
+            context.events.emit(
+                ev.FRONTCHANNEL_ACCEPTED,
+                "front-channel logout of another browser's session",
+                sid_tag=context.tagger.tag(sid),
+                own=False,
             )
         return Response(200, headers, _PAGE)

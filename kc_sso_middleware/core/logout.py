@@ -30,7 +30,8 @@ from html import escape
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from .._effects import HttpCall, RecordRevocations
+from .. import events as ev
+from .._effects import HttpCall
 from .._flows import Flow
 from .._http import NO_STORE, Request, Response, html_response, json_response
 from .._tokens import check_header, parse_compact, strict_json
@@ -40,6 +41,7 @@ from ..stores.model import Revocation
 from .answers import ProviderRefusedError, answer
 from .backchannel import FORM_CONTENT_TYPE
 from .context import Context
+from .post_logout import LogoutState
 from .redirects import RedirectGuard
 
 __all__ = ["LogoutResponder"]
@@ -78,9 +80,12 @@ def _unverified_sid(token: str) -> str | None:
 class LogoutResponder:
     """Serves ``KC_SSO_LOGOUT_PATH``."""
 
-    def __init__(self, context: Context, guard: RedirectGuard) -> None:
+    rejected_event = ev.LOGOUT_REFUSED
+
+    def __init__(self, context: Context, guard: RedirectGuard, state: LogoutState) -> None:
         self._context = context
         self._guard = guard
+        self._state = state
         self.methods: tuple[str, ...] = (
             ("POST",) if context.settings.logout_post_only else ("GET", "POST")
         )
@@ -91,31 +96,54 @@ class LogoutResponder:
         wants_json = "application/json" in accept and "text/html" not in accept
         api = wants_json or (request.method == "POST" and "refresh_token" in params)
         if cross_site(request):
-            logger.warning("logout: cross-site request refused (logout CSRF)")
             if api:
                 raise RequestRefusedError(
                     "cross_site_request", "a cross-site logout is refused", status=403
                 )
+            self._context.events.emit(
+                ev.LOGOUT_REFUSED,
+                "cross-site logout: confirmation page instead",
+                level=logging.WARNING,
+                code="cross_site_request",
+            )
             return self._confirmation_page(request, params)
         context = self._context
-        own = context.session_of(request.head)
-        tokens = context.tokens_of(request.head) if own is not None else None
+        own = yield from context.session_of(request.head)
+        tokens = (yield from context.tokens_of(request.head)) if own is not None else None
         expiries = self._expiries()
         end_session = yield from self._end_session_endpoint()
         if api:
             return (yield from self._api_logout(request, params, own, tokens, end_session))
         yield from self._forget_locally(own)
         target = self._guard.target(request, params.get("post_logout_redirect_uri"))
+        state = secrets.token_urlsafe(16)
+        headers: list[tuple[str, str]] = [NO_STORE, *expiries]
+        return_to = target
+        path = context.settings.post_logout_path
+        if path is not None:
+            # Keycloak sends the browser back here, where the state is checked, then on.
+            origin = self._guard.public_origin(request)
+            return_to = f"{origin}{request.root_path}{path}"
+            cookie = self._state.set_cookie(
+                f"{request.root_path}{path}", state, target, https=origin.startswith("https:")
+            )
+            headers.append(("Set-Cookie", cookie))
         query: dict[str, str] = {}
         if tokens is not None and tokens.id_token is not None:
             query["id_token_hint"] = tokens.id_token
         legacy = context.settings.legacy_redirect_uri
-        query["redirect_uri" if legacy else "post_logout_redirect_uri"] = target
+        query["redirect_uri" if legacy else "post_logout_redirect_uri"] = return_to
         query["client_id"] = context.settings.client_id
-        query["state"] = secrets.token_urlsafe(16)
+        query["state"] = state
         separator = "&" if "?" in end_session else "?"
         location = f"{end_session}{separator}{urlencode(query)}"
-        return Response(302, (("Location", location), NO_STORE, *expiries))
+        context.events.emit(
+            ev.LOCAL_LOGOUT,
+            "browser logout",
+            sid_tag=context.tagger.tag(own[0].sid if own is not None else None),
+            had_session=own is not None,
+        )
+        return Response(302, (("Location", location), *headers))
 
     # -- steps -------------------------------------------------------------------------
 
@@ -144,10 +172,13 @@ class LogoutResponder:
         # request revokes the whole sid once the Keycloak session really ends.
         context = self._context
         revocation = Revocation.session(
-            context.issuer, own[0].instance, expires_at=context.expires_at()
+            context.issuer,
+            own[0].instance,
+            expires_at=context.expires_at(),
+            note=context.note("local_logout", context.settings.client_id),
         )
         try:
-            yield from RecordRevocations((revocation,))
+            yield from context.record((revocation,))
         except StoreUnavailableError as exc:
             # The browser is still logged out and Keycloak still back-channels every
             # client; only a copied old cookie stays usable until then.
@@ -196,7 +227,9 @@ class LogoutResponder:
             refresh_token = tokens.refresh_token
         expiries = self._expiries()
         yield from self._forget_locally(own)
+        context = self._context
         if not refresh_token:
+            context.events.emit(ev.API_LOGOUT, "API logout", op_ended=False)
             return json_response(
                 200,
                 {
@@ -206,7 +239,6 @@ class LogoutResponder:
                 },
                 *expiries,
             )
-        context = self._context
         form = {"client_id": context.settings.client_id, "refresh_token": refresh_token}
         if context.settings.client_secret:
             form["client_secret"] = context.settings.client_secret
@@ -217,6 +249,7 @@ class LogoutResponder:
             error.code = "op_unreachable"
             return answer(error, *expiries)
         if result.status in (200, 204):
+            context.events.emit(ev.API_LOGOUT, "API logout", op_ended=True)
             return json_response(200, {"logged_out": True, "op_session_ended": True}, *expiries)
         op_error, op_description = _op_error(result.body)
         logger.warning("logout: Keycloak refused the server-side logout: %s", op_error)

@@ -32,12 +32,25 @@ class RedirectGuard:
         """The configured target, else this app's root URL as the request shows it."""
         return self._default or f"{request.origin}{request.root_path}/"
 
+    def public_origin(self, request: Request) -> str:
+        """This app's origin: that of ``KC_SSO_POST_LOGOUT_REDIRECT_URI`` when configured
+        (it is the public one behind a proxy), else the request's."""
+        if self._default:
+            parts = urlsplit(self._default)
+            return f"{parts.scheme}://{parts.netloc}"
+        return request.origin
+
     def target(self, request: Request, requested: str | None) -> str:
-        """``requested`` if allowed (made absolute), else :meth:`default`."""
+        """``requested`` if allowed (a path made absolute on the public origin), else
+        :meth:`default`."""
         if not requested:
             return self.default(request)
-        if self.allowed(requested, request.origin):
-            return requested if "://" in requested else f"{request.origin}{requested}"
+        origin = self.public_origin(request)
+        if self.allowed(requested, origin) or (
+            origin != request.origin and self.allowed(requested, request.origin)
+        ):
+            # Behind a proxy the request's own origin may be an internal address.
+            return requested if "://" in requested else f"{origin}{requested}"
         logger.warning(
             "logout: ignoring post_logout_redirect_uri %s (not allowed)", untrusted(requested)
         )
@@ -46,6 +59,8 @@ class RedirectGuard:
     def allowed(self, target: str, origin: str) -> bool:
         if "\\" in target or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in target):
             return False
+        if _dot_segments(urlsplit(target).path):
+            return False  # the browser resolves them first: a prefix could be left
         if target.startswith("/") and not target.startswith("//"):
             return True  # a path on this origin
         parts = urlsplit(target)
@@ -65,3 +80,9 @@ class RedirectGuard:
             ):
                 return True
         return False
+
+
+def _dot_segments(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment, also percent-encoded (``%2e``),
+    which a browser resolves before following the URL (WHATWG URL, path state)."""
+    return any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/"))

@@ -17,10 +17,12 @@ refuses, and everything it cannot vouch for it takes out of the request.
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .._flows import Flow
 from .._http import PASS, RequestHead, SignOut, Verdict
-from ..stores.model import SessionKeys
+from ..stores.model import Revocation, SessionKeys
 
 __all__ = ["Finding", "IdentitySource", "LoginTokens", "SessionIdentity"]
 
@@ -45,6 +47,8 @@ class SessionIdentity:
     instance: str | None
     #: the store subjects this session is looked up by
     keys: SessionKeys
+    #: the session's refresh token, when it holds one (for liveness checks)
+    refresh_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +65,12 @@ class Finding:
     ``clean`` is the verdict when no identity is revoked: :data:`PASS`, or a rewrite that
     takes out values the source could not vouch for.  ``checked_at`` is the store version
     at which the identities were last found not revoked (-1: not yet), so an unchanged
-    store needs no look-up at all.
+    store needs no look-up at all.  ``load``, when set, is the I/O the source needs before
+    it can say (a server-side session not seen before): a flow whose result is the real
+    finding.
     """
 
-    __slots__ = ("checked_at", "clean", "identities", "source", "valid_until")
+    __slots__ = ("checked_at", "clean", "identities", "load", "source", "valid_until")
 
     def __init__(
         self,
@@ -73,11 +79,13 @@ class Finding:
         *,
         valid_until: float = float("inf"),
         clean: Verdict = PASS,
+        load: Flow[Finding | None] | None = None,
     ) -> None:
         self.source = source
         self.identities = identities
         self.valid_until = valid_until
         self.clean = clean
+        self.load = load
         self.checked_at = -1
 
 
@@ -86,6 +94,14 @@ class IdentitySource(abc.ABC):
 
     #: short name, for logs and metrics (``cookie``, ``bearer``, …)
     name: str = "source"
+    #: what of the request the source reads: ``cookies``, ``authorization`` or ``native``
+    #: (a request without it is not shown to the source at all)
+    reads: str = "cookies"
+    #: whether what the source finds is authenticated (a cookie the app signed, a session
+    #: the app's backend holds), so that it may stand for the session in a logout.  A
+    #: source that only reads claims without verifying them (bearer tokens) says False:
+    #: it may refuse a request, never authenticate one.
+    authenticates: bool = True
 
     @abc.abstractmethod
     def find(self, head: RequestHead, now: float) -> Finding | None:
@@ -98,10 +114,29 @@ class IdentitySource(abc.ABC):
     def refuse(self, finding: Finding, head: RequestHead, signed_out: SignOut) -> Verdict:
         """How the request changes when a session of ``finding`` is revoked."""
 
-    def tokens(self, head: RequestHead, now: float) -> LoginTokens | None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Get ready before the first request (the adapters call it at start-up)."""
+
+    def resolved(self) -> IdentitySource:
+        """The source that answers for this one: itself, or the one a detecting source
+        chose (the request check calls that one directly, one call less per request)."""
+        return self
+
+    def tokens(self, head: RequestHead, now: float) -> Flow[LoginTokens | None]:
         """The tokens of the session ``head`` carries, for a logout (``None``: none)."""
         return None
+        yield  # pragma: no cover - makes this a generator
 
     def expiry_headers(self) -> tuple[str, ...]:
         """``Set-Cookie`` values that end this source's session in the browser."""
         return ()
+
+    def purge(self, revocations: Sequence[Revocation]) -> Flow[None]:
+        """After ``revocations`` were recorded here: end what the source keeps of them.
+
+        A server-side session source deletes the sessions from its backend, so a stolen
+        session id is dead too.  The default keeps nothing.  Errors are logged by the
+        caller and never undo the recorded revocation.
+        """
+        return
+        yield  # pragma: no cover - makes this a generator

@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
 
+from .._flows import Flow, done
 from .._http import RequestHead, SignOut, Verdict, json_response
 from .._tokens import numeric_date, strict_json
 from ..settings import Settings
@@ -53,7 +54,13 @@ from ..stores.model import SessionKeys
 from .base import Finding, IdentitySource, LoginTokens, SessionIdentity
 from .cookie_views import CookieView, is_token, plain_span
 
-__all__ = ["SignedCookieSource", "expired_cookie"]
+__all__ = [
+    "SignedCookieSource",
+    "expired_cookie",
+    "identity_from_claims",
+    "identity_from_session",
+    "session_tokens",
+]
 
 logger = logging.getLogger("kc_sso_middleware")
 
@@ -138,7 +145,9 @@ class SignedCookieSource(IdentitySource):
             {"error": "session_revoked", "error_description": "the session was logged out"},
             ("Set-Cookie", expire),
         )
+        #: verified values by their tail; whole plain headers holding one, by their tail
         self._cache: dict[str | bytes, _Verified] = {}
+        self._headers: dict[str | bytes, _Verified] = {}
         self._cache_bytes = 0
         self._lock = threading.Lock()
 
@@ -149,6 +158,11 @@ class SignedCookieSource(IdentitySource):
         if len(cookies) != 1:
             return self._unusual(cookies, now) if cookies else None
         raw = cookies[0]
+        # A browser sends the very same header request after request: one look-up by its
+        # tail, confirmed by comparing the whole header, answers it.
+        seen = self._headers.get(raw[-_TAIL:])
+        if seen is not None and seen.value == raw and now < seen.finding.valid_until:
+            return seen.finding
         span = plain_span(raw, self._cookie if type(raw) is str else self._cookie_bytes)
         if span is None:
             return self._unusual(cookies, now)
@@ -162,12 +176,14 @@ class SignedCookieSource(IdentitySource):
             and raw.startswith(hit.value, start)  # type: ignore[arg-type]
             and now < hit.finding.valid_until
         ):
+            self._remember_header(raw, hit.finding)
             return hit.finding
         value = raw[start:end]
         finding = self._verify(value if isinstance(value, str) else value.decode("latin-1"), now)
         if finding is None:
             return self._strip_all(cookies)
         self._remember(value, finding)
+        self._remember_header(raw, finding)
         return finding
 
     def _unusual(self, cookies: Sequence[str | bytes], now: float) -> Finding | None:
@@ -212,17 +228,17 @@ class SignedCookieSource(IdentitySource):
     def expiry_headers(self) -> tuple[str, ...]:
         return self._expire
 
-    def tokens(self, head: RequestHead, now: float) -> LoginTokens | None:
+    def tokens(self, head: RequestHead, now: float) -> Flow[LoginTokens | None]:
+        return done(self._tokens(head))
+
+    def _tokens(self, head: RequestHead) -> LoginTokens | None:
         chosen = self._view.chosen(head.cookies, self._cookie) if head.cookies else None
         if not chosen:
             return None
         session = self._unsign(chosen)
         if session is None:
             return None
-        return LoginTokens(
-            _string(session.get(self._settings.session_id_token_key)),
-            _string(session.get(self._settings.session_refresh_token_key)),
-        )
+        return session_tokens(session, self._settings)
 
     # -- verification ------------------------------------------------------------------
 
@@ -240,7 +256,7 @@ class SignedCookieSource(IdentitySource):
             if not isinstance(data, Mapping):
                 return None
             try:
-                identity = self._identity(data)
+                identity = identity_from_session(data, self._settings)
             except ValueError as exc:
                 logger.debug("session cookie holds a malformed Keycloak login: %s", exc)
                 return None
@@ -274,35 +290,63 @@ class SignedCookieSource(IdentitySource):
             data = json.loads(base64.b64decode(raw))
         return data, stamp.timestamp()
 
-    def _identity(self, session: Mapping[str, Any]) -> SessionIdentity | None:
-        settings = self._settings
-        id_token = _string(session.get(settings.session_id_token_key))
-        claims: Mapping[str, Any] | None = None
-        if id_token is not None:
-            claims = _jwt_claims(id_token)
-            if claims is None:
-                raise ValueError(f"{settings.session_id_token_key} is not a JWT")
-        else:
-            stored = session.get(settings.session_claims_key)
-            claims = stored if isinstance(stored, Mapping) else None
-        if claims is None:
-            return None
-        return identity_from_claims(claims, settings)
-
     def _remember(self, value: str | bytes, finding: Finding) -> None:
-        cost = len(value) + _ENTRY_OVERHEAD
         with self._lock:
-            if self._cache_bytes + cost > CACHE_BYTES:
-                # A plain dict, not an LRU: its look-up is C-level and needs no lock (the
-                # GIL makes get/set atomic).  Clearing when full keeps it bounded; live
-                # browsers refill it on their next request.
-                self._cache.clear()
-                self._cache_bytes = 0
+            self._make_room(len(value))
             self._cache[value[-_TAIL:]] = _Verified(value, finding)
-            self._cache_bytes += cost
+
+    def _remember_header(self, raw: str | bytes, finding: Finding) -> None:
+        """Cache a plain header whose one session value verified (never anything else)."""
+        with self._lock:
+            self._make_room(len(raw))
+            self._headers[raw[-_TAIL:]] = _Verified(raw, finding)
+
+    def _make_room(self, size: int) -> None:
+        cost = size + _ENTRY_OVERHEAD
+        if self._cache_bytes + cost > CACHE_BYTES:
+            # Plain dicts, not LRUs: their look-ups are C-level and need no lock (the GIL
+            # makes get/set atomic).  Clearing both when full keeps them bounded; live
+            # browsers refill them on their next request.
+            self._cache.clear()
+            self._headers.clear()
+            self._cache_bytes = 0
+        self._cache_bytes += cost
 
 
-def identity_from_claims(claims: Mapping[str, Any], settings: Settings) -> SessionIdentity | None:
+def identity_from_session(session: Mapping[str, Any], settings: Settings) -> SessionIdentity | None:
+    """The Keycloak login a session's data holds; ``None`` when it holds none (yet).
+
+    The raw ID token under ``KC_SSO_SESSION_ID_TOKEN_KEY`` is read first (not verified
+    again: the app stored it), else the claims dict under ``KC_SSO_SESSION_CLAIMS_KEY``.
+    Raises ``ValueError`` for a login present but malformed.  Every session source (the
+    signed cookie, server-side sessions) reads a session's data through this one function.
+    """
+    id_token = _string(session.get(settings.session_id_token_key))
+    claims: Mapping[str, Any] | None = None
+    if id_token is not None:
+        claims = _jwt_claims(id_token)
+        if claims is None:
+            raise ValueError(f"{settings.session_id_token_key} is not a JWT")
+    else:
+        stored = session.get(settings.session_claims_key)
+        claims = stored if isinstance(stored, Mapping) else None
+    if claims is None:
+        return None
+    refresh = _string(session.get(settings.session_refresh_token_key))
+    return identity_from_claims(claims, settings, refresh_token=refresh)
+
+
+def session_tokens(session: Mapping[str, Any], settings: Settings) -> LoginTokens:
+    """The raw ID token and refresh token a session's data holds (for the logout path)."""
+    return LoginTokens(
+        _string(session.get(settings.session_id_token_key)),
+        _string(session.get(settings.session_refresh_token_key)),
+    )
+
+
+def identity_from_claims(
+    claims: Mapping[str, Any], settings: Settings, *, refresh_token: str | None = None
+) -> SessionIdentity | None:
     """The identity an ID token's claims describe; ``None`` without ``sid`` and ``sub``.
 
     Raises ``ValueError`` for claims present but malformed (a NumericDate that is not a
@@ -328,7 +372,7 @@ def identity_from_claims(claims: Mapping[str, Any], settings: Settings) -> Sessi
         instance=instance,
         issued_at=issued_at,
     )
-    return SessionIdentity(sid, sub, auth_time, issued_at, instance, keys)
+    return SessionIdentity(sid, sub, auth_time, issued_at, instance, keys, refresh_token)
 
 
 def _optional_date(claims: Mapping[str, Any], name: str) -> float | None:

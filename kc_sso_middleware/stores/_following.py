@@ -8,11 +8,13 @@ advances and at least every :data:`HEARTBEAT_INTERVAL` while idle.
 
 A write returns only once every *live* follower (heartbeat younger than
 :data:`FOLLOWER_STALE_AFTER`) other than the writer's own has applied it, waiting at most
-``ack_timeout``: :func:`await_followers`, a flow over :class:`LaggingFollowers` and
-:class:`Pause` effects.  :meth:`FollowingStore._record_flow` puts the write
-(:class:`Write`) and that wait together, and each store performs the effects in its own
-way (SQLite blocking, Redis blocking or with ``await``).  A follower that stays silent is
-dead or hung and not waited for.
+``ack_timeout``.  :meth:`FollowingStore._record_flow` puts the write (:class:`Write`) and
+that wait together, and each store performs the effects in its own way (SQLite blocking,
+Redis blocking or with ``await``).  A store may wait inside the write itself and answer
+:class:`Written` with the followers that still lag (Redis: one round trip, the followers'
+acknowledgements wake the writer); otherwise the write answers its position and the flow
+waits with :func:`await_followers`, over :class:`LaggingFollowers` and :class:`Pause`
+effects (SQLite).  A follower that stays silent is dead or hung and not waited for.
 
 :class:`FollowingStore` holds the rest: the replica and listeners, the follower thread's
 start and stop, and two process hooks.  After ``fork()`` (``gunicorn --preload``) each live
@@ -41,6 +43,7 @@ from typing import Any
 
 from .._flows import Effect, Flow, drive
 from ..errors import ConfigurationError, StoreUnavailableError
+from .base import StatusListener
 from .model import Revocation, StoreStatus
 from .replica import Listeners, Replica, ReplicaStore
 
@@ -48,12 +51,15 @@ __all__ = [
     "FOLLOWER_PURGE_AFTER",
     "FOLLOWER_STALE_AFTER",
     "HEARTBEAT_INTERVAL",
+    "FollowerState",
     "FollowingStore",
     "Heartbeat",
     "LaggingFollowers",
     "Pause",
     "Write",
+    "Written",
     "await_followers",
+    "warn_lagging",
 ]
 
 logger = logging.getLogger(__name__)
@@ -68,6 +74,13 @@ FOLLOWER_PURGE_AFTER = 30.0
 ACK_POLL = 0.001
 #: how long interpreter exit waits for a follower thread to stop
 EXIT_JOIN_TIMEOUT = 1.0
+#: while stopping a follower, how often it is woken again
+WAKE_AGAIN = 0.05
+
+
+def _joined(thread: threading.Thread, timeout: float) -> bool:
+    thread.join(timeout)
+    return not thread.is_alive()
 
 
 def new_follower_name() -> str:
@@ -92,16 +105,53 @@ class Heartbeat:
         return self._next - time.monotonic()
 
 
+@dataclass(frozen=True, slots=True)
+class FollowerState:
+    """One follower as the backend lists it, for diagnostics (``kc-sso-check``).
+
+    Read-only and never used by writes: a writer asks for the lagging followers itself
+    (:class:`LaggingFollowers`).
+    """
+
+    #: ``"<hostname>:<pid>:<random>"``
+    name: str
+    #: the position it has applied (SQLite change id, Redis ``seq``)
+    applied: int
+    #: seconds since its last heartbeat, on the clock heartbeats use (this host's wall
+    #: clock for SQLite, Redis' ``TIME`` for Redis)
+    seen_age: float
+    #: changes it has not applied yet: the newest position minus ``applied`` (0 or more)
+    lag: int
+
+    @property
+    def alive(self) -> bool:
+        """Whether writers wait for it (a heartbeat within :data:`FOLLOWER_STALE_AFTER`)."""
+        return self.seen_age <= FOLLOWER_STALE_AFTER
+
+
 # -- the acknowledgement wait ---------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class Write(Effect[int | None]):
+class Written:
+    """A write that also waited for the other live followers (up to ``ack_timeout``)."""
+
+    #: the position written (0 or less: nothing was written)
+    position: int
+    #: the live followers that had not applied it when the wait ended, ``(name, applied)``
+    lagging: tuple[tuple[str, int], ...] = ()
+    #: whether the store has applied the entries to this process's replica already
+    applied: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Write(Effect[int | Written | None]):
     """Claim ``jti`` (if any) and store ``entries`` durably, in one atomic step.
 
-    The result is ``None`` for a replay (nothing written), else the position every other
-    live follower must reach (0 or less: none, nothing was written to wait for).  A
-    backend failure is a StoreUnavailableError.
+    The result is ``None`` for a replay (nothing written), else either the position every
+    other live follower must reach (0 or less: none, nothing was written to wait for), or
+    :class:`Written` when the store waited for them itself.  A backend failure is a
+    StoreUnavailableError.
     """
 
     entries: tuple[Revocation, ...]
@@ -149,17 +199,24 @@ def await_followers(store: str, position: int, ack_timeout: float) -> Flow[None]
         if not lagging:
             return
         if time.monotonic() >= deadline:
-            logger.warning(
-                "%s: change %d is recorded, but after ack_timeout=%gs %d worker(s) had not "
-                "applied it and may accept the revoked session(s) until they do: %s",
-                store,
-                position,
-                ack_timeout,
-                len(lagging),
-                ", ".join(f"{name} (at {applied})" for name, applied in lagging),
-            )
+            warn_lagging(store, position, ack_timeout, lagging)
             return
         yield from Pause(ACK_POLL)
+
+
+def warn_lagging(
+    store: str, position: int, ack_timeout: float, lagging: Sequence[tuple[str, int]]
+) -> None:
+    """Log that ``lagging`` followers had not applied ``position`` within ``ack_timeout``."""
+    logger.warning(
+        "%s: change %d is recorded, but after ack_timeout=%gs %d worker(s) had not "
+        "applied it and may accept the revoked session(s) until they do: %s",
+        store,
+        position,
+        ack_timeout,
+        len(lagging),
+        ", ".join(f"{name} (at {applied})" for name, applied in lagging),
+    )
 
 
 # -- the store base -----------------------------------------------------------------
@@ -183,6 +240,8 @@ class FollowingStore(ReplicaStore):
         self._max_entries = max_entries
         self._timer = timer
         self._listeners = Listeners()
+        #: jti claims this process made, until they expire (see recent_claims)
+        self._claims: dict[str, float] = {}
         self._closed = False
         self._replica = Replica(max_entries, timer)
         self._init_process_state()
@@ -200,6 +259,42 @@ class FollowingStore(ReplicaStore):
 
     def status(self) -> StoreStatus:
         return self._status
+
+    def _remember_claim(self, jti: str, expires_at: float) -> None:
+        """Keep a ``jti`` this process claimed until it expires: if the shared store loses
+        its data, the claim is written back with the entries, so a replay is still refused."""
+        now = self._timer()
+        claims = self._claims
+        if len(claims) >= 1024 and len(claims) % 1024 == 0:
+            for old in [k for k, until in claims.items() if until <= now]:
+                del claims[old]
+        claims[jti] = expires_at
+
+    def recent_claims(self) -> list[tuple[str, float]]:
+        """The unexpired ``jti`` claims this process made (for a repair)."""
+        now = self._timer()
+        return [(jti, until) for jti, until in list(self._claims.items()) if until > now]
+
+    _status_listeners: tuple[StatusListener, ...] = ()
+
+    @property
+    def _status(self) -> StoreStatus:
+        return self._current_status
+
+    @_status.setter
+    def _status(self, status: StoreStatus) -> None:
+        previous: StoreStatus | None = getattr(self, "_current_status", None)
+        self._current_status = status
+        if previous is None or previous.available == status.available:
+            return
+        for listener in self._status_listeners:
+            try:
+                listener(status)
+            except Exception:
+                logger.exception("store status listener %r failed", listener)
+
+    def add_status_listener(self, listener: StatusListener) -> None:
+        self._status_listeners = (*self._status_listeners, listener)
 
     # -- for the subclasses' writes and followers ---------------------------------------
 
@@ -230,6 +325,15 @@ class FollowingStore(ReplicaStore):
     def _perform(self, effect: Effect[Any]) -> object:
         """Perform one effect of :meth:`_record_flow`, blocking."""
 
+    @abc.abstractmethod
+    def followers(self) -> list[FollowerState]:
+        """Every follower the backend lists (live, or silent but not purged yet), by name.
+
+        This store's own follower is among them (:attr:`follower_name`).  One read of the
+        backend, no write; for diagnostics only.  Raises
+        :class:`~kc_sso_middleware.errors.StoreUnavailableError` when it cannot be read.
+        """
+
     def _record_flow(
         self,
         revocations: Sequence[Revocation],
@@ -242,21 +346,37 @@ class FollowingStore(ReplicaStore):
         Each store drives it with its own ``perform`` (SQLite blocking; Redis blocking or
         on the running loop); what differs between them is only how the effects are done.
         """
+        now, live = self._admitted(revocations, authenticated)
+        try:
+            result = yield from Write(live, jti, jti_expires_at, now)
+        except StoreUnavailableError as exc:
+            raise self._not_recorded(exc) from exc
+        if result is None:
+            return False
+        if jti is not None:
+            self._remember_claim(jti, jti_expires_at)
+        if not (isinstance(result, Written) and result.applied):
+            self._apply(live)
+        if isinstance(result, Written):
+            if result.lagging:
+                warn_lagging(self.description, result.position, self.ack_timeout, result.lagging)
+        elif result > 0:
+            yield from await_followers(self.description, result, self.ack_timeout)
+        return True
+
+    def _admitted(
+        self, revocations: Sequence[Revocation], authenticated: bool
+    ) -> tuple[float, tuple[Revocation, ...]]:
+        """The start of every record flow: admitted (or refused), the time, and the
+        entries still worth storing at it."""
         self._admit(authenticated=authenticated)
         now = self._timer()
-        live = tuple(entry for entry in revocations if entry.expires_at > now)
-        try:
-            position = yield from Write(live, jti, jti_expires_at, now)
-        except StoreUnavailableError as exc:
-            raise StoreUnavailableError(
-                f"{self.description}: could not record revocations: {exc.description}"
-            ) from exc
-        if position is None:
-            return False
-        self._apply(live)
-        if position > 0:
-            yield from await_followers(self.description, position, self.ack_timeout)
-        return True
+        return now, tuple(entry for entry in revocations if entry.expires_at > now)
+
+    def _not_recorded(self, exc: StoreUnavailableError) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"{self.description}: could not record revocations: {exc.description}"
+        )
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -280,7 +400,10 @@ class FollowingStore(ReplicaStore):
             thread, self._thread = self._thread, None
         self._wake()
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            # Again while it runs: a wake that came just before the follower blocked is
+            # lost on it.
+            while not _joined(thread, WAKE_AGAIN):
+                self._wake()
         # After the join, so that no last heartbeat of the follower brings it back.
         self._status = StoreStatus(available=False, detail="closed")
         self._unregister()
@@ -295,7 +418,9 @@ class FollowingStore(ReplicaStore):
         self._wake()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(EXIT_JOIN_TIMEOUT)
+            deadline = time.monotonic() + EXIT_JOIN_TIMEOUT
+            while not _joined(thread, WAKE_AGAIN) and time.monotonic() < deadline:
+                self._wake()
         self._unregister()
 
     def _reinit_after_fork(self) -> None:

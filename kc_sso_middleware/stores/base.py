@@ -25,10 +25,12 @@ from collections.abc import Callable, Sequence
 
 from .model import Revocation, SessionKeys, StoreStatus
 
-__all__ = ["RevocationListener", "RevocationStore"]
+__all__ = ["RevocationListener", "RevocationStore", "StatusListener"]
 
 #: Called with the entries a replica has just applied (in the thread that applied them).
 RevocationListener = Callable[[Sequence[Revocation]], None]
+#: Called with the new status when a store's replica stops or starts being current.
+StatusListener = Callable[[StoreStatus], None]
 
 
 class RevocationStore(abc.ABC):
@@ -40,10 +42,20 @@ class RevocationStore(abc.ABC):
     def is_revoked(self, keys: SessionKeys) -> bool:
         """Whether the session ``keys`` describe is revoked; memory only, no I/O."""
 
+    def revoked_by(self, keys: SessionKeys) -> str | None:
+        """Which kind of entry revokes ``keys`` (``"sid"``, ``"instance"``, ``"user"``,
+        ``"client"``), or ``None``; for explaining a refusal, never on the hot path."""
+        return "sid" if self.is_revoked(keys) else None
+
     @property
     @abc.abstractmethod
     def version(self) -> int:
         """Changes whenever the in-memory replica changes; never repeats in a process."""
+
+    def replica_state(self) -> tuple[int, float]:
+        """(entries this process's replica holds, when it last changed): for health and
+        metrics; a store without a replica says (0, 0.0)."""
+        return 0, 0.0
 
     @abc.abstractmethod
     def status(self) -> StoreStatus:
@@ -100,6 +112,12 @@ class RevocationStore(abc.ABC):
         ``label`` where the backend had it (not after a Redis resync from the keyspace).
         It runs in the thread that applied them (a request's, or the follower's) and must
         be quick; an exception it raises is logged and ignored."""
+
+    def add_status_listener(self, listener: StatusListener) -> None:  # noqa: B027
+        """Call ``listener`` whenever :meth:`status` turns available or unavailable.
+
+        A store whose replica is always current (``memory://``) never calls it.
+        """
 
     # -- lifecycle ------------------------------------------------------------------
 

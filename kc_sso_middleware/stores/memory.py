@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ..errors import ConfigurationError
+from .base import StatusListener
 from .model import Revocation, StoreStatus
 from .options import MAX_ENTRIES, StoreURL, parse_store_url
 from .replica import DEFAULT_MAX_ENTRIES, Listeners, Replica, ReplicaStore
@@ -87,6 +88,10 @@ class MemoryStore(ReplicaStore):
 
     def status(self) -> StoreStatus:
         return _ALWAYS_AVAILABLE
+
+    def add_status_listener(self, listener: StatusListener) -> None:
+        """Always available: there is never a change to announce (and, followed, the
+        request check need not ask for the status on every request)."""
 
     def record(
         self,

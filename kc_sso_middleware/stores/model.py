@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import json
 from dataclasses import dataclass
 
-__all__ = ["Revocation", "RevocationKind", "SessionKeys", "StoreStatus", "subject_of"]
+__all__ = ["Note", "Revocation", "RevocationKind", "SessionKeys", "StoreStatus", "subject_of"]
 
 _SUBJECT_BITS = 60  # a Python int of up to 60 bits takes two 30-bit digits: 32 bytes
 
@@ -46,6 +47,42 @@ def subject_of(kind: RevocationKind, scope: str, key: str) -> int:
     return int.from_bytes(digest, "big") >> (64 - _SUBJECT_BITS)
 
 
+def user_scope(issuer: str, client_id: str | None = None) -> str:
+    """The scope of a user-wide entry: every app of the realm (``client_id`` None), or one
+    client's apps only (``KC_SSO_SID_LOGOUT_SCOPE=user``: that app's own choice must not
+    end the sessions other apps of the realm keep)."""
+    return issuer if client_id is None else f"{issuer}\x00{client_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Why and when an entry was written, for people and for the request-scoped marker.
+
+    ``cause`` is one of ``backchannel``, ``frontchannel``, ``local_logout``,
+    ``admin_logout``, ``sign_out_all``, ``not_before``, ``liveness``; ``at`` the epoch
+    seconds the entry was recorded; ``origin`` the client whose action it was (the app a
+    local logout ran in, the client Keycloak's request addressed), when known.
+    """
+
+    cause: str
+    at: float
+    origin: str | None = None
+
+    def encode(self) -> str:
+        return json.dumps([self.cause, self.at, self.origin], separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, text: str | None) -> Note | None:
+        """The note ``encode`` wrote; ``None`` for no note or one this version cannot read."""
+        if not text:
+            return None
+        try:
+            cause, at, origin = json.loads(text)
+            return cls(str(cause), float(at), None if origin is None else str(origin))
+        except (ValueError, TypeError):
+            return None
+
+
 @dataclass(frozen=True, slots=True)
 class Revocation:
     """One revocation entry.
@@ -63,26 +100,48 @@ class Revocation:
     expires_at: float
     #: the plain key (sid, sid#jti, sub or client id), when known; not part of equality
     label: str | None = None
+    #: why and when it was written, when known; not part of equality
+    note: Note | None = None
 
     @classmethod
-    def session(cls, issuer: str, sid: str, *, expires_at: float) -> Revocation:
+    def session(
+        cls, issuer: str, sid: str, *, expires_at: float, note: Note | None = None
+    ) -> Revocation:
         """Revoke one Keycloak session (``sid``) or one app session (``"sid#jti"``)."""
         kind = RevocationKind.SESSION
-        return cls(kind, subject_of(kind, issuer, sid), 0.0, expires_at, sid)
+        return cls(kind, subject_of(kind, issuer, sid), 0.0, expires_at, sid, note)
 
     @classmethod
-    def user(cls, issuer: str, sub: str, *, not_before: float, expires_at: float) -> Revocation:
-        """Revoke every session of user ``sub`` that began before ``not_before``."""
+    def user(
+        cls,
+        issuer: str,
+        sub: str,
+        *,
+        not_before: float,
+        expires_at: float,
+        note: Note | None = None,
+        client_id: str | None = None,
+    ) -> Revocation:
+        """Revoke every session of user ``sub`` that began before ``not_before``: in every
+        app of the realm, or (``client_id``) in that client's apps only."""
         kind = RevocationKind.USER
-        return cls(kind, subject_of(kind, issuer, sub), not_before, expires_at, sub)
+        subject = subject_of(kind, user_scope(issuer, client_id), sub)
+        return cls(kind, subject, not_before, expires_at, sub, note)
 
     @classmethod
     def all_sessions(
-        cls, issuer: str, client_id: str, *, not_before: float, expires_at: float
+        cls,
+        issuer: str,
+        client_id: str,
+        *,
+        not_before: float,
+        expires_at: float,
+        note: Note | None = None,
     ) -> Revocation:
         """Revoke every session of client ``client_id`` that began before ``not_before``."""
         kind = RevocationKind.ALL
-        return cls(kind, subject_of(kind, issuer, client_id), not_before, expires_at, client_id)
+        subject = subject_of(kind, issuer, client_id)
+        return cls(kind, subject, not_before, expires_at, client_id, note)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Revocation):
@@ -113,6 +172,8 @@ class SessionKeys:
     user: int | None
     client: int
     issued_at: float | None
+    #: the user within this app's client (entries of KC_SSO_SID_LOGOUT_SCOPE=user)
+    client_user: int | None = None
 
     @classmethod
     def of(
@@ -125,13 +186,16 @@ class SessionKeys:
         instance: str | None,
         issued_at: float | None,
     ) -> SessionKeys:
-        session_kind = RevocationKind.SESSION
+        session_kind, user_kind = RevocationKind.SESSION, RevocationKind.USER
         return cls(
             session=None if sid is None else subject_of(session_kind, issuer, sid),
             instance=None if instance is None else subject_of(session_kind, issuer, instance),
-            user=None if sub is None else subject_of(RevocationKind.USER, issuer, sub),
+            user=None if sub is None else subject_of(user_kind, issuer, sub),
             client=subject_of(RevocationKind.ALL, issuer, client_id),
             issued_at=issued_at,
+            client_user=(
+                None if sub is None else subject_of(user_kind, user_scope(issuer, client_id), sub)
+            ),
         )
 
 

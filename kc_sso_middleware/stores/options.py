@@ -31,6 +31,7 @@ __all__ = [
     "StoreURL",
     "accepted",
     "default_of",
+    "has_hash_tag",
     "parse_store_url",
     "redact",
 ]
@@ -47,12 +48,19 @@ SCHEMES: Mapping[str, str] = {
     "redis+sentinel": (
         "redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/service_name[/db]"
     ),
+    "redis+cluster": "redis+cluster://[[user]:password@]host[:port][,host[:port]…]",
 }
 
 _ALL = frozenset(SCHEMES)
 _SHARED = _ALL - {"memory"}
-REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel"})
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"})
+#: Redis Cluster has only database 0
+_SELECTABLE_DB = REDIS_SCHEMES - {"redis+cluster"}
 _TLS = frozenset({"rediss", "redis+sentinel"})
+#: defaults that differ for one scheme (the table's default holds for the others)
+_SCHEME_DEFAULTS: Mapping[str, Mapping[str, object]] = {
+    "redis+cluster": {"prefix": "{kcsso}:", "wait_replicas": 1},
+}
 
 
 @dataclass(frozen=True)
@@ -171,7 +179,8 @@ PREFIX = Option(
     "kcsso:",
     _non_empty,
     "a non-empty string",
-    "prefix of every key (put a {hash tag} in it for Redis Cluster)",
+    "prefix of every key; for Redis Cluster it must hold a {hash tag} (default {kcsso}:), "
+    "so that every key is in one slot",
     REDIS_SCHEMES,
 )
 STREAM_MAXLEN = Option(
@@ -203,6 +212,26 @@ SOCKET_CONNECT_TIMEOUT = Option(
     REDIS_SCHEMES,
     redis_kwarg=True,
 )
+WAIT_REPLICAS = Option(
+    "wait_replicas",
+    _integer,
+    0,
+    _non_negative,
+    "a non-negative whole number",
+    "replicas a write must reach (Redis WAIT, within ack_timeout) before it is confirmed; "
+    "fewer is a failed write (503); default 1 for redis+cluster://, else 0",
+    REDIS_SCHEMES,
+)
+REPAIR_WAIT = Option(
+    "repair_wait",
+    _number,
+    3.0,
+    _non_negative,
+    "a non-negative number",
+    "seconds a starting worker waits, when Redis has been up for less than that and holds "
+    "none of this store's keys, for a surviving worker to write back what Redis lost",
+    REDIS_SCHEMES,
+)
 DB = Option(
     "db",
     _integer,
@@ -210,7 +239,7 @@ DB = Option(
     _non_negative,
     "a non-negative whole number",
     "Redis database number (also the URL path's last segment)",
-    REDIS_SCHEMES,
+    _SELECTABLE_DB,
     redis_kwarg=True,
 )
 SSL = Option(
@@ -283,6 +312,8 @@ OPTIONS: tuple[Option[Any], ...] = (
     PURGE_INTERVAL,
     PREFIX,
     STREAM_MAXLEN,
+    WAIT_REPLICAS,
+    REPAIR_WAIT,
     SOCKET_TIMEOUT,
     SOCKET_CONNECT_TIMEOUT,
     DB,
@@ -363,6 +394,14 @@ def redact(url: str) -> str:
     return f"{scheme}://{location}{slash}{path}".partition("#")[0].partition("?")[0]
 
 
+def has_hash_tag(prefix: str) -> bool:
+    """Whether every key starting with ``prefix`` hashes to one Redis Cluster slot: the
+    prefix holds a ``{`` followed by a ``}`` with at least one character between them."""
+    opening = prefix.find("{")
+    closing = prefix.find("}", opening + 1)
+    return opening >= 0 and closing > opening + 1
+
+
 def accepted(scheme: str) -> list[Option[Any]]:
     """The options ``scheme`` accepts, in table order."""
     return [option for option in OPTIONS if scheme in option.schemes]
@@ -403,6 +442,15 @@ def parse_store_url(url: str, *, schemes: frozenset[str] = _ALL) -> StoreURL:
             )
         values[name] = value
     given = frozenset(query)
+    for name, value in _SCHEME_DEFAULTS.get(parts.scheme, {}).items():
+        if name not in given:
+            values[name] = value
+    if parts.scheme == "redis+cluster" and not has_hash_tag(str(values["prefix"])):
+        raise ConfigurationError(
+            f"KC_SSO_STORE={shown!r}: prefix={values['prefix']!r} has no hash tag; Redis "
+            "Cluster needs every key of the store in one slot, so the prefix must contain "
+            "a non-empty {tag}, e.g. prefix={kcsso}:"
+        )
     if parts.scheme == "redis+sentinel" and given & _TLS_OPTIONS and not values.get("ssl"):
         raise ConfigurationError(
             f"KC_SSO_STORE={shown!r}: {', '.join(sorted(given & _TLS_OPTIONS))} need ssl=true "

@@ -16,6 +16,11 @@ Layout, for a small footprint and a look-up of a few set probes:
   bytes per entry (the int and its slot in a set at 30 to 60 % load).
 * **User and client-wide entries** (rare) are small dicts from subject to
   ``(not_before, expires_at)``, compared exactly; a heap of expiries removes them.
+* **A journal** beside each bucket keeps every session entry's ``expires_at`` (two
+  ``array`` columns: the subject, and milliseconds before the bucket's end, rounded so
+  that the expiry read back is never later: 12 bytes an entry), read only by
+  :meth:`Replica.snapshot`: when the shared store lost data, the workers write their
+  entries back, and none must outlive its own expiry there.
 
 Nothing is ever dropped to make room: the bound (``max_entries``) only makes
 :meth:`Replica.check_room` refuse *unauthenticated* writes, with
@@ -39,7 +44,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from ..errors import StoreFullError
 from .base import RevocationListener, RevocationStore
@@ -77,6 +83,8 @@ class Replica:
         #: bucket ends, ascending, and the session subjects of each bucket
         self._ends: list[float] = []
         self._by_end: dict[float, set[int]] = {}
+        #: per bucket end, every session entry's subject and expiry (for snapshot)
+        self._journal: dict[float, tuple[array[int], array[int]]] = {}
         #: the same sets, as one tuple: what is_revoked iterates (replaced, never mutated)
         self._buckets: tuple[set[int], ...] = ()
         self._users: dict[int, tuple[float, float]] = {}
@@ -87,6 +95,8 @@ class Replica:
         self._next_full_log = 0.0
         #: changed by every write: a verdict reached at one version holds until it changes
         self.version = next(_VERSIONS)
+        #: when the version last changed (epoch seconds): for the health endpoint
+        self.changed_at = time.time()
 
     def __len__(self) -> int:
         """Entries held (including any past their expiry whose bucket is not yet dropped)."""
@@ -102,13 +112,36 @@ class Replica:
             if session in bucket or instance in bucket:
                 return True
         issued_at, users, clients = keys.issued_at, self._users, self._clients
-        if (
-            users
-            and keys.user is not None
-            and _wide_revokes(users.get(keys.user), issued_at, self._timer)
-        ):
-            return True
+        if users and keys.user is not None:
+            if _wide_revokes(users.get(keys.user), issued_at, self._timer):
+                return True
+            client_user = keys.client_user
+            if client_user is not None and _wide_revokes(
+                users.get(client_user), issued_at, self._timer
+            ):
+                return True
         return bool(clients) and _wide_revokes(clients.get(keys.client), issued_at, self._timer)
+
+    def revoked_by(self, keys: SessionKeys) -> str | None:
+        """Which entry revokes ``keys``: ``"sid"``, ``"instance"``, ``"user"``, ``"client"``.
+
+        For explaining a refusal, off the hot path: the probes of :meth:`is_revoked`, told
+        apart.
+        """
+        for bucket in self._buckets:
+            if keys.session in bucket:
+                return "sid"
+            if keys.instance in bucket:
+                return "instance"
+        if any(
+            _wide_revokes(self._users.get(subject), keys.issued_at, self._timer)
+            for subject in (keys.user, keys.client_user)
+            if subject is not None
+        ):
+            return "user"
+        if _wide_revokes(self._clients.get(keys.client), keys.issued_at, self._timer):
+            return "client"
+        return None
 
     # -- writes -----------------------------------------------------------------------
 
@@ -151,8 +184,28 @@ class Replica:
                 # that saw only part of this write has cached the old version and checks
                 # again.
                 self.version = next(_VERSIONS)
+                self.changed_at = time.time()
         _drain(retired)
         return changed
+
+    def snapshot(self) -> Iterator[Revocation]:
+        """Every live entry with its exact ``expires_at`` (what a repair writes back).
+
+        Labels and notes are not kept here: the entries come back without them.
+        """
+        now = self._timer()
+        with self._lock:
+            columns = list(self._journal.items())
+            users, clients = list(self._users.items()), list(self._clients.items())
+        for end, (subjects, before_end) in columns:
+            for subject, millis in zip(subjects, before_end, strict=True):
+                expires_at = end - millis / 1000
+                if expires_at > now:
+                    yield Revocation(RevocationKind.SESSION, subject, 0.0, expires_at)
+        for kind, table in ((RevocationKind.USER, users), (RevocationKind.ALL, clients)):
+            for subject, (not_before, expires_at) in table:
+                if expires_at > now:
+                    yield Revocation(kind, subject, not_before, expires_at)
 
     def expire(self) -> None:
         """Drop what has expired (writes do it too; followers call it while idle)."""
@@ -205,6 +258,9 @@ class Replica:
             bisect.insort(self._ends, end)
             self._buckets = tuple(self._by_end[e] for e in self._ends)
         bucket.add(subject)
+        subjects, before_end = self._journal.setdefault(end, (array("q"), array("I")))
+        subjects.append(subject)
+        before_end.append(math.ceil((end - expires_at) * 1000))
         self._size += 1
         return True
 
@@ -212,7 +268,9 @@ class Replica:
         """Unlink every bucket whose end has passed; the caller empties them unlocked."""
         retired = []
         while self._ends and self._ends[0] <= now:
-            bucket = self._by_end.pop(self._ends.pop(0))
+            end = self._ends.pop(0)
+            self._journal.pop(end, None)
+            bucket = self._by_end.pop(end)
             self._size -= len(bucket)
             retired.append(bucket)
         if retired:
@@ -277,9 +335,15 @@ class ReplicaStore(RevocationStore):
     def is_revoked(self, keys: SessionKeys) -> bool:
         return self._replica.is_revoked(keys)
 
+    def revoked_by(self, keys: SessionKeys) -> str | None:
+        return self._replica.revoked_by(keys)
+
     @property
     def version(self) -> int:
         return self._replica.version
+
+    def replica_state(self) -> tuple[int, float]:
+        return len(self._replica), self._replica.changed_at
 
     def add_listener(self, listener: RevocationListener) -> None:
         self._listeners.add(listener)

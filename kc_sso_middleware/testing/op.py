@@ -80,6 +80,11 @@ class StandInOP:
         self.jwks_requests = 0
         self.jwks_status = 200
         self.jwks_delay = 0.0
+        #: how many introspection requests came; set ``introspection_status`` to fail them
+        self.introspections = 0
+        self.introspection_status = 200
+        #: seconds a refresh token lives (Keycloak: the client session's idle timeout)
+        self.refresh_lifetime = 1800
         self._codes: dict[str, dict[str, str]] = {}
         self._refresh: dict[str, tuple[str, str]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -113,6 +118,10 @@ class StandInOP:
 
     def send_backchannel_logout(self, url: str, token: str) -> httpx.Response:
         return httpx.post(url, data={"logout_token": token}, timeout=10)
+
+    def forget_session(self, sid: str) -> None:
+        """End an OP session without telling anybody, like an idle expiry in Keycloak."""
+        self.sessions.pop(sid, None)
 
     def end_session(self, sid: str) -> None:
         """End an OP session and back-channel its clients, as Keycloak does (one try each)."""
@@ -158,7 +167,7 @@ class StandInOP:
                 "sub": op_session.sub,
                 "sid": op_session.sid,
                 "iat": now,
-                "exp": now + 1800,
+                "exp": now + self.refresh_lifetime,
                 "jti": str(uuid.uuid4()),
                 "typ": "Refresh",
             },
@@ -236,6 +245,7 @@ class StandInOP:
                     f"{oidc}/auth": self._authorize,
                     f"{oidc}/token": self._token,
                     f"{oidc}/logout": self._logout,
+                    f"{oidc}/token/introspect": self._introspect,
                 }
                 handler = routes.get(path)
                 if handler is None:
@@ -253,6 +263,7 @@ class StandInOP:
                         "token_endpoint": f"{oidc}/token",
                         "jwks_uri": f"{oidc}/certs",
                         "end_session_endpoint": f"{oidc}/logout",
+                        "introspection_endpoint": f"{oidc}/token/introspect",
                         "response_types_supported": ["code"],
                         "subject_types_supported": ["public"],
                         "id_token_signing_alg_values_supported": ["RS256"],
@@ -323,6 +334,30 @@ class StandInOP:
                     self._json(200, op._tokens(op_session, client_id, None))
                 else:
                     self._json(400, {"error": "unsupported_grant_type"})
+
+            def _introspect(self, params: dict[str, str]) -> None:
+                """Token introspection of a refresh token, as Keycloak answers it."""
+                op.introspections += 1
+                if op.introspection_status != 200:
+                    self._json(op.introspection_status, {"error": "server_error"})
+                    return
+                client_id = op._client_ok(params, self.headers.get("Authorization"))
+                if client_id is None:
+                    self._json(401, {"error": "invalid_client"})
+                    return
+                token = params.get("token", "")
+                found = op._refresh.get(token)
+                claims = json.loads(jws.extract_compact(token.encode()).payload) if found else {}
+                alive = (
+                    found is not None
+                    and found[0] in op.sessions
+                    and claims.get("exp", 0) >= time.time()
+                    and found[1] == client_id
+                )
+                if not alive or found is None:
+                    self._json(200, {"active": False})
+                    return
+                self._json(200, {"active": True, "sid": found[0], "client_id": client_id})
 
             def _logout(self, params: dict[str, str]) -> None:
                 op.end_session_requests.append(dict(params))

@@ -29,6 +29,20 @@ def _query(location: str) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
 
 
+def _final_target(harness: Any, logout: Any) -> str:
+    """Where the browser lands: back from Keycloak with the logout's state, then on."""
+    params = _query(logout.headers["location"])
+    back = urlsplit(params.get("post_logout_redirect_uri") or params["redirect_uri"])
+    assert back.path == "/logout/complete"
+    # On the scheme Keycloak sends the browser back on: the state cookie is Secure on https.
+    response = harness.client.get(
+        f"{back.scheme}://app.test{back.path}", params={"state": params["state"]}
+    )
+    assert response.status_code == 302, response.text
+    target: str = response.headers["location"]
+    return target
+
+
 def _revoke(harness: Any, *entries: Revocation) -> None:
     assert harness.store.record(entries)
 
@@ -199,7 +213,8 @@ def test_logout_redirects_to_end_session(
     assert location.startswith(f"{op.issuer}/protocol/openid-connect/logout?")
     params = _query(location)
     assert params["client_id"] == CLIENT_ID
-    assert params["post_logout_redirect_uri"] == "http://app.test/"
+    assert params["post_logout_redirect_uri"] == "http://app.test/logout/complete"
+    assert _final_target(harness, response) == "http://app.test/"
     assert params["id_token_hint"].count(".") == 2
     assert len(params["state"]) >= 16
     assert "redirect_uri" not in params
@@ -248,16 +263,29 @@ def test_logout_without_session_still_redirects(make_harness: HarnessFactory) ->
 def test_configured_post_logout_redirect_uri(make_harness: HarnessFactory) -> None:
     """KC_SSO_POST_LOGOUT_REDIRECT_URI is sent as configured."""
     harness = make_harness(post_logout_redirect_uri="https://app.example/bye")
-    params = _query(harness.client.get("/logout").headers["location"])
-    assert params["post_logout_redirect_uri"] == "https://app.example/bye"
+    logout = harness.client.get("/logout")
+    params = _query(logout.headers["location"])
+    # Keycloak sends the browser back to the app's public origin, the one configured
+    assert params["post_logout_redirect_uri"] == "https://app.example/logout/complete"
+    assert _final_target(harness, logout) == "https://app.example/bye"
+
+
+def test_a_requested_path_lands_on_the_public_origin(make_harness: HarnessFactory) -> None:
+    """Behind a proxy (the request's origin is internal), a requested path is made absolute
+    on the public origin KC_SSO_POST_LOGOUT_REDIRECT_URI names."""
+    harness = make_harness(post_logout_redirect_uri="https://app.example/bye")
+    logout = harness.client.get("/logout", params={"post_logout_redirect_uri": "/goodbye"})
+    assert _final_target(harness, logout) == "https://app.example/goodbye"
 
 
 def test_legacy_redirect_uri_switch(make_harness: HarnessFactory) -> None:
     """KC_SSO_LEGACY_REDIRECT_URI sends redirect_uri for Keycloak before 18."""
     harness = make_harness(legacy_redirect_uri=True)
-    params = _query(harness.client.get("/logout").headers["location"])
-    assert params["redirect_uri"] == "http://app.test/"
+    logout = harness.client.get("/logout")
+    params = _query(logout.headers["location"])
+    assert params["redirect_uri"] == "http://app.test/logout/complete"
     assert "post_logout_redirect_uri" not in params
+    assert _final_target(harness, logout) == "http://app.test/"
 
 
 @pytest.mark.parametrize(
@@ -278,15 +306,51 @@ def test_legacy_redirect_uri_switch(make_harness: HarnessFactory) -> None:
             id="allow-list prefix confusion",
         ),
         pytest.param("http://app.test.evil.com/", "http://app.test/", id="origin prefix confusion"),
+        pytest.param(
+            "https://shared.example/team-a/../team-b/x", "http://app.test/", id="dot segments"
+        ),
+        pytest.param(
+            "https://shared.example/team-a/%2e%2e/team-b/x",
+            "http://app.test/",
+            id="encoded dot segments",
+        ),
+        pytest.param(
+            "https://shared.example/team-a/.%2E/team-b/x", "http://app.test/", id="mixed dots"
+        ),
+        pytest.param(
+            "https://shared.example/team-a/done", "https://shared.example/team-a/done", id="prefix"
+        ),
     ],
 )
 def test_post_logout_target_is_never_an_open_redirect(
     requested: str, expected: str, make_harness: HarnessFactory
 ) -> None:
     """A requested post_logout_redirect_uri is honoured only same-origin or allow-listed."""
-    harness = make_harness(logout_redirect_allowlist=("https://partner.example",))
+    harness = make_harness(
+        logout_redirect_allowlist=("https://partner.example", "https://shared.example/team-a/")
+    )
     response = harness.client.get("/logout", params={"post_logout_redirect_uri": requested})
-    assert _query(response.headers["location"])["post_logout_redirect_uri"] == expected
+    assert _final_target(harness, response) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "secure"), [("https://app.test/logout", True), ("http://app.test/logout", False)]
+)
+def test_the_logout_state_cookie_is_secure_on_https(
+    url: str, secure: bool, make_harness: HarnessFactory
+) -> None:
+    """The state cookie carries Secure when the app's origin is https, whatever
+    KC_SSO_SESSION_COOKIE_SECURE says (that one is about the session cookie)."""
+    harness = make_harness()
+    response = harness.client.get(url)
+    assert response.status_code == 302
+    state_cookies = [
+        value
+        for name, value in response.headers.multi_items()
+        if name == "set-cookie" and value.startswith("session_logout_state=")
+    ]
+    assert len(state_cookies) == 1
+    assert ("; Secure" in state_cookies[0]) is secure
 
 
 def test_api_client_logout_ends_keycloak_session_server_side(
@@ -410,6 +474,28 @@ def test_frontchannel_cannot_end_another_browsers_session(
     assert harness.seen_session(attacker) != {}
 
 
+def test_an_anonymous_front_channel_request_cannot_store_a_long_sid(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """With KC_SSO_FRONTCHANNEL_REVOKE_OTHERS a forged request is bounded in bytes too: a
+    sid longer than any Keycloak sid is refused, not kept as an entry's label."""
+    harness = make_harness(**FRONT, frontchannel_revoke_others=True)
+    entries: list[object] = []
+    harness.events.on_revocation(entries.append)
+    response = harness.client.get(
+        "/frontchannel-logout", params={"iss": op.issuer, "sid": "x" * 16384}
+    )
+    assert response.status_code == 400
+    longest = harness.client.get(
+        "/frontchannel-logout", params={"iss": op.issuer, "sid": "y" * 255}
+    )
+    assert longest.status_code == 200
+    deadline = time.monotonic() + 5
+    while not entries and time.monotonic() < deadline:
+        time.sleep(0.01)  # callbacks run off the request
+    assert [event.fields["key"] for event in entries] == ["y" * 255]  # type: ignore[attr-defined]
+
+
 def test_frontchannel_revoke_others_is_an_opt_in(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
@@ -429,6 +515,8 @@ def test_frontchannel_revoke_others_is_an_opt_in(
         pytest.param({"iss": "http://evil.example/realms/x", "sid": "fc-3"}, id="wrong iss"),
         pytest.param({"sid": "fc-3"}, id="sid without iss"),
         pytest.param({"iss": "ISSUER"}, id="iss without sid"),
+        pytest.param({"iss": "ISSUER", "sid": "x" * 256}, id="sid too long"),
+        pytest.param({"iss": "ISSUER", "sid": "fc-3\u2028"}, id="sid not printable"),
     ],
 )
 def test_frontchannel_logout_rejects_bad_parameters(
@@ -542,3 +630,21 @@ def test_admin_path_can_be_turned_off(make_harness: HarnessFactory, op: StandInO
     harness = make_harness(admin_path=None)
     response = post_admin(harness, "/k_logout", admin_token(op, "LOGOUT"))
     assert response.status_code in (404, 405)
+
+
+def test_sign_out_all_ends_a_session_of_its_own_second(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Token times are whole seconds: a session begun in the very second of a "sign out
+    all" cannot be told from one begun after it, and is ended; the next second's works."""
+    clock = Clock()
+    clock.now = float(int(clock.now)) + 0.7
+    harness = make_harness(clock=clock)
+    earlier = harness.session_cookie(op, sid="same-second", auth_time=int(clock.now))
+    assert harness.seen_session(earlier) != {}
+    notice = admin_token(op, "LOGOUT", notBefore=int(clock.now))  # as Keycloak sends it
+    assert post_admin(harness, "/k_logout", notice).status_code == 200
+    assert harness.seen_session(earlier) == {}
+    clock.now = float(int(clock.now) + 1)
+    fresh = harness.session_cookie(op, sid="next-second", auth_time=int(clock.now))
+    assert harness.seen_session(fresh) != {}

@@ -1324,6 +1324,8 @@ def judge_frontchannel(
         return refused("bad_request")
     if iss is not None and iss != issuer:
         return refused("bad_iss")
+    if sid is not None and (len(sid) > 255 or not sid.isprintable()):
+        return refused("bad_sid")  # not a session id: bounded, as it is not authenticated
     cookies = [v for n, v in raw.headers if n == b"cookie"]
     own = sid_of.get(cookies[0]) if len(cookies) == 1 else None
     if own is not None and sid in (None, own):  # §3: the browser's own session ends

@@ -522,10 +522,15 @@ def test_untrusted_values_cannot_forge_log_lines(
     harness.client.get("/logout", params={"post_logout_redirect_uri": "https://evil\r\nFAKE LINE"})
     bad = op.logout_token(CLIENT_ID, sid="x", iss="http://evil\nINJECTED")
     harness.client.post(BACKCHANNEL, data={"logout_token": bad})
+    # A sid the OP signed is still text from outside: it reaches DEBUG lines escaped.
+    forged = op.logout_token(CLIENT_ID, sid="s\r\n2099-01-01 INFO forged line \x1b[2J")
+    assert harness.client.post(BACKCHANNEL, data={"logout_token": forged}).status_code == 200
+    assert any("forged line" in record.getMessage() for record in caplog.records)
     for record in caplog.records:
         message = record.getMessage()
         assert "\n" not in message, message
         assert "\r" not in message, message
+        assert "\x1b" not in message, message
         assert token not in message
         if record.levelno >= logging.INFO:
             assert "real-sid-value" not in message, message

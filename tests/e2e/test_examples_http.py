@@ -7,6 +7,7 @@ against a real Keycloak lives in ``test_keycloak_e2e.py``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,3 +120,36 @@ def test_backchannel_deliveries_all_answered_200(deployment: Deployment) -> None
         browser.get(f"{deployment.fastapi.url}/logout")
     assert deployment.op.deliveries
     assert all(d.status == 200 for d in deployment.op.deliveries), deployment.op.deliveries
+
+
+def _websocket_user(app: AppServer, cookies: dict[str, str]) -> object:
+    """The user ``/ws/me`` sends over a real websocket carrying ``cookies``; the close
+    code when the handshake or the app refused it."""
+    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.sync.client import connect
+
+    header = "; ".join(f"{name}={value}" for name, value in cookies.items())
+    url = app.url.replace("http://", "ws://") + "/ws/me"
+    try:
+        with connect(url, additional_headers={"Cookie": header}, open_timeout=10) as socket:
+            return json.loads(socket.recv(timeout=10))
+    except ConnectionClosed as closed:
+        return None if closed.rcvd is None else closed.rcvd.code
+    except InvalidStatus as refused:
+        return refused.response.status_code
+
+
+def test_a_logged_out_session_does_not_open_a_websocket(deployment: Deployment) -> None:
+    """uvicorn serves websockets with the session Starlette decodes: before the logout the
+    app's /ws/me sends the user, afterwards a copy of the cookie opens no session there."""
+    app = deployment.fastapi
+    with _browser() as browser:
+        claims = _login(browser, app)
+        saved = dict(browser.cookies.items())
+        user = _websocket_user(app, saved)
+        assert isinstance(user, dict)
+        assert user["sid"] == claims["sid"]
+        browser.get(f"{app.url}/logout")
+    for _ in range(4):  # both workers
+        # The app saw no session and closed before accepting: uvicorn answers 403.
+        assert _websocket_user(app, saved) == 403

@@ -1,18 +1,33 @@
-"""End-to-end single sign-out against a real Keycloak, both apps under real servers.
+"""End-to-end single sign-out against a real Keycloak, every example app under a real server.
 
-Keycloak (the Maven Central distribution, realm ``examples/keycloak/realm.json``), a real
-Redis as the shared store, the Flask example under gunicorn and the FastAPI example under
-uvicorn with two workers each, all on 127.0.0.1.  Browser tests drive Debian's Chromium
-through Playwright; HTTP-level tests end sessions through Keycloak's admin REST API and its
-end-session endpoint.  Afterwards, every back-channel request Keycloak sent must have been
-answered 200, and Keycloak's log must show no logout failure.
+One stack for the module, all on 127.0.0.1: Keycloak (the Maven Central distribution, realm
+``examples/keycloak/realm.json`` plus a second Django client), a real Redis, and four apps
+with two workers each, sharing one revocation store in that Redis:
+
+* the Flask example under gunicorn, its sessions in Flask's signed cookie;
+* the FastAPI example under uvicorn with server-side sessions (starsessions, in another
+  database of the same Redis);
+* the Django example under gunicorn (``django-app``) and under uvicorn (``django-asgi-app``),
+  database sessions.
+
+Each app is served through :mod:`devtools.served`, so every answer names the worker that
+gave it.  Browser tests drive Debian's Chromium through Playwright; HTTP-level tests log in
+through Keycloak's own form and end sessions through Keycloak's admin REST API and its
+end-session endpoint.  Afterwards, every app received back-channel requests and answered
+each 200, and Keycloak's log shows no logout failure.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import html
+import json
 import re
+import secrets
 import shutil
+import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +36,16 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx
 import pytest
+import redis
 
-from devtools.apps import REPO, AppServer, app_env, free_port
+from devtools.apps import REPO, AppKind, AppServer, app_env, free_port
 from devtools.keycloak import KeycloakServer, find_java
 from devtools.redis_server import RedisServer
+from examples._page import APP_NAMES
 from kc_sso_middleware.testing import make_session_cookie
 from tests.conftest import services_required
+
+from . import _served as served
 
 pytestmark = [pytest.mark.keycloak, pytest.mark.servers]
 
@@ -42,8 +61,37 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-CLIENTS = {"flask": ("flask-app", "flask-secret"), "fastapi": ("fastapi-app", "fastapi-secret")}
 USERS = {"alice": "alice-password", "bob": "bob-password"}
+WORKERS = 2
+#: the revocation store's database and prefix, shared by every app
+STORE_DB, STORE_PREFIX = 0, "e2e:"
+#: the database the FastAPI app keeps its server-side sessions in
+SESSIONS_DB = 1
+#: starsessions' RedisStore key prefix (its default) and the example's session lifetime
+STARSESSIONS_PREFIX = "starsessions."
+STARSESSIONS_LIFETIME = 14 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """One app of the stack: how it is served, its Keycloak client, where sessions live."""
+
+    kind: AppKind
+    client_id: str
+    secret: str
+    #: ``cookie``: signed cookie; ``redis``: starsessions; ``django``: Django's database
+    sessions: str
+
+
+APPS = {
+    "flask": AppSpec("flask", "flask-app", "flask-secret", "cookie"),
+    "fastapi": AppSpec("fastapi", "fastapi-app", "fastapi-secret", "redis"),
+    "django": AppSpec("django-wsgi", "django-app", "django-secret", "django"),
+    "django-asgi": AppSpec("django-asgi", "django-asgi-app", "django-asgi-secret", "django"),
+}
+CLIENTS = {name: (spec.client_id, spec.secret) for name, spec in APPS.items()}
+#: the apps of the README's story, which the browser tests walk through
+BROWSER_APPS = ("flask", "fastapi", "django")
 
 
 def _require(condition: bool, reason: str) -> None:
@@ -58,6 +106,11 @@ def _require(condition: bool, reason: str) -> None:
 class Stack:
     keycloak: KeycloakServer
     apps: dict[str, AppServer]
+    #: a client of the Redis database the FastAPI app keeps its sessions in
+    sessions_redis: redis.Redis
+
+    def url(self, name: str) -> str:
+        return self.apps[name].url
 
     def session_secret(self, name: str) -> str:
         return self.apps[name].env["KC_SSO_SESSION_SECRET"]
@@ -66,42 +119,75 @@ class Stack:
         return self.apps[name].env["KC_SSO_SESSION_COOKIE"]
 
 
+def _realm_with_asgi_django(path: Path) -> Path:
+    """The demo realm plus ``django-asgi-app``, a copy of ``django-app`` at its own URL."""
+    text = REALM_FILE.read_text()
+    realm = json.loads(text)
+    (django,) = (c for c in realm["clients"] if c["clientId"] == "django-app")
+    copy = json.loads(json.dumps(django).replace("${DJANGO_APP_URL}", "${DJANGO_ASGI_APP_URL}"))
+    copy.update(
+        clientId="django-asgi-app", name="Django demo app (ASGI)", secret="django-asgi-secret"
+    )
+    realm["clients"].append(copy)
+    path.write_text(json.dumps(realm, indent=2))
+    return path
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _require(find_java() is not None, "no Java 17+ runtime (apt-get install openjdk-17-jre)")
     _require(shutil.which("mvn") is not None or _cached_keycloak(), "no Maven to fetch Keycloak")
     logs = tmp_path_factory.mktemp("e2e-logs")
-    ports = {"flask": free_port(), "fastapi": free_port()}
+    ports = {name: free_port() for name in APPS}
     urls = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
+    realm = _realm_with_asgi_django(logs / "realm.json")
     with RedisServer() as redis_server:
         keycloak = KeycloakServer(
-            REALM_FILE,
-            {"FLASK_APP_URL": urls["flask"], "FASTAPI_APP_URL": urls["fastapi"]},
+            realm,
+            {
+                "FLASK_APP_URL": urls["flask"],
+                "FASTAPI_APP_URL": urls["fastapi"],
+                "DJANGO_APP_URL": urls["django"],
+                "DJANGO_ASGI_APP_URL": urls["django-asgi"],
+            },
             work_dir=logs / "keycloak",
         )
+        sessions_redis = redis.Redis(host="127.0.0.1", port=redis_server.port, db=SESSIONS_DB)
         with keycloak:
             print(f"Keycloak started in {keycloak.startup_seconds:.1f} s")
             apps: dict[str, AppServer] = {}
             try:
-                for name, (client_id, secret) in CLIENTS.items():
+                for name, spec in APPS.items():
                     env = app_env(
                         issuer=keycloak.issuer(),
-                        client_id=client_id,
-                        client_secret=secret,
-                        cookie=f"{name}_session",
-                        store=f"{redis_server.url}?prefix=e2e:",
+                        client_id=spec.client_id,
+                        client_secret=spec.secret,
+                        cookie=f"{name.replace('-', '_')}_session",
+                        store=f"redis://127.0.0.1:{redis_server.port}/{STORE_DB}"
+                        f"?prefix={STORE_PREFIX}",
                     )
+                    if spec.sessions == "redis":
+                        env["EXAMPLE_SESSION_STORE"] = (
+                            f"redis://127.0.0.1:{redis_server.port}/{SESSIONS_DB}"
+                        )
+                    if spec.sessions == "django":
+                        # The example keeps its database in the temp dir: this test's own.
+                        env["TMPDIR"] = str(tmp_path_factory.mktemp(f"{name}-tmp"))
+                    started = time.monotonic()
                     apps[name] = AppServer(
-                        name,
+                        spec.kind,
                         env,
                         port=ports[name],
-                        workers=2,
-                        log_dir=logs,  # type: ignore[arg-type]
+                        workers=WORKERS,
+                        log_dir=logs,
+                        module=f"devtools.served:{spec.kind.replace('-', '_')}_app",
                     ).start()
-                yield Stack(keycloak, apps)
+                    print(f"{name} app started in {time.monotonic() - started:.1f} s")
+                yield Stack(keycloak, apps, sessions_redis)
             finally:
                 for app in apps.values():
                     app.stop()
+                sessions_redis.close()
             _assert_clean_logs(keycloak, apps)
 
 
@@ -154,19 +240,21 @@ def _visible_text(markup: str) -> str:
 
 def _login_app(client: httpx.Client, stack: Stack, name: str, user: str = "alice") -> str:
     """Log in to an example app through Keycloak (form, or SSO); return the session's sid."""
-    page = client.get(f"{stack.apps[name].url}/login")
+    page = client.get(f"{stack.url(name)}/login")
     if "kc-form-login" in page.text:
         page = _submit_login_form(client, page, user)
     assert page.status_code == 200, _visible_text(page.text)
+    assert str(page.url) == f"{stack.url(name)}/", page.url
     assert "Logged in as" in page.text, _visible_text(page.text)
-    me = client.get(f"{stack.apps[name].url}/me")
-    assert me.status_code == 200
+    me = client.get(f"{stack.url(name)}/me")
+    assert me.status_code == 200, me.text
+    assert me.json()["preferred_username"] == user
     sid: str = me.json()["sid"]
     return sid
 
 
 def _me_status(client: httpx.Client, stack: Stack, name: str) -> int:
-    return client.get(f"{stack.apps[name].url}/me").status_code
+    return client.get(f"{stack.url(name)}/me").status_code
 
 
 def _browser_client() -> httpx.Client:
@@ -186,10 +274,41 @@ def _browser_client() -> httpx.Client:
     return client
 
 
+def _app_session(client: httpx.Client, stack: Stack, name: str) -> dict[str, str]:
+    """A copy of the app's session cookie as the browser holds it."""
+    cookie = stack.cookie_name(name)
+    value = client.cookies.get(cookie)
+    assert value, f"no {cookie} cookie"
+    return {cookie: value}
+
+
+def _every_worker(
+    stack: Stack,
+    name: str,
+    path: str,
+    expect: int,
+    *,
+    cookies: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> set[str]:
+    """Requests until both workers answered (at least 12); each must get ``expect``.
+
+    Fresh connections, held in pairs (see :func:`_served.held_round`), each carrying only
+    ``cookies`` and ``headers``.  Returns the ``WWW-Authenticate`` challenges seen (their
+    first part; ``""`` for none).
+    """
+    sent = dict(headers or {})
+    if cookies:
+        sent["Cookie"] = "; ".join(f"{key}={value}" for key, value in cookies.items())
+    url = f"{stack.url(name)}{path}"
+    replies = served.sample(url, sent, WORKERS, expect, what=f"{name}{path}", minimum=12)
+    return {reply.headers.get("www-authenticate", "").split(",")[0] for reply in replies}
+
+
 def _code_flow_tokens(client: httpx.Client, stack: Stack, name: str) -> dict[str, Any]:
     """Authorization-code flow in an existing SSO session, the test playing the app's client."""
     client_id, secret = CLIENTS[name]
-    redirect_uri = f"{stack.apps[name].url}/auth/callback"
+    redirect_uri = f"{stack.url(name)}/auth/callback"
     issuer = stack.keycloak.issuer()
     response = client.get(
         f"{issuer}/protocol/openid-connect/auth",
@@ -211,22 +330,126 @@ def _code_flow_tokens(client: httpx.Client, stack: Stack, name: str) -> dict[str
     return tokens
 
 
-def _app_cookie(stack: Stack, name: str, tokens: dict[str, Any]) -> dict[str, str]:
-    """A session cookie holding these tokens, signed as the app itself would."""
-    import base64
-    import json
+def _claims(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    claims: dict[str, Any] = json.loads(
+        base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
+    )
+    return claims
 
-    payload = tokens["id_token"].split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    session = {"id_token": tokens["id_token"], "user": claims}
-    fmt = "flask" if name == "flask" else "starlette"
-    value = make_session_cookie(stack.session_secret(name), session, format=fmt)
+
+def _app_cookie(stack: Stack, name: str, tokens: dict[str, Any]) -> dict[str, str]:
+    """A session holding these tokens, made as the app itself would make it; its cookie.
+
+    A cookie-session app gets the session signed into its cookie; the server-side FastAPI
+    app gets it written into its Redis as starsessions writes it (its ``RedisStore`` key
+    prefix, its JSON serializer with the ``__metadata__`` it keeps, the lifetime as expiry),
+    and the cookie holds only the new session id.
+    """
+    session: dict[str, Any] = {"id_token": tokens["id_token"], "user": _claims(tokens["id_token"])}
+    sessions = APPS[name].sessions
+    if sessions == "cookie":
+        value = make_session_cookie(stack.session_secret(name), session, format="flask")
+    elif sessions == "redis":
+        value = secrets.token_hex(16)  # starsessions.session.generate_session_id
+        now = time.time()
+        session["__metadata__"] = {
+            "lifetime": STARSESSIONS_LIFETIME,
+            "created": now,
+            "last_access": now,
+        }
+        stack.sessions_redis.set(
+            f"{STARSESSIONS_PREFIX}{value}", json.dumps(session), ex=STARSESSIONS_LIFETIME
+        )
+    else:
+        raise ValueError(f"{name}: Django sessions are made by logging in")
     return {stack.cookie_name(name): value}
 
 
 def _status_with_cookie(stack: Stack, name: str, cookies: dict[str, str]) -> int:
     with httpx.Client(cookies=cookies, timeout=10) as client:
-        return client.get(f"{stack.apps[name].url}/me").status_code
+        return client.get(f"{stack.url(name)}/me").status_code
+
+
+def _scoped_app(
+    stack: Stack, scope: str, logs: Path, stop: contextlib.ExitStack
+) -> tuple[str, AppServer]:
+    """A client registered at runtime (a copy of flask-app) and the Flask example serving
+    it with ``KC_SSO_SID_LOGOUT_SCOPE=scope`` on its own SQLite store; (client id, app)."""
+    keycloak, port = stack.keycloak, free_port()
+    url, client_id = f"http://127.0.0.1:{port}", f"scope-{scope}-app"
+    (template,) = (
+        c for c in json.loads(REALM_FILE.read_text())["clients"] if c["clientId"] == "flask-app"
+    )
+    client = json.loads(json.dumps(template).replace("${FLASK_APP_URL}", url))
+    client.update(clientId=client_id, name=client_id, secret=f"{client_id}-secret")
+    keycloak.admin_post(f"{keycloak.realm}/clients", client)
+    (created,) = keycloak.admin_get(f"{keycloak.realm}/clients", clientId=client_id)
+    # Gone with the test: a later "sign out all" must not reach a stopped app.
+    stop.callback(keycloak.admin_delete, f"{keycloak.realm}/clients/{created['id']}")
+    env = app_env(
+        issuer=keycloak.issuer(),
+        client_id=client_id,
+        client_secret=f"{client_id}-secret",
+        cookie="scope_session",
+        store=f"sqlite:///{logs / f'{client_id}.db'}",
+        sid_logout_scope=scope,
+    )
+    app = stop.enter_context(AppServer("flask", env, port=port, workers=WORKERS, log_dir=logs))
+    return client_id, app
+
+
+def test_log_out_user_ends_every_session_under_user_scope(stack: Stack, tmp_path: Path) -> None:
+    """Keycloak's admin "log out user" of a user with two sessions in each of two apps:
+    the app with KC_SSO_SID_LOGOUT_SCOPE=user refuses both of its sessions, whatever sid
+    Keycloak's logout tokens name (keycloak#22914: one token, one sid, before 26.7); the
+    app keeping the default ``session`` scope refuses exactly the sessions Keycloak named."""
+    keycloak = stack.keycloak
+    username, password = f"sam-{uuid.uuid4().hex[:8]}", "sam-password"
+    keycloak.admin_post(
+        f"{keycloak.realm}/users",
+        {
+            "username": username,
+            "enabled": True,
+            "email": f"{username}@example.com",
+            "emailVerified": True,
+            "firstName": "Sam",
+            "lastName": "Scope",
+            "credentials": [{"type": "password", "value": password, "temporary": False}],
+        },
+    )
+    with contextlib.ExitStack() as stop:
+        user_path = f"{keycloak.realm}/users/{keycloak.user_id(username)}"
+        stop.callback(keycloak.admin_delete, user_path)
+        apps = {scope: _scoped_app(stack, scope, tmp_path, stop) for scope in ("user", "session")}
+        cookies: dict[str, list[str]] = {}
+        for scope, (client_id, app) in apps.items():
+            for _ in range(2):  # two devices: two Keycloak sessions
+                secret = f"{client_id}-secret"
+                tokens = keycloak.password_grant(client_id, secret, username, password)
+                session = {"id_token": tokens["id_token"], "user": _claims(tokens["id_token"])}
+                signing = app.env["KC_SSO_SESSION_SECRET"]
+                cookies.setdefault(scope, []).append(
+                    make_session_cookie(signing, session, format="flask")
+                )
+
+        def me(scope: str, cookie: str) -> int:
+            url = f"{apps[scope][1].url}/me"
+            return httpx.get(url, cookies={"scope_session": cookie}, timeout=10).status_code
+
+        for scope, values in cookies.items():
+            assert [me(scope, cookie) for cookie in values] == [200, 200], scope
+        keycloak.admin_post(f"{user_path}/logout")
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(me("user", c) != 401 for c in cookies["user"]):
+            time.sleep(0.2)
+        assert [me("user", cookie) for cookie in cookies["user"]] == [401, 401]
+        named = [me("session", cookie) for cookie in cookies["session"]]
+        assert 401 in named, "Keycloak's logout reached the session-scoped app"
+        sent = apps["session"][1].log_text(full=True).count("POST /backchannel-logout")
+        # Each back-channel request names one sid: the session scope ends one per request.
+        assert named.count(401) == min(sent, 2), (named, sent)
 
 
 # --------------------------------------------------------------------------- browser
@@ -242,43 +465,79 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+def _redirect_chain(response: Any) -> list[tuple[str, int]]:
+    """The (URL, status) of every hop that led to ``response``, the first first."""
+    hops = []
+    request = response.request
+    while request is not None:
+        answer = request.response()
+        hops.append((request.url, answer.status if answer is not None else 0))
+        request = request.redirected_from
+    return hops[::-1]
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize(
-    ("first", "second"),
+    ("first", "leaver"),
     [
-        pytest.param("flask", "fastapi", id="log out of flask"),
-        pytest.param("fastapi", "flask", id="log out of fastapi"),
+        pytest.param("flask", "fastapi", id="log in at flask, log out of fastapi"),
+        pytest.param("fastapi", "django", id="log in at fastapi, log out of django"),
+        pytest.param("django", "flask", id="log in at django, log out of flask"),
     ],
 )
 def test_browser_single_sign_out(
-    first: str, second: str, stack: Stack, browser: Any, request: pytest.FixtureRequest
+    first: str, leaver: str, stack: Stack, browser: Any, request: pytest.FixtureRequest
 ) -> None:
-    """Real login form, SSO into the other app, logout in one: the other shows logged out."""
+    """One password at one app, SSO into the other two, logout in one: through Keycloak and
+    the verified return back to its root, and the other two show why they logged you out."""
     context = browser.new_context()
     page = context.new_page()
+    others = [name for name in BROWSER_APPS if name != leaver]
     try:
-        page.goto(f"{stack.apps[first].url}/login")
+        page.goto(f"{stack.url(first)}/")
+        assert page.inner_text("#status") == "Not logged in."
+        page.click("#login")
         page.fill("#username", "alice")
         page.fill("#password", USERS["alice"])
         page.click("#kc-login")
-        page.wait_for_url(f"{stack.apps[first].url}/")
+        page.wait_for_url(f"{stack.url(first)}/")
         assert "Logged in as" in page.inner_text("#status")
+        sid = page.inner_text("#sid")
 
-        page.goto(f"{stack.apps[second].url}/login")
-        page.wait_for_url(f"{stack.apps[second].url}/")
-        assert page.inner_text("#username") == "alice", "SSO: no password asked"
+        for name in BROWSER_APPS:
+            if name == first:
+                continue
+            page.goto(f"{stack.url(name)}/")
+            assert page.inner_text("#status") == "Not logged in."
+            page.click("#login")  # through Keycloak, which asks nothing: SSO
+            page.wait_for_url(f"{stack.url(name)}/")
+            assert page.inner_text("#username") == "alice", f"{name}: SSO, no password asked"
+            assert page.inner_text("#sid") == sid, f"{name}: the same Keycloak session"
 
-        page.goto(f"{stack.apps[first].url}/")
-        page.click("#logout")
-        # Keycloak sends the browser back with the state appended: /?state=...
-        page.wait_for_url(re.compile(re.escape(stack.apps[first].url) + r"/(\?state=[^&]+)?$"))
+        page.goto(f"{stack.url(leaver)}/")
+        with page.expect_navigation(url=f"{stack.url(leaver)}/") as landing:
+            page.click("#logout")
+        chain = _redirect_chain(landing.value)
+        urls = [url for url, _ in chain]
+        assert urls[0] == f"{stack.url(leaver)}/logout", chain
+        assert urls[1].startswith(f"{stack.keycloak.issuer()}/protocol/openid-connect/logout?")
+        assert re.fullmatch(
+            re.escape(stack.url(leaver)) + r"/logout/complete\?state=[^&]+", urls[2]
+        )
+        assert [status for _, status in chain] == [302, 302, 302, 200], chain
+        assert urls[-1] == f"{stack.url(leaver)}/", "the app root, not the 400 page"
         assert page.inner_text("#status") == "Not logged in."
+        assert "could not be confirmed" not in page.content()
 
-        response = page.goto(f"{stack.apps[second].url}/me")
-        assert response is not None
-        assert response.status == 401
-        page.goto(f"{stack.apps[second].url}/")
-        assert page.inner_text("#status") == "Not logged in."
+        why = f"You were signed out because you logged out of {APP_NAMES[CLIENTS[leaver][0]]}"
+        for name in others:
+            page.goto(f"{stack.url(name)}/")
+            assert page.inner_text("#status") == "Not logged in.", name
+            sentence = page.inner_text("#signed-out")
+            assert re.fullmatch(re.escape(why) + r" \d+ s ago\.", sentence), (name, sentence)
+            response = page.goto(f"{stack.url(name)}/me")
+            assert response is not None
+            assert response.status == 401, name
     except BaseException:
         ARTIFACTS.mkdir(exist_ok=True)
         shot = ARTIFACTS / f"{request.node.name.replace('/', '_')}.png"
@@ -292,6 +551,32 @@ def test_browser_single_sign_out(
 # --------------------------------------------------------------------------- HTTP level
 
 
+@pytest.mark.parametrize("leaver", list(APPS))
+def test_logout_through_one_app_ends_every_app(leaver: str, stack: Stack) -> None:
+    """/logout in one app: Keycloak's end-session, the verified return to the app's root;
+    every app's next request is anonymous, and the old cookies are refused by every worker."""
+    with _browser_client() as client:
+        sid = _login_app(client, stack, leaver)
+        for name in APPS:
+            if name != leaver:
+                assert _login_app(client, stack, name) == sid
+        copies = {name: _app_session(client, stack, name) for name in APPS}
+        for name in APPS:
+            _every_worker(stack, name, "/me", 200, cookies=copies[name])
+
+        landing = client.get(f"{stack.url(leaver)}/logout")
+
+        assert landing.status_code == 200
+        hops = [str(r.url) for r in landing.history]
+        assert any(f"{stack.url(leaver)}/logout/complete?state=" in hop for hop in hops), hops
+        assert str(landing.url) == f"{stack.url(leaver)}/", landing.url
+        assert "Not logged in" in landing.text
+        for name in APPS:
+            assert _me_status(client, stack, name) == 401, name
+    for name in APPS:
+        _every_worker(stack, name, "/me", 401, cookies=copies[name])
+
+
 @pytest.mark.parametrize(
     "how",
     [
@@ -300,13 +585,16 @@ def test_browser_single_sign_out(
         pytest.param("refresh-token-logout", id="refresh-token logout at end-session"),
     ],
 )
-def test_keycloak_side_logout_ends_both_apps(how: str, stack: Stack) -> None:
-    """Each way Keycloak ends a session reaches both apps: their next requests are anonymous."""
+def test_keycloak_side_logout_ends_every_app(how: str, stack: Stack) -> None:
+    """Each way Keycloak ends a session reaches every app: their next requests are anonymous."""
     with _browser_client() as client:
         sid = _login_app(client, stack, "flask", user="bob")
-        assert _login_app(client, stack, "fastapi", user="bob") == sid
+        for name in APPS:
+            if name != "flask":
+                assert _login_app(client, stack, name, user="bob") == sid
         tokens = _code_flow_tokens(client, stack, "flask")
         assert tokens["session_state"] == sid
+        copies = {name: _app_session(client, stack, name) for name in APPS}
 
         keycloak = stack.keycloak
         if how == "admin-delete-session":
@@ -325,24 +613,103 @@ def test_keycloak_side_logout_ends_both_apps(how: str, stack: Stack) -> None:
             )
             assert response.status_code == 204, response.text
 
-        assert _me_status(client, stack, "flask") == 401
-        assert _me_status(client, stack, "fastapi") == 401
+        for name in APPS:
+            assert _me_status(client, stack, name) == 401, name
+    for name in APPS:
+        _every_worker(stack, name, "/me", 401, cookies=copies[name])
 
 
 def test_direct_grant_sessions_end_in_both_apps(stack: Stack) -> None:
     """Sessions from direct grants, one per app, end with one admin "log out user"."""
     keycloak = stack.keycloak
+    minted = ("flask", "fastapi")  # Django's sessions come from its own login only
     cookies = {
         name: _app_cookie(
             stack, name, keycloak.password_grant(*CLIENTS[name], "alice", USERS["alice"])
         )
-        for name in CLIENTS
+        for name in minted
     }
-    for name in CLIENTS:
+    for name in minted:
         assert _status_with_cookie(stack, name, cookies[name]) == 200
     keycloak.admin_post(f"{keycloak.realm}/users/{keycloak.user_id('alice')}/logout")
-    for name in CLIENTS:
+    for name in minted:
         assert _status_with_cookie(stack, name, cookies[name]) == 401
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param("admin-delete-session", id="admin deletes the session"),
+        pytest.param("refresh-token-logout", id="refresh-token logout"),
+    ],
+)
+@pytest.mark.parametrize("name", list(APPS))
+def test_bearer_token_refused_once_its_session_ended(name: str, how: str, stack: Stack) -> None:
+    """/api/me accepts a direct grant's access token on every app; once Keycloak ends its
+    session (back-channel to the token's client), every app answers 401 invalid_token."""
+    keycloak = stack.keycloak
+    client_id, secret = CLIENTS[name]
+    tokens = keycloak.password_grant(client_id, secret, "alice", USERS["alice"])
+    bearer = {"Authorization": f"Bearer {tokens['access_token']}"}
+    for app in APPS:
+        assert _every_worker(stack, app, "/api/me", 200, headers=bearer) == {""}
+    with httpx.Client(timeout=10) as client:
+        me = client.get(f"{stack.url(name)}/api/me", headers=bearer).json()
+    assert me["sid"] == tokens["session_state"]
+    assert me["preferred_username"] == "alice"
+
+    if how == "admin-delete-session":
+        keycloak.admin_delete(f"{keycloak.realm}/sessions/{tokens['session_state']}")
+    else:
+        ended = keycloak.http.post(
+            f"{keycloak.issuer()}/protocol/openid-connect/logout",
+            data={
+                "client_id": client_id,
+                "client_secret": secret,
+                "refresh_token": tokens["refresh_token"],
+            },
+        )
+        assert ended.status_code == 204, ended.text
+
+    for app in APPS:  # they share the store: the token's client told them all
+        challenges = _every_worker(stack, app, "/api/me", 401, headers=bearer)
+        assert challenges == {'Bearer error="invalid_token"'}, (app, challenges)
+
+
+def test_backchannel_logout_deletes_the_server_side_session(stack: Stack) -> None:
+    """The FastAPI app keeps sessions in Redis: Keycloak's back-channel request deletes the
+    session's starsessions key before Keycloak's admin call returns; a copied id is dead."""
+    with _browser_client() as client:
+        sid = _login_app(client, stack, "fastapi", user="bob")
+        copy = _app_session(client, stack, "fastapi")
+        key = f"{STARSESSIONS_PREFIX}{copy[stack.cookie_name('fastapi')]}"
+        stored = stack.sessions_redis.get(key)
+        assert stored is not None, f"no {key} in the sessions' Redis"
+        assert json.loads(stored)["user"]["sid"] == sid
+
+        stack.keycloak.admin_delete(f"{stack.keycloak.realm}/sessions/{sid}")
+
+        assert stack.sessions_redis.exists(key) == 0, "the session is still in Redis"
+        assert _me_status(client, stack, "fastapi") == 401
+    _every_worker(stack, "fastapi", "/me", 401, cookies=copy)
+
+
+def test_minted_server_side_session_is_deleted_too(stack: Stack) -> None:
+    """A session written into Redis as starsessions writes it is the app's own: it is served,
+    and a back-channel logout deletes it, though the app never saw it being made."""
+    keycloak = stack.keycloak
+    tokens = keycloak.password_grant(*CLIENTS["fastapi"], "alice", USERS["alice"])
+    cookies = _app_cookie(stack, "fastapi", tokens)
+    key = f"{STARSESSIONS_PREFIX}{cookies[stack.cookie_name('fastapi')]}"
+    with httpx.Client(cookies=cookies, timeout=10) as client:
+        me = client.get(f"{stack.url('fastapi')}/me")
+    assert me.status_code == 200, me.text
+    assert me.json()["sid"] == tokens["session_state"]
+
+    keycloak.admin_delete(f"{keycloak.realm}/sessions/{tokens['session_state']}")
+
+    assert stack.sessions_redis.exists(key) == 0
+    assert _status_with_cookie(stack, "fastapi", cookies) == 401
 
 
 @pytest.mark.parametrize(
@@ -412,7 +779,7 @@ def test_a_stolen_refresh_token_does_not_end_the_keycloak_session(stack: Stack) 
     cookies = _app_cookie(stack, "fastapi", tokens)
     with httpx.Client(timeout=10) as client:
         response = client.post(
-            f"{stack.apps['fastapi'].url}/logout",
+            f"{stack.url('fastapi')}/logout",
             data={"refresh_token": tokens["refresh_token"]},
             headers={"Accept": "application/json"},
         )
@@ -429,7 +796,7 @@ def test_api_logout_through_the_middleware(stack: Stack) -> None:
     cookies = _app_cookie(stack, "fastapi", tokens)
     with httpx.Client(cookies=cookies, timeout=10) as client:
         response = client.post(
-            f"{stack.apps['fastapi'].url}/logout",
+            f"{stack.url('fastapi')}/logout",
             data={"refresh_token": tokens["refresh_token"]},
             headers={"Accept": "application/json"},
         )
@@ -440,11 +807,15 @@ def test_api_logout_through_the_middleware(stack: Stack) -> None:
     assert _status_with_cookie(stack, "fastapi", cookies) == 401
 
 
+# Last: it revokes every session of every client begun up to it, its own second included.
 def test_sign_out_all_sessions_reaches_apps_via_admin_url(stack: Stack) -> None:
     """Realm "Sign out all active sessions" arrives as the legacy k_logout and ends sessions."""
     with _browser_client() as client:
-        _login_app(client, stack, "flask", user="alice")
-        _login_app(client, stack, "fastapi", user="alice")
+        for name in APPS:
+            _login_app(client, stack, name, user="alice")
+        copies = {name: _app_session(client, stack, name) for name in APPS}
         stack.keycloak.admin_post(f"{stack.keycloak.realm}/logout-all")
-        assert _me_status(client, stack, "flask") == 401
-        assert _me_status(client, stack, "fastapi") == 401
+        for name in APPS:
+            assert _me_status(client, stack, name) == 401, name
+    for name in APPS:
+        _every_worker(stack, name, "/me", 401, cookies=copies[name])

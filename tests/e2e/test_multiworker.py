@@ -19,10 +19,11 @@ grouped by pytest and run in file order (the Redis kill, which loses Redis' data
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
-import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -36,16 +37,15 @@ from devtools.redis_server import RedisServer
 from devtools.served import PID_HEADER
 from kc_sso_middleware.testing import StandInOP
 
+from . import _served as served
+from ._served import HTTP_TIMEOUT, MAX_REQUESTS, fresh_connections
+
 pytestmark = pytest.mark.servers
 
 WORKERS = 3
-#: requests per sample at least; a sample goes on until every worker has answered
-MIN_REQUESTS = 30
-#: requests per sample at most (the bound on "until every worker has answered")
-MAX_REQUESTS = 300
 #: seconds any poll may wait for a condition (respawn, reconnection, outage noticed)
 POLL_DEADLINE = 45.0
-HTTP_TIMEOUT = 15.0
+METRICS_PATH = "/metrics"
 
 StoreKind = Literal["sqlite", "redis"]
 FailurePolicy = Literal["closed", "open"]
@@ -58,14 +58,17 @@ class Config:
     store: StoreKind
     app: AppKind
     failure: FailurePolicy = "closed"
+    #: where the example keeps its sessions (EXAMPLE_SESSION_STORE): signed cookie, Redis
+    sessions: Literal["cookie", "redis"] = "cookie"
 
     @property
     def name(self) -> str:
-        return f"{self.store}-{self.app}-{self.failure}"
+        sessions = "" if self.sessions == "cookie" else f"-{self.sessions}-sessions"
+        return f"{self.store}-{self.app}-{self.failure}{sessions}"
 
 
 def _param(config: Config, id: str | None = None) -> Any:
-    marks = [pytest.mark.redis] if config.store == "redis" else []
+    marks = [pytest.mark.redis] if "redis" in (config.store, config.sessions) else []
     return pytest.param(config, id=id or f"{config.store}-{config.app}", marks=marks)
 
 
@@ -89,18 +92,9 @@ BOTH_POLICIES = [
 # --------------------------------------------------------------------------- helpers
 
 
-def _fresh_connections() -> httpx.Client:
-    """A client that opens a new connection for every request (no keep-alive)."""
-    return httpx.Client(timeout=HTTP_TIMEOUT, limits=httpx.Limits(max_keepalive_connections=0))
-
-
 def poll(condition: Callable[[], bool], what: str, deadline: float = POLL_DEADLINE) -> None:
     """Call ``condition`` until it is true; fail after ``deadline`` seconds."""
-    end = time.monotonic() + deadline
-    while not condition():
-        if time.monotonic() > end:
-            pytest.fail(f"gave up after {deadline:.0f} s waiting until {what}")
-        time.sleep(0.02)
+    served.poll(condition, what, deadline)
 
 
 @dataclass(frozen=True)
@@ -148,14 +142,8 @@ class Deployment:
         browser = self.stack.enter_context(
             httpx.Client(follow_redirects=True, timeout=HTTP_TIMEOUT)
         )
-        page = browser.get(f"{self.server.url}/login")
-        assert page.status_code == 200, page.text
-        assert "Logged in as" in page.text
-        me = browser.get(f"{self.server.url}/me")
-        assert me.status_code == 200, me.text
-        cookie = browser.cookies.get(self.cookie_name)
-        assert cookie, f"no {self.cookie_name} cookie after login"
-        return Session(browser, cookie, str(me.json()["sid"]), str(me.json()["sub"]))
+        cookie, sid, sub = served.log_in(browser, self.server.url, self.cookie_name)
+        return Session(browser, cookie, sid, sub)
 
     def me(self, cookie: str, client: httpx.Client | None = None) -> Answer:
         """``GET /me`` with only this session cookie, on a fresh connection."""
@@ -170,34 +158,54 @@ class Deployment:
         response = self.http.post(self.backchannel_url, data={"logout_token": token})
         return Answer(response.status_code, int(response.headers[PID_HEADER]))
 
+    def backchannel_round(self, sids: list[str]) -> list[served.Reply]:
+        """One logout token per ``sid``, posted at once on held connections (see
+        :func:`_served.held_round`), so that they reach as many workers."""
+        bodies = [
+            urllib.parse.urlencode(
+                {"logout_token": self.op.logout_token(self.client_id, sid=sid, sub="sub-alice")}
+            ).encode()
+            for sid in sids
+        ]
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        return served.held_round(
+            self.backchannel_url, form, len(bodies), method="POST", bodies=bodies
+        )
+
     def sample(self, cookie: str, expect: int) -> set[int]:
         """At least 30 requests, until every worker answered; each must get ``expect``."""
-        seen: set[int] = set()
-        for count in range(1, MAX_REQUESTS + 1):
-            answer = self.me(cookie)
-            assert answer.status == expect, (
-                f"request {count} of the sample: worker {answer.pid} answered "
-                f"{answer.status}, expected {expect}"
-            )
-            seen.add(answer.pid)
-            if count >= MIN_REQUESTS and len(seen) >= WORKERS:
-                return seen
-        pytest.fail(f"only workers {sorted(seen)} answered in {MAX_REQUESTS} requests")
+        replies = served.sample(f"{self.server.url}/me", self._cookie(cookie), WORKERS, expect)
+        return {reply.pid for reply in replies}
 
     def until_every_worker(self, cookie: str, expect: int, allowed: Collection[int]) -> None:
         """Poll until every worker has answered ``expect``; any answer not allowed fails."""
         answered: set[int] = set()
 
         def done() -> bool:
-            answer = self.me(cookie)
-            assert answer.status in {expect, *allowed}, (
-                f"worker {answer.pid} answered {answer.status} while waiting for {expect}"
-            )
-            if answer.status == expect:
-                answered.add(answer.pid)
+            for reply in served.held_round(f"{self.server.url}/me", self._cookie(cookie), WORKERS):
+                assert reply.status in {expect, *allowed}, (
+                    f"worker {reply.pid} answered {reply.status} while waiting for {expect}"
+                )
+                if reply.status == expect:
+                    answered.add(reply.pid)
             return len(answered) >= WORKERS
 
         poll(done, f"every worker answers {expect} (so far: {sorted(answered)})")
+
+    def _cookie(self, cookie: str) -> dict[str, str]:
+        return {"Cookie": f"{self.cookie_name}={cookie}"}
+
+    def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """One scrape of ``/metrics`` (whichever worker answers: every worker's sums)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        response = self.http.get(f"{self.server.url}{METRICS_PATH}")
+        assert response.status_code == 200, response.text
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
 
     def log_size(self) -> int:
         return self.server.log_path.stat().st_size
@@ -235,8 +243,10 @@ def deployment(
     config: Config = request.param
     with contextlib.ExitStack() as stack:
         redis: RedisServer | None = None
-        if config.store == "redis":
+        if "redis" in (config.store, config.sessions):
             redis = stack.enter_context(RedisServer())
+        if config.store == "redis":
+            assert redis is not None
             store = f"{redis.url}?prefix={shared_store['redis_prefix']}"
         else:
             store = shared_store["sqlite"]
@@ -254,6 +264,12 @@ def deployment(
             store=store,
             store_failure=config.failure,
         )
+        if config.sessions == "redis":
+            assert redis is not None
+            env["EXAMPLE_SESSION_STORE"] = redis.url.rsplit("/", 1)[0] + "/1"
+        # Metrics in prometheus-client's multiprocess mode, as the README says to run them.
+        env["KC_SSO_METRICS_PATH"] = METRICS_PATH
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path_factory.mktemp(f"prom-{config.name}"))
         server = stack.enter_context(
             AppServer(
                 config.app,
@@ -264,7 +280,7 @@ def deployment(
                 module=f"devtools.served:{config.app}_app",
             )
         )
-        http = stack.enter_context(_fresh_connections())
+        http = stack.enter_context(fresh_connections())
         yield Deployment(config, stand_in_op, server, redis, client_id, cookie_name, http, stack)
 
 
@@ -282,6 +298,85 @@ def test_one_backchannel_logout_reaches_every_worker(deployment: Deployment) -> 
     assert delivered.status == 200
     workers = deployment.sample(session.cookie, expect=401)
     assert len(workers) == WORKERS
+
+
+@pytest.mark.parametrize("deployment", EVERY_STORE, indirect=True)
+def test_a_logged_out_access_token_is_refused_by_every_worker(deployment: Deployment) -> None:
+    """A bearer access token (password grant at the OP) reaches /api/me on every worker;
+    after one back-channel logout of its session, every worker answers 401
+    ``invalid_token`` with the RFC 6750 challenge."""
+    response = deployment.http.post(
+        f"{deployment.op.issuer}/protocol/openid-connect/token",
+        data={
+            "grant_type": "password",
+            "client_id": deployment.client_id,
+            "client_secret": f"{deployment.client_id}-secret",
+            "username": "bearer-bo",
+            "password": "x",
+            "scope": "openid",
+        },
+    )
+    assert response.status_code == 200, response.text
+    headers = {"Authorization": f"Bearer {response.json()['access_token']}"}
+    url = f"{deployment.server.url}/api/me"
+    live = served.sample(url, headers, WORKERS, 200, what="/api/me with a live token")
+    sid = json.loads(live[0].text)["sid"]  # the app validated the token: its claims
+
+    assert deployment.backchannel(sid, "sub-bearer-bo").status == 200
+
+    refused = served.sample(url, headers, WORKERS, 401, what="/api/me after the logout")
+    assert len({reply.pid for reply in refused}) == WORKERS
+    for reply in refused:
+        assert 'error="invalid_token"' in reply.headers["WWW-Authenticate"]
+        assert "logged out" in reply.text
+
+
+def _total(
+    scrape: Mapping[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(
+        value for (sample, have), value in scrape.items() if sample == name and wanted <= have
+    )
+
+
+@pytest.mark.parametrize("deployment", EVERY_STORE, indirect=True)
+def test_metrics_of_every_worker_count_what_was_sent(deployment: Deployment) -> None:
+    """Scraped from any one of the 3 workers, the metrics sum every worker: the back-channel
+    logouts sent, the refused requests made, one propagation per revocation and worker."""
+    sessions = [deployment.login() for _ in range(4)]
+    before = deployment.metrics()
+
+    for session in sessions:
+        assert deployment.backchannel(session.sid, session.sub).status == 200
+    replayed = deployment.op.logout_token(deployment.client_id, sid=f"other-{uuid.uuid4()}")
+    for _ in range(2):  # the same token twice: accepted once, then replayed
+        deployment.http.post(deployment.backchannel_url, data={"logout_token": replayed})
+    garbage = deployment.http.post(deployment.backchannel_url, data={"logout_token": "x.y.z"})
+    assert garbage.status_code == 400
+    refused = [deployment.me(session.cookie) for session in sessions for _ in range(5)]
+    assert {answer.status for answer in refused} == {401}
+
+    def counted(scrape: Mapping[tuple[str, frozenset[tuple[str, str]]], float]) -> bool:
+        applied = _total(scrape, "kc_sso_propagation_seconds_count")
+        applied -= _total(before, "kc_sso_propagation_seconds_count")
+        return applied >= (len(sessions) + 1) * WORKERS
+
+    poll(lambda: counted(deployment.metrics()), "every worker has counted its propagations")
+    after = deployment.metrics()
+
+    def sent(name: str, **labels: str) -> float:
+        return _total(after, name, **labels) - _total(before, name, **labels)
+
+    assert sent("kc_sso_events_total", event="backchannel.accepted") == len(sessions) + 1
+    assert sent("kc_sso_events_total", event="backchannel.replayed") == 1
+    assert sent("kc_sso_events_total", event="backchannel.rejected") == 1
+    assert sent("kc_sso_backchannel_duration_seconds_count") == len(sessions) + 1
+    assert sent("kc_sso_requests_refused_total") == len(refused)
+    # Each revocation is applied, and its propagation observed, once by each worker.
+    assert sent("kc_sso_propagation_seconds_count") == (len(sessions) + 1) * WORKERS
+    assert _total(after, "kc_sso_store_available") == 1  # min over the workers
 
 
 @pytest.mark.parametrize("deployment", REDIS_ONLY, indirect=True)
@@ -353,7 +448,7 @@ class Traffic:
         self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
 
     def _run(self) -> None:
-        with _fresh_connections() as client:
+        with fresh_connections() as client:
             while not self._stop.is_set():
                 for kind, cookie in self.cookies.items():
                     phase = self.phase
@@ -409,13 +504,15 @@ def test_redis_killed_mid_traffic(deployment: Deployment) -> None:
         deployment.sample(revoked.cookie, expect=401)
 
         refused: set[int] = set()
-        for _ in range(MAX_REQUESTS):
-            delivery = deployment.backchannel(f"not-stored-{uuid.uuid4()}")
-            assert delivery.status == 503, (
-                f"worker {delivery.pid} answered {delivery.status} to a back-channel "
-                "logout while Redis was down"
-            )
-            refused.add(delivery.pid)
+        for _ in range(MAX_REQUESTS // WORKERS):
+            for delivery in deployment.backchannel_round(
+                [f"not-stored-{uuid.uuid4()}" for _ in range(WORKERS)]
+            ):
+                assert delivery.status == 503, (
+                    f"worker {delivery.pid} answered {delivery.status} to a back-channel "
+                    "logout while Redis was down"
+                )
+                refused.add(delivery.pid)
             if len(refused) >= WORKERS:
                 break
         assert len(refused) == WORKERS, f"only workers {sorted(refused)} got a delivery"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 
 from kc_sso_middleware.stores import Revocation, RevocationStore, SessionKeys
+from kc_sso_middleware.stores.sqlite import SQLiteStore
 
 DEADLINE = 15.0  # seconds; only ever reached when a test is about to fail
 LONG = 3600.0  # an expiry that outlives every test
@@ -21,6 +23,16 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def open_started(
+    opened: list[SQLiteStore], path: str | os.PathLike[str], **options: object
+) -> SQLiteStore:
+    """A started SQLite store on ``path``, listed in ``opened`` (the ``stores`` fixture)."""
+    store = SQLiteStore(path, **options)  # type: ignore[arg-type]
+    opened.append(store)
+    store.start()
+    return store
 
 
 def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from devtools.redis_server import RedisServer
 from kc_sso_middleware.stores import RevocationStore, open_store
+from kc_sso_middleware.stores.sqlite import SQLiteStore
 
 
 def with_options(url: str, **options: object) -> str:
@@ -94,3 +95,12 @@ def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[B
     built = _backend(request.param, request, tmp_path)
     yield built
     built.close()
+
+
+@pytest.fixture
+def stores() -> Iterator[list[SQLiteStore]]:
+    """SQLite stores a test opens (with :func:`._helpers.open_started`); closed afterwards."""
+    opened: list[SQLiteStore] = []
+    yield opened
+    for store in opened:
+        store.close()

@@ -22,6 +22,7 @@ BASE = {
     "rediss": "rediss://cache.example:6380/0",
     "unix": "unix:///run/redis.sock",
     "redis+sentinel": "redis+sentinel://s1:26379,s2/mymaster",
+    "redis+cluster": "redis+cluster://n1:7000,n2:7001",
 }
 
 #: values each option must refuse
@@ -33,6 +34,8 @@ BAD = {
     "purge_interval": ["0", "nan"],
     "prefix": [""],
     "stream_maxlen": ["0", "ten"],
+    "wait_replicas": ["-1", "one", "0.5"],
+    "repair_wait": ["-1", "nan", "inf"],
     "socket_timeout": ["0", "-1", "nan"],
     "socket_connect_timeout": ["0", "inf"],
     "db": ["-1", "two"],

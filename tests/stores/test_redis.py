@@ -82,7 +82,7 @@ def test_redis_password_and_database_from_the_url() -> None:
     """A password-protected server and a non-zero database number work from the URL."""
     with RedisServer(password="s3cret") as server:
         url = server.url.replace("/0", "/3")
-        store = open_store(f"{url}?prefix=pw:")
+        store = open_store(f"{url}?prefix=pw:&repair_wait=0")
         try:
             store.start()
             assert store.status().available
@@ -97,7 +97,7 @@ def test_redis_password_and_database_from_the_url() -> None:
 @pytest.mark.redis
 def test_redis_killed_reports_unavailable_and_refuses_writes(own_redis: RedisServer) -> None:
     """Redis killed: status() turns unavailable and record()/arecord() raise; both recover."""
-    store = open_store(own_redis.url)
+    store = open_store(f"{own_redis.url}?repair_wait=0")
     try:
         store.start()
         assert store.status().available
@@ -138,7 +138,7 @@ def test_redis_down_at_start_does_not_crash_and_recovers(own_redis: RedisServer)
 def test_redis_restart_resyncs_from_the_keyspace(own_redis: RedisServer) -> None:
     """After a restart the follower resyncs, so entries it was never notified of arrive
     (without their label: labels live only in the feed)."""
-    store = _store(own_redis.url)
+    store = _store(f"{own_redis.url}?repair_wait=0")
     other = open_store(own_redis.url)
     recorder = Recorder()
     store.add_listener(recorder)
@@ -239,13 +239,19 @@ def test_redis_retried_write_is_not_a_replay(redis_server: RedisServer) -> None:
     Both report a seq to wait for (the retry's is at or past the first attempt's); only a
     real replay reports 0.
     """
+    from kc_sso_middleware.stores.redis import scripts
+    from kc_sso_middleware.stores.redis.repair import run_script
+
     store = _store(f"{redis_server.url}?prefix={new_prefix()}")
     try:
         t = time.time()
-        call = store._script_call(Write((session("retried", t + LONG),), "jti-r", t + LONG, t))
-        first = store._record_script(*call)
+        keys, args = store._script_call(
+            Write((session("retried", t + LONG),), "jti-r", t + LONG, t), "token-1"
+        )
+        first, _waiting = run_script(store._client, scripts.RECORD, keys, args)
         assert first >= 1
-        assert store._record_script(*call) >= first
+        again, _waiting = run_script(store._client, scripts.RECORD, keys, args)
+        assert again >= first
         assert not store.record([session("replay", t + LONG)], jti="jti-r", jti_expires_at=t + LONG)
     finally:
         store.close()
@@ -270,3 +276,19 @@ def test_redis_through_sentinel(redis_server: RedisServer) -> None:
             first.close()
             second.close()
         gc.collect()
+
+
+@pytest.mark.redis
+def test_redis_followers_unreadable_while_down(own_redis: RedisServer) -> None:
+    """followers() raises StoreUnavailableError while Redis is down, and reads again after."""
+    store = _store(f"{own_redis.url}?socket_timeout=1&socket_connect_timeout=1&repair_wait=0")
+    try:
+        store.start()
+        assert store.follower_name in {state.name for state in store.followers()}
+        own_redis.kill()
+        with pytest.raises(StoreUnavailableError, match="could not read the followers"):
+            store.followers()
+        own_redis.start()
+        assert eventually(lambda: store.follower_name in {s.name for s in store.followers()})
+    finally:
+        store.close()

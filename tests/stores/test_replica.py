@@ -12,7 +12,7 @@ from kc_sso_middleware.stores import Revocation, RevocationKind
 from kc_sso_middleware.stores.memory import ClaimedJtis
 from kc_sso_middleware.stores.replica import Replica
 
-from ._helpers import LONG, Clock, every_session, keys, session, user
+from ._helpers import ISSUER, LONG, Clock, every_session, keys, session, user
 
 
 def test_no_unexpired_entry_is_ever_dropped() -> None:
@@ -171,3 +171,22 @@ def test_jti_claims_last_until_their_own_expiry() -> None:
     assert len(claims) == 2  # the 1000 expired ones are gone
     clock.now = t + 11
     assert claims.claim("first", t + 20)
+
+
+def test_a_snapshot_gives_back_every_live_entry_never_later_than_its_expiry() -> None:
+    """What a repair writes back: each live entry, with an expiry not past its own."""
+    clock = Clock()
+    replica = Replica(timer=clock)
+    entries = [
+        Revocation.session(ISSUER, f"sid-{n}", expires_at=clock.now + 60 * n + 0.4321)
+        for n in range(1, 50)
+    ]
+    entries.append(Revocation.user(ISSUER, "sub", not_before=clock.now, expires_at=clock.now + 90))
+    replica.apply(entries)
+    clock.now += 600.5
+    back = {(e.kind, e.subject): e for e in replica.snapshot()}
+    live = [e for e in entries if e.expires_at > clock.now]
+    assert set(back) == {(e.kind, e.subject) for e in live}
+    for entry in live:
+        got = back[(entry.kind, entry.subject)].expires_at
+        assert entry.expires_at - 0.002 <= got <= entry.expires_at

@@ -579,14 +579,16 @@ def test_record_returns_once_another_process_has_applied_it(shared_backend: Back
 
 
 def test_followers_register_and_unregister(shared_backend: Backend) -> None:
-    """A started store lists its follower at the position it applied; close() removes it,
-    and so does a process that exits without closing its store (servers rarely close it).
+    """A started store lists its follower, soon at the position it applied (the writer
+    learns it from the follower's answer; the listing may follow a moment later); close()
+    removes it, and so does a process that exits without closing its store (servers
+    rarely close it).
     """
     first, second = shared_backend.open(), shared_backend.open()
     assert first.record([session("registered", time.time() + LONG)])
     listed = _followers(first)
     assert {first.follower_name, second.follower_name} <= set(listed)  # type: ignore[attr-defined]
-    assert listed[second.follower_name] >= 1  # type: ignore[attr-defined]
+    assert eventually(lambda: _followers(first)[second.follower_name] >= 1)  # type: ignore[attr-defined]
     second.close()
     assert second.follower_name not in _followers(first)  # type: ignore[attr-defined]
     assert first.follower_name in _followers(first)  # type: ignore[attr-defined]
@@ -656,3 +658,43 @@ def test_dead_follower_is_not_waited_for(
         assert time.monotonic() - began < 5.0  # it would take 60 s if it waited
     assert revoked(live, "despite-dead")  # the live one was waited for
     assert not [r for r in caplog.records if "dead-worker" in r.getMessage()]
+
+
+# ------------------------------------------------------------------ diagnostics
+
+
+def test_followers_lists_positions_heartbeats_and_lag(shared_backend: Backend) -> None:
+    """followers() lists every follower with its position, heartbeat age and lag, and writes
+    nothing: a caught-up live worker, a hung one (fresh heartbeat, never advances) and a
+    dead one (stale heartbeat, not purged yet) are told apart; a closed store is gone."""
+    first, second = shared_backend.open(ack_timeout=2), shared_backend.open()
+    names = [first.follower_name, second.follower_name]  # type: ignore[attr-defined]
+    for n in range(3):
+        assert first.record([session(f"diagnosed-{n}", time.time() + LONG)])
+    # The writer learns a follower's position from its answer; its listing follows soon.
+    assert eventually(
+        lambda: all(s.lag == 0 for s in first.followers() if s.name in names)  # type: ignore[attr-defined]
+    )
+    _fake_follower(first, "hung-worker", heartbeat_age=0.0)
+    _fake_follower(first, "dead-worker", heartbeat_age=10.0)
+    before = _followers(first)
+
+    states = {state.name: state for state in first.followers()}  # type: ignore[attr-defined]
+
+    assert _followers(first) == before, "followers() wrote to the backend"
+    assert list(states) == sorted(states)
+    assert set(states) == {*names, "hung-worker", "dead-worker"}
+    for name in names:
+        assert states[name].alive
+        assert states[name].lag == 0
+        assert states[name].seen_age < 3.0
+    hung, dead = states["hung-worker"], states["dead-worker"]
+    assert hung.alive
+    assert hung.applied == 0
+    assert hung.lag == states[names[1]].applied >= 3
+    assert not dead.alive
+    assert 9.0 < dead.seen_age < 30.0
+    assert dead.lag == hung.lag
+
+    second.close()
+    assert names[1] not in {s.name for s in first.followers()}  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ import pytest
 from kc_sso_middleware import VARIABLES, ConfigurationError, Settings
 from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware import wsgi as wsgi_adapter
+from kc_sso_middleware.doctor.cli import CHECK_VARIABLES
 
 BASE = {
     "KC_SSO_ISSUER": "http://127.0.0.1:8080/realms/demo",
@@ -106,9 +107,16 @@ def test_session_secret_is_required() -> None:
 
 def test_secrets_never_printed() -> None:
     """Secrets appear neither in repr nor in error messages."""
-    settings = Settings.from_env({**BASE, "KC_SSO_CLIENT_SECRET": "top-secret-cs"})
-    assert "s3cret-value" not in repr(settings)
-    assert "top-secret-cs" not in repr(settings)
+    settings = Settings.from_env(
+        {
+            **BASE,
+            "KC_SSO_CLIENT_SECRET": "top-secret-cs",
+            "KC_SSO_STORE": "redis+sentinel://:master-pw@h1,h2/m?sentinel_password=sentinel-pw",
+        }
+    )
+    for secret in ("s3cret-value", "top-secret-cs", "master-pw", "sentinel-pw"):
+        assert secret not in repr(settings)
+        assert secret not in str(settings)
 
 
 def test_readme_table_is_the_variable_table() -> None:
@@ -118,7 +126,7 @@ def test_readme_table_is_the_variable_table() -> None:
     readme = (Path(__file__).parents[2] / "README.rst").read_text()
     assert documented(readme) == rows()
     mentioned = set(re.findall(r"``(KC_SSO_[A-Z_]+)``", readme))
-    assert mentioned <= {variable.name for variable in VARIABLES}
+    assert mentioned <= {variable.name for variable in VARIABLES} | set(CHECK_VARIABLES)
 
 
 def test_wsgi_adapter_refuses_an_asgi_app() -> None:
@@ -167,7 +175,7 @@ def test_asgi_adapter_inside_session_middleware_is_reported() -> None:
 
 
 def test_non_http_scopes_pass_through() -> None:
-    """lifespan and websocket scopes reach the app untouched."""
+    """lifespan, and a websocket handshake without a session, reach the app untouched."""
     import anyio
 
     seen: list[str] = []
@@ -184,3 +192,15 @@ def test_non_http_scopes_pass_through() -> None:
 
     anyio.run(call)
     assert seen == ["lifespan", "websocket"]
+
+
+def test_readme_events_table_is_the_event_table() -> None:
+    """README.rst's table of events is EVENT_NAMES: every name, with its meaning."""
+    from kc_sso_middleware.events import EVENT_NAMES
+
+    readme = (Path(__file__).parents[2] / "README.rst").read_text()
+    start = readme.index("   * - Event\n     - Meaning\n")
+    block = readme[start:].split("\n\n", 1)[0]
+    rows = re.findall(r"   \* - ``([a-z_.]+)``\n     - (.*?)(?=\n   \* |\Z)", block, re.S)
+    documented = {name: " ".join(meaning.split()) for name, meaning in rows}
+    assert documented == dict(EVENT_NAMES)

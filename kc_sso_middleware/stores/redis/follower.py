@@ -3,19 +3,26 @@
 Each process runs one daemon thread (:meth:`RedisStore._follow`) on its own connection,
 which makes a :class:`Follower` per (re)connection:
 
-* :meth:`Follower.sync` registers the follower at position 0, *before* anything else, so a
-  writer either waits for it or wrote before the resync began and is part of it; then it
-  resyncs: notes the feed position, then scans the keyspace with ``ZSCAN``.  Resyncs
-  *merge* into the replica and never replace it.  Entries only disappear by expiry, so
-  merging is exact; it cannot race with a concurrent ``record()`` of this process, and a
-  Redis that restarted empty cannot make this worker forget what it already enforced.
+* :meth:`Follower.sync` loads the scripts, then checks that Redis still holds what this
+  worker knows (:func:`~.repair.reconcile`: writing its replica back if Redis lost data,
+  or, for a new worker, waiting for such a repair), then registers the follower at
+  position 0, *before* anything else is read, so a writer either waits for it or wrote
+  before the resync began and is part of it; then it resyncs: notes the feed position,
+  then scans the keyspace with ``ZSCAN``.  Resyncs *merge* into the replica and never
+  replace it.  Entries only disappear by expiry, so merging is exact; it cannot race with
+  a concurrent ``record()`` of this process, and a Redis that restarted empty cannot make
+  this worker forget what it already enforced.
 * :meth:`Follower.tail` reads the feed with ``XREAD BLOCK`` from the last message id
   applied.  Messages must arrive with consecutive ``seq``.  A gap means the stream was
-  trimmed past the follower's position, or Redis lost data: the follower resyncs.
+  trimmed past the follower's position, or Redis lost data: the follower syncs again.
 
-A follower publishes its position (``HSET`` of ``followers:applied``, ``ZADD`` to
-``followers:seen`` at Redis' ``TIME``) after every batch it applies and after each resync,
-and at least once a second while idle (its ``XREAD BLOCK`` lasts half a second).
+The follower publishes its position (``HSET`` of ``followers:applied``, ``ZADD`` to
+``followers:seen`` at Redis' ``TIME``, and the acknowledgements of the writes it now holds)
+whenever it advanced, and at least every :data:`HEARTBEAT_INTERVAL` while idle.  Each
+publication goes in one pipeline with the next ``XREAD``, and an idle ``XREAD`` blocks
+until the next heartbeat is due: an idle follower makes one round trip a second, a busy
+one one per batch of messages.  Every publication also checks the generation, so a
+keyspace emptied under a live connection (``FLUSHALL``, eviction) is found within a second.
 
 Entries in a format this version cannot read (the key-based members and messages of 0.1)
 are skipped with a warning: they cannot be turned into scoped entries.
@@ -25,26 +32,38 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._following import FOLLOWER_PURGE_AFTER, HEARTBEAT_INTERVAL
-from ..model import Revocation, RevocationKind
+from ..model import Note, Revocation, RevocationKind
+from . import scripts
+from .repair import reconcile
 
 if TYPE_CHECKING:
     import redis
 
     from .store import RedisStore
 
-__all__ = ["Follower"]
+__all__ = ["Follower", "GenerationChanged"]
 
 logger = logging.getLogger(__name__)
 
-# XREAD BLOCK; close() interrupts it with CLIENT UNBLOCK.  Half the heartbeat interval,
-# so an idle follower's heartbeats are at most 1.5 s apart.
-_BLOCK_SECONDS = HEARTBEAT_INTERVAL / 2
 _SCAN_BATCH = 1000
 _READ_BATCH = 1000
+#: the shortest XREAD block (ms): 0 would mean forever
+_MIN_BLOCK_MS = 1
+#: how long an acknowledgement list lives (it is popped at once by the waiting writer)
+ACK_DONE_TTL_MS = 10_000
+#: how long the follower leaves one of its process's own writes to the writer to apply
+_DEFER_SECONDS = 0.1
+#: the XREAD block while own writes are left to their writers (ms)
+_DEFER_BLOCK_MS = 1
+
+
+class GenerationChanged(Exception):
+    """A heartbeat found another generation (or none) in Redis: sync again."""
 
 
 class Follower:
@@ -53,28 +72,69 @@ class Follower:
     def __init__(self, store: RedisStore, client: redis.Redis) -> None:
         self.store = store
         self.client = client
-        self.last_id = "0-0"
         self.last_seq = 0
+        #: own writes read before their writer applied them: (token, data, read at)
+        self._deferred: list[tuple[str, str, float]] = []
+        timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        # A block must end well before the socket read times out, or every idle block
+        # would look like a lost connection.
+        self._max_block = (
+            HEARTBEAT_INTERVAL if not timeout else min(HEARTBEAT_INTERVAL, timeout / 2)
+        )
 
     def sync(self) -> None:
-        """Register at position 0, then resync from the keyspace."""
-        self.publish()
+        """Check Redis against this worker (repairing it if needed), register at position
+        0, then resync from the keyspace."""
+        self._resolve_deferred(force=True)
+        with self.client.pipeline(transaction=False) as pipe:
+            for script in scripts.SCRIPTS:  # for the writers' pipelines too
+                pipe.script_load(script.text)
+            pipe.execute()
+        while True:
+            reconcile(self.store, self.client)
+            if self.store._stop.is_set():
+                # reconcile() returns at once when stopping, without looking: publishing
+                # a generation it did not check would fail again and again.
+                return
+            # Registered at 0, whatever was applied before: after a loss the positions
+            # start again, and a higher one would acknowledge writes not applied yet.
+            self.last_seq = 0
+            try:
+                self.publish()
+            except GenerationChanged:  # changed again since reconcile looked: look again
+                continue
+            break
         self.resync()
+        self.store._synced()
+
+    def _publish_args(self) -> tuple[list[str], list[str | int]]:
+        store = self.store
+        keys = store.keys
+        return [*keys.followers, keys.waits, keys.generation], [
+            store.follower_name,
+            self.last_seq,
+            int(FOLLOWER_PURGE_AFTER * 1000),
+            store._generation or "",
+            keys.acks,
+            ACK_DONE_TTL_MS,
+        ]
 
     def publish(self) -> None:
         """Publish this follower's position and heartbeat (Redis errors propagate)."""
-        store = self.store
-        store._heartbeat.beat()
-        store._publish_script(
-            store.keys.followers,
-            [store.follower_name, self.last_seq, int(FOLLOWER_PURGE_AFTER * 1000)],
-            client=self.client,
-        )
-        store._registered = True
+        self.store._heartbeat.beat()
+        keys, args = self._publish_args()
+        reply = self.client.evalsha(scripts.PUBLISH.sha, len(keys), *keys, *args)
+        self._published(reply)
+
+    def _published(self, reply: Any) -> None:
+        if not int(reply):
+            raise GenerationChanged
+        self.store._registered = True
 
     def resync(self) -> None:
         """Merge every active entry from the keyspace; then follow from the noted position."""
-        keys = self.store.keys
+        store = self.store
+        keys = store.keys
         # Position first, entries second: anything written in between is both in the scan
         # and after the position, and applying it twice is harmless.
         with self.client.pipeline(transaction=True) as pipe:
@@ -82,12 +142,12 @@ class Follower:
             pipe.xrevrange(keys.feed, count=1)
             seq, newest = pipe.execute()
         if newest:
-            self.last_id, fields = newest[0]
+            last_id, fields = newest[0]
             resynced_to = int(fields["seq"])
         else:
-            self.last_id, resynced_to = "0-0", int(seq or 0)
+            last_id, resynced_to = "", int(seq or 0)
         # Until the scan is done, the position published stays the one before the resync.
-        now = self.store._timer()
+        now = store._timer()
         batch: list[tuple[str, float]] = []
         skipped = 0
         for member, expires_at in self.client.zscan_iter(keys.entries, count=_SCAN_BATCH):
@@ -96,16 +156,17 @@ class Follower:
             if len(batch) >= _SCAN_BATCH:
                 skipped += self._apply_scanned(batch)
                 batch = []
-                if self.store._heartbeat.due():  # a long scan is not death
+                if store._heartbeat.due():  # a long scan is not death
                     self.publish()
         skipped += self._apply_scanned(batch)
         if skipped:
             logger.warning(
                 "%s: %d entries in the keyspace are not in this version's format (written "
                 "by an older kc_sso_middleware?) and are ignored",
-                self.store.description,
+                store.description,
                 skipped,
             )
+        store._last_id = last_id
         self.last_seq = resynced_to
         self.publish()
 
@@ -131,36 +192,94 @@ class Follower:
         return len(batch) - len(parsed)
 
     def tail(self) -> None:
-        """Apply feed messages until the store stops; resync on a gap."""
+        """Apply feed messages until the store stops; sync again on a gap or a new
+        generation."""
         store = self.store
-        timeout = self.client.connection_pool.connection_kwargs.get("socket_timeout")
-        # The block must end well before the socket read times out, or every idle block
-        # would look like a lost connection.
-        block = _BLOCK_SECONDS if not timeout else min(_BLOCK_SECONDS, timeout / 2)
+        publish = False  # sync() has just published
         while not store._stop.is_set():
-            reply = self.client.xread(
-                {store.keys.feed: self.last_id}, count=_READ_BATCH, block=int(block * 1000)
-            )
-            applied = False
-            for msg_id, fields in _messages(reply):
-                seq = int(fields["seq"])
-                if seq != self.last_seq + 1:
-                    logger.warning(
-                        "%s: change feed gap (seq %d after %d); full resync",
-                        store.description,
-                        seq,
-                        self.last_seq,
-                    )
-                    self.resync()  # publishes the position it resynced to
-                    applied = False
-                    break
-                store._apply(_decode(store.description, fields.get("data", "")))
-                self.last_id, self.last_seq = msg_id, seq
-                applied = True
+            if publish:
+                store._heartbeat.beat()  # before the block: it lasts until the next beat
+            block = min(self._max_block, store._heartbeat.seconds_left())
+            block_ms = max(_MIN_BLOCK_MS, int(block * 1000))
+            if self._deferred:
+                block_ms = _DEFER_BLOCK_MS
+            streams: dict[Any, Any] = {store.keys.feed: store._last_id or "0-0"}
+            if publish:  # in one round trip with the read
+                keys, args = self._publish_args()
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.evalsha(scripts.PUBLISH.sha, len(keys), *keys, *args)
+                    pipe.xread(streams, count=_READ_BATCH, block=block_ms)
+                    replies = pipe.execute()
+            else:
+                replies = [self.client.xread(streams, count=_READ_BATCH, block=block_ms)]
+            try:
+                if publish:
+                    self._published(replies[0])
+                publish = self._apply_messages(replies[-1])
+                self._resolve_deferred()
+            except GenerationChanged:
+                logger.warning(
+                    "%s: the generation in Redis changed (it lost data, or another worker "
+                    "found that it did); checking and syncing again",
+                    store.description,
+                )
+                self.sync()
+                publish = False
+                continue
             store._replica.expire()
-            # At once after applying (a writer is waiting); else when the heartbeat is due.
-            if applied or store._heartbeat.due():
-                self.publish()
+            # At once after applying others' writes (their writers are waiting); else when
+            # the heartbeat is due.
+            publish = publish or store._heartbeat.due()
+
+    def _apply_messages(self, reply: Any) -> bool:
+        """Apply one XREAD reply; whether it held others' writes, which are waiting for
+        this follower's acknowledgement.  A gap syncs again."""
+        store = self.store
+        foreign = False
+        for msg_id, fields in _messages(reply):
+            seq = int(fields["seq"])
+            if seq != self.last_seq + 1:
+                logger.warning(
+                    "%s: change feed gap (seq %d after %d); full resync",
+                    store.description,
+                    seq,
+                    self.last_seq,
+                )
+                self.sync()  # publishes the position it resynced to
+                return False
+            # This process's own writes: nobody waits for this follower on them, and the
+            # record script has moved its position on.  The writer applies them itself
+            # (then they are skipped here), or hands them back by forgetting the token.
+            token = fields.get("by", "")
+            own = store._own_writes.get(token)
+            if own is None:
+                store._apply(_decode(store.description, fields.get("data", "")))
+            elif own:
+                store._own_writes.pop(token, None)
+            else:
+                self._deferred.append((token, fields.get("data", ""), time.monotonic()))
+            store._last_id, self.last_seq = msg_id, seq
+            foreign = foreign or own is None
+        return foreign
+
+    def _resolve_deferred(self, *, force: bool = False) -> None:
+        """Drop the own writes their writers have applied; apply those handed back (or
+        left for too long, or all when ``force``)."""
+        if not self._deferred:
+            return
+        store = self.store
+        own = store._own_writes
+        now = time.monotonic()
+        left = []
+        for token, data, read_at in self._deferred:
+            state = own.get(token)
+            if state:
+                own.pop(token, None)
+            elif force or state is None or now - read_at > _DEFER_SECONDS:
+                store._apply(_decode(store.description, data))
+            else:
+                left.append((token, data, read_at))
+        self._deferred = left
 
 
 def _messages(reply: Any) -> Iterable[tuple[str, dict[str, str]]]:
@@ -172,8 +291,16 @@ def _decode(store: str, data: str) -> list[Revocation]:
     """A feed message's entries; one in an unreadable format is skipped with a warning."""
     try:
         entries = [
-            Revocation(RevocationKind(kind), subject, float(not_before), float(expires_at), label)
-            for kind, subject, not_before, expires_at, label in json.loads(data)
+            Revocation(
+                RevocationKind(kind),
+                subject,
+                float(not_before),
+                float(expires_at),
+                label,
+                Note.decode(note[0] if note else None),
+            )
+            # 0.2's first messages had no note: five fields
+            for kind, subject, not_before, expires_at, label, *note in json.loads(data)
         ]
         if all(isinstance(e.subject, int) for e in entries):
             return entries

@@ -1,0 +1,165 @@
+"""Bearer access tokens as an identity source: APIs behind a single-page app.
+
+A request with ``Authorization: Bearer <JWT>`` whose ``iss`` is ``KC_SSO_ISSUER`` is checked
+against the same revocations as a cookie session: its ``sid``; its ``sub`` against user-wide
+revocations by the token's ``iat``; this client's not-before.  A revoked one is answered
+``401`` with ``WWW-Authenticate: Bearer error="invalid_token"`` (RFC 6750 §3.1).
+
+The middleware only ever *refuses*: it never makes a token valid, so it does not verify the
+signature here (the app's own validation still must, and does).  An opaque token, one of
+another issuer or one that does not decode passes untouched: the app decides.  Readings are
+cached by token, until the token's ``exp``, within a byte bound.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from .._http import RequestHead, SignOut, Verdict, json_response
+from .._tokens import numeric_date, strict_json
+from ..settings import Settings
+from ..stores.model import SessionKeys
+from .base import Finding, IdentitySource, SessionIdentity
+
+__all__ = ["BearerSource"]
+
+#: bytes of token readings kept per worker
+CACHE_BYTES = 16 * 1024 * 1024
+_ENTRY_OVERHEAD = 512
+
+
+def bearer_token(header: str | bytes | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer …`` header (scheme case-insensitive).
+
+    Split at any run of whitespace, not only a space: Authlib, DRF and simplejwt read
+    ``Bearer<TAB><token>`` as the token, and the middleware only ever refuses, so reading
+    more forms than any one app does is safe.
+    """
+    if not header:
+        return None
+    text = header if isinstance(header, str) else header.decode("latin-1")
+    parts = text.split(None, 1)
+    if len(parts) != 2 or parts[0].lower() != "bearer":
+        return None
+    token = parts[1].strip()
+    return token or None
+
+
+def unverified_claims(token: str) -> dict[str, Any] | None:
+    """A JWT's payload, not verified; ``None`` when the token is not a decodable JWT."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    payload = parts[1]
+    try:
+        claims = strict_json(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return claims if isinstance(claims, dict) else None
+
+
+class BearerSource(IdentitySource):
+    """Keycloak access tokens in the ``Authorization`` header."""
+
+    name = "bearer"
+    reads = "authorization"
+    authenticates = False  # the signature is not verified here
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._issuer = settings.issuer
+        self._refused = Verdict(
+            response=json_response(
+                401,
+                {"error": "invalid_token", "error_description": "the session was logged out"},
+                (
+                    "WWW-Authenticate",
+                    'Bearer error="invalid_token", error_description="the session was logged out"',
+                ),
+            )
+        )
+        self._cache: dict[str | bytes, Finding] = {}
+        self._cache_bytes = 0
+        self._lock = threading.Lock()
+
+    def find(self, head: RequestHead, now: float) -> Finding | None:
+        header = head.authorization
+        if header is None:
+            return None
+        # Keyed by the header exactly as received (bytes under ASGI, str under WSGI): a hit
+        # costs one hash of it, no decoding or splitting.  The same header always reads
+        # the same, so the key is as good as the token.
+        hit = self._cache.get(header)
+        if hit is not None and now < hit.valid_until:
+            return hit
+        token = bearer_token(header)
+        if token is None:
+            return None
+        finding = self._read(token)
+        if finding is not None:
+            self._remember(header, finding)
+        return finding
+
+    def refuse(self, finding: Finding, head: RequestHead, signed_out: SignOut) -> Verdict:
+        return self._refused
+
+    def _read(self, token: str) -> Finding | None:
+        claims = unverified_claims(token)
+        if claims is None or claims.get("iss") != self._issuer:
+            return None  # not ours to judge: the app's validation decides
+        try:
+            identity = self._identity(claims)
+        except ValueError:
+            return None  # a malformed date: the app's validation refuses it anyway
+        if identity is None:
+            return None
+        exp = claims.get("exp")
+        try:
+            valid_until = numeric_date(exp, "exp") if exp is not None else float("inf")
+        except ValueError:
+            return None
+        return Finding(self, (identity,), valid_until=valid_until)
+
+    def _identity(self, claims: Mapping[str, Any]) -> SessionIdentity | None:
+        sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
+        sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
+        if not sid and not sub:
+            return None
+        issued_at = _date(claims, "iat")
+        auth_time = _date(claims, "auth_time")
+        keys = SessionKeys.of(
+            self._issuer,
+            self._settings.client_id,
+            sid=sid or None,
+            sub=sub or None,
+            instance=None,
+            issued_at=issued_at,
+        )
+        return SessionIdentity(
+            sid or None,
+            sub or None,
+            auth_time if auth_time is not None else issued_at,
+            issued_at,
+            None,
+            keys,
+        )
+
+    def _remember(self, header: str | bytes, finding: Finding) -> None:
+        cost = len(header) + _ENTRY_OVERHEAD
+        with self._lock:
+            if header in self._cache:  # read again (expired, or the store changed)
+                self._cache_bytes -= cost
+            if self._cache_bytes + cost > CACHE_BYTES:
+                self._cache.clear()
+                self._cache_bytes = 0
+            self._cache[header] = finding
+            self._cache_bytes += cost
+
+
+def _date(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    return None if value is None else numeric_date(value, name)

@@ -1,0 +1,167 @@
+"""Which session an app keeps, found by looking at the app the adapter wraps.
+
+* WSGI: ``app.wsgi_app`` is a bound method of the Flask app (also through wrappers that
+  keep the wrapped app as ``.app``, such as ``ProxyFix``).  A Flask-Session interface
+  (``Session(app)``) means :class:`~.flask_session.FlaskSessionSource`; anything else
+  Flask's signed cookie.
+* ASGI: starsessions' ``SessionMiddleware`` somewhere down the chain of wrapped apps
+  (each middleware keeps the next as ``.app``) means
+  :class:`~.starsessions.StarsessionsSource`; anything else Starlette's signed cookie.
+  A Starlette app on the way whose middleware stack is not built yet (the middleware
+  wraps the whole app) has it built, as its own first call would.
+
+Looking happens at first use, not at construction: by then ``Session(app)`` has run
+whatever the order of the app's lines, and Starlette has built its middleware stack.
+Without detection the signed-cookie source would take a server-side session's opaque id
+out of every request as a cookie it cannot verify.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from .._flows import Flow
+from .._http import RequestHead, SignOut, Verdict
+from ..settings import Settings
+from ..stores.base import RevocationStore
+from ..stores.model import Revocation
+from .base import Finding, IdentitySource, LoginTokens
+from .cookie_views import StarletteView, WerkzeugView
+from .cookies import SignedCookieSource
+
+__all__ = ["DetectedSessionSource", "session_source"]
+
+logger = logging.getLogger("kc_sso_middleware")
+
+Framework = Literal["flask", "starlette"]
+#: wrapped apps followed at most, down a chain of ``.app`` attributes
+_DEPTH = 64
+
+
+def session_source(
+    settings: Settings,
+    framework: Framework,
+    clock: Callable[[], float],
+    app: Any,
+    *,
+    store: RevocationStore | None = None,
+) -> IdentitySource:
+    """The source for the session ``app`` keeps (see the module docstring)."""
+    if framework == "flask":
+        flask_app = _flask_app(app)
+        if flask_app is not None:
+            from .flask_session import FlaskSessionSource, uses_flask_session
+
+            if uses_flask_session(flask_app):
+                return FlaskSessionSource(settings, flask_app, store=store, clock=clock)
+        return SignedCookieSource(settings, WerkzeugView(), "flask", clock)
+    middleware = _starsessions_middleware(app)
+    if middleware is not None:
+        from .starsessions import StarsessionsSource
+
+        return StarsessionsSource(settings, middleware, store=store, clock=clock)
+    return SignedCookieSource(settings, StarletteView(), "starlette", clock)
+
+
+def _flask_app(app: Any) -> Any:
+    for _ in range(_DEPTH):
+        owner = getattr(app, "__self__", app)
+        if hasattr(owner, "session_interface") and hasattr(owner, "config"):
+            return owner
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+def _starsessions_middleware(app: Any) -> Any:
+    try:
+        from starsessions import SessionMiddleware
+    except ImportError:
+        return None
+    try:
+        from starlette.applications import Starlette
+    except ImportError:  # pragma: no cover - starsessions depends on Starlette
+        return None
+    for _ in range(_DEPTH):
+        if isinstance(app, SessionMiddleware):
+            return app
+        if isinstance(app, Starlette):
+            if app.middleware_stack is None:
+                app.middleware_stack = app.build_middleware_stack()
+            app = app.middleware_stack
+            continue
+        app = getattr(app, "app", None)
+        if app is None:
+            return None
+    return None
+
+
+class DetectedSessionSource(IdentitySource):
+    """The app's own session, however it keeps it: decided at first use, then delegated."""
+
+    name = "session"
+
+    def __init__(
+        self,
+        settings: Settings,
+        framework: Framework,
+        clock: Callable[[], float],
+        app: Any,
+        *,
+        store: RevocationStore | None = None,
+    ) -> None:
+        self._settings = settings
+        self._framework: Framework = framework
+        self._clock = clock
+        self._app = app
+        self._store = store
+        self._source: IdentitySource | None = None
+        self._lock = threading.Lock()
+        #: the chosen source's find, once chosen: the request path pays one call
+        self._find: Callable[[RequestHead, float], Finding | None] = self._detect_and_find
+
+    @property
+    def source(self) -> IdentitySource:
+        """The source detection chose (detecting now if nothing asked before)."""
+        source = self._source
+        if source is None:
+            with self._lock:
+                if self._source is None:
+                    self._source = session_source(
+                        self._settings, self._framework, self._clock, self._app, store=self._store
+                    )
+                    self.name = self._source.name
+                    self._find = self._source.find
+                    logger.info("session source: %s", self._source.name)
+                source = self._source
+        return source
+
+    def prepare(self) -> None:
+        """Detect at start-up, so that a login is learnt even on a worker's first request
+        (the check does not show a request without a session cookie to this source)."""
+        self.source.prepare()
+
+    def resolved(self) -> IdentitySource:
+        return self.source
+
+    def find(self, head: RequestHead, now: float) -> Finding | None:
+        return self._find(head, now)
+
+    def _detect_and_find(self, head: RequestHead, now: float) -> Finding | None:
+        return self.source.find(head, now)
+
+    def refuse(self, finding: Finding, head: RequestHead, signed_out: SignOut) -> Verdict:
+        return self.source.refuse(finding, head, signed_out)
+
+    def tokens(self, head: RequestHead, now: float) -> Flow[LoginTokens | None]:
+        return self.source.tokens(head, now)
+
+    def expiry_headers(self) -> tuple[str, ...]:
+        return self.source.expiry_headers()
+
+    def purge(self, revocations: Sequence[Revocation]) -> Flow[None]:
+        return self.source.purge(revocations)
