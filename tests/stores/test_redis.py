@@ -15,6 +15,7 @@ from devtools.redis_server import RedisSentinel, RedisServer
 from kc_sso_middleware.errors import ConfigurationError, StoreUnavailableError
 from kc_sso_middleware.stores import open_store
 from kc_sso_middleware.stores._following import Write
+from kc_sso_middleware.stores.model import Note
 
 from ._helpers import LONG, Clock, Recorder, eventually, revoked, session, user
 from .conftest import new_prefix
@@ -167,6 +168,53 @@ def test_redis_restart_resyncs_from_the_keyspace(own_redis: RedisServer) -> None
     finally:
         store.close()
         other.close()
+
+
+@pytest.mark.redis
+def test_redis_start_replays_the_whole_feed_for_labels_and_notes(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A starting worker reads every message the feed holds, over several batches, so
+    its entries come with their labels and notes; an unreadable message is counted once
+    and the rest still apply; the follower then tails from the feed's end."""
+    store_url = f"{redis_server.url}?prefix={new_prefix()}"
+    store = _store(store_url)
+    recorder = Recorder()
+    store.add_listener(recorder)
+    t = time.time()
+    count = 2_345  # more than two XRANGE batches
+    raw = _raw_client(redis_server.url)
+    with raw.pipeline(transaction=False) as pipe:
+        for n in range(1, count + 1):
+            entry = session(f"replayed-{n}", t + LONG)
+            note = Note("backchannel", t, f"client-{n}").encode()
+            data = [[entry.kind.value, entry.subject, 0.0, t + LONG, entry.label, note]]
+            pipe.xadd(store.keys.feed, {"seq": n, "data": json.dumps(data), "by": "x"})
+        pipe.xadd(store.keys.feed, {"seq": count + 1, "data": "not json", "by": "x"})
+        pipe.set(store.keys.seq, count + 1)
+        pipe.execute()
+    raw.close()
+    with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
+        try:
+            store.start()
+            notes = {e.label: e.note for batch in recorder.batches for e in batch}
+            assert len(notes) == count
+            assert notes["replayed-1"] == Note("backchannel", t, "client-1")
+            assert notes[f"replayed-{count}"] == Note("backchannel", t, f"client-{count}")
+            assert revoked(store, f"replayed-{count}")
+            other = open_store(store_url)
+            try:
+                assert other.record([session("after-the-replay", t + LONG)])
+            finally:
+                other.close()
+            assert eventually(lambda: revoked(store, "after-the-replay"))
+        finally:
+            store.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert not any("gap" in m for m in messages)  # tailing went on from the feed's end
+    assert (
+        sum("1 change feed messages are not in this version's format" in m for m in messages) == 1
+    )
 
 
 @pytest.mark.redis

@@ -27,10 +27,12 @@ import pytest
 
 from kc_sso_middleware.errors import StoreFullError
 from kc_sso_middleware.stores import Revocation, RevocationStore, open_store
+from kc_sso_middleware.stores.model import Note
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 
 from ._helpers import (
     DEADLINE,
+    ISSUER,
     LONG,
     Clock,
     Recorder,
@@ -380,6 +382,26 @@ def test_existing_entries_are_loaded_at_start(shared_backend: Backend) -> None:
     late = shared_backend.open()
     assert revoked(late, "before-start")
     assert revoked(late, None, "alice", t - 1)
+
+
+def test_a_store_started_later_gets_labels_and_notes_of_earlier_entries(
+    shared_backend: Backend,
+) -> None:
+    """A worker that starts after a logout still learns why each session ended: its
+    listeners get the entries recorded before it started with their labels and notes."""
+    t = time.time()
+    local = Note("local_logout", t - 2, "flask-app")
+    told = Note("backchannel", t - 1)
+    writer = shared_backend.open()
+    assert writer.record([Revocation.session(ISSUER, "sid-1#app", expires_at=t + LONG, note=local)])
+    assert writer.record([Revocation.session(ISSUER, "sid-1", expires_at=t + LONG, note=told)])
+    late = shared_backend.open(start=False)
+    recorder = Recorder()
+    late.add_listener(recorder)
+    late.start()
+    assert revoked(late, "sid-1")
+    notes = {entry.label: entry.note for batch in recorder.batches for entry in batch}
+    assert notes == {"sid-1#app": local, "sid-1": told}
 
 
 def test_revocation_reaches_another_instance_in_both_directions(

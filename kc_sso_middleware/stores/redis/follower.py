@@ -8,10 +8,11 @@ which makes a :class:`Follower` per (re)connection:
   or, for a new worker, waiting for such a repair), then registers the follower at
   position 0, *before* anything else is read, so a writer either waits for it or wrote
   before the resync began and is part of it; then it resyncs: notes the feed position,
-  then scans the keyspace with ``ZSCAN``.  Resyncs *merge* into the replica and never
-  replace it.  Entries only disappear by expiry, so merging is exact; it cannot race with
-  a concurrent ``record()`` of this process, and a Redis that restarted empty cannot make
-  this worker forget what it already enforced.
+  replays the messages the feed still holds (their entries carry labels and notes, which
+  the keyspace does not keep), then scans the keyspace with ``ZSCAN``.  Resyncs *merge*
+  into the replica and never replace it.  Entries only disappear by expiry, so merging is
+  exact; it cannot race with a concurrent ``record()`` of this process, and a Redis that
+  restarted empty cannot make this worker forget what it already enforced.
 * :meth:`Follower.tail` reads the feed with ``XREAD BLOCK`` from the last message id
   applied.  Messages must arrive with consecutive ``seq``.  A gap means the stream was
   trimmed past the follower's position, or Redis lost data: the follower syncs again.
@@ -147,6 +148,17 @@ class Follower:
         else:
             last_id, resynced_to = "", int(seq or 0)
         # Until the scan is done, the position published stays the one before the resync.
+        # The feed first: its entries carry the labels and notes the keyspace does not
+        # keep, so a worker that starts (or resyncs) after a logout can still say why a
+        # session ended.  What the feed no longer holds comes from the scan, bare.
+        unreadable = self._replay_feed(last_id) if last_id else 0
+        if unreadable:
+            logger.warning(
+                "%s: %d change feed messages are not in this version's format (written by "
+                "an older kc_sso_middleware?) and are ignored",
+                store.description,
+                unreadable,
+            )
         now = store._timer()
         batch: list[tuple[str, float]] = []
         skipped = 0
@@ -169,6 +181,29 @@ class Follower:
         store._last_id = last_id
         self.last_seq = resynced_to
         self.publish()
+
+    def _replay_feed(self, last_id: str) -> int:
+        """Apply the messages the feed still holds, up to ``last_id``; return how many
+        could not be read.  At most ``stream_maxlen`` (about) messages, read in batches."""
+        store = self.store
+        start, unreadable = "-", 0
+        while True:
+            # decode_responses: ids and fields are str (redis-py types them as either)
+            reply: Any = self.client.xrange(store.keys.feed, start, last_id, count=_READ_BATCH)
+            messages: list[tuple[str, dict[str, str]]] = list(reply or ())
+            batch: list[Revocation] = []
+            for _msg_id, fields in messages:
+                entries = _entries(fields.get("data", ""))
+                if entries is None:
+                    unreadable += 1
+                else:
+                    batch.extend(entries)
+            store._apply(batch)
+            if len(messages) < _READ_BATCH or messages[-1][0] == last_id:
+                return unreadable
+            start = _next_id(messages[-1][0])  # exclusive start, on any Redis version
+            if store._heartbeat.due():  # a long replay is not death
+                self.publish()
 
     def _apply_scanned(self, batch: list[tuple[str, float]]) -> int:
         """Apply scanned members; return how many could not be read."""
@@ -287,8 +322,27 @@ def _messages(reply: Any) -> Iterable[tuple[str, dict[str, str]]]:
     return [message for _stream, messages in reply or () for message in messages]
 
 
+def _next_id(msg_id: str) -> str:
+    """The smallest stream id after ``msg_id`` (``ms-seq``)."""
+    millis, _, seq = msg_id.partition("-")
+    return f"{millis}-{int(seq or 0) + 1}"
+
+
 def _decode(store: str, data: str) -> list[Revocation]:
     """A feed message's entries; one in an unreadable format is skipped with a warning."""
+    entries = _entries(data)
+    if entries is not None:
+        return entries
+    logger.warning(
+        "%s: a change feed message is not in this version's format (written by an older "
+        "kc_sso_middleware?) and is ignored",
+        store,
+    )
+    return []
+
+
+def _entries(data: str) -> list[Revocation] | None:
+    """A feed message's entries; ``None`` when this version cannot read it."""
     try:
         entries = [
             Revocation(
@@ -306,9 +360,4 @@ def _decode(store: str, data: str) -> list[Revocation]:
             return entries
     except (ValueError, TypeError):
         pass
-    logger.warning(
-        "%s: a change feed message is not in this version's format (written by an older "
-        "kc_sso_middleware?) and is ignored",
-        store,
-    )
-    return []
+    return None

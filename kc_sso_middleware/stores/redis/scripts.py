@@ -12,8 +12,9 @@ Keys (``P`` is the prefix; for Redis Cluster it holds a hash tag, so all are in 
     Stream, the change feed.  One message per write, with fields ``seq``, ``data`` (JSON
     ``[[kind, subject, not_before, expires_at, label, note], …]``) and ``by`` (the write's
     random token; a write-back's: the repairing follower's name).  Trimmed with ``XADD
-    MAXLEN ~ stream_maxlen``.  Labels live only here: a follower that resyncs from the
-    keyspace gets its entries without them.
+    MAXLEN ~ stream_maxlen``.  Labels and notes live only here: a follower that resyncs
+    replays the feed before it scans the keyspace, and gets only the entries the feed no
+    longer holds without them.
 ``P seq``
     Counter, the ``seq`` of the newest message.
 ``P jti:<jti>``
