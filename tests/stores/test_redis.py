@@ -6,7 +6,11 @@ import asyncio
 import gc
 import json
 import logging
+import re
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -215,6 +219,59 @@ def test_redis_start_replays_the_whole_feed_for_labels_and_notes(
     assert (
         sum("1 change feed messages are not in this version's format" in m for m in messages) == 1
     )
+
+
+@pytest.mark.redis
+def test_redis_scripts_flushed_behind_the_store_are_loaded_again(
+    redis_server: RedisServer,
+) -> None:
+    """``SCRIPT FLUSH`` (or a failover to a replica without the scripts): the next write
+    gets NOSCRIPT, loads the script and is recorded; the follower's heartbeat script is
+    loaded again too, and entries keep arriving from another worker."""
+    url = f"{redis_server.url}?prefix={new_prefix()}"
+    store, other = _store(url), open_store(url)
+    t = time.time()
+    raw = _raw_client(redis_server.url)
+    try:
+        store.start()
+        raw.script_flush()
+        assert store.record([session("after-the-flush", t + LONG)])
+        assert revoked(store, "after-the-flush")
+        raw.script_flush()
+        time.sleep(1.5)  # past a heartbeat: the follower's PUBLISH meets NOSCRIPT
+        assert other.record([session("from-another", t + LONG)])
+        assert eventually(lambda: revoked(store, "from-another"))
+        assert store.status().available
+    finally:
+        raw.close()
+        store.close()
+        other.close()
+
+
+@pytest.mark.redis
+def test_redis_store_works_with_redis_py_own_parser() -> None:
+    """Where hiredis cannot be installed, redis-py parses replies itself: the store's
+    contract, its script reload and its feed replay hold with that parser too."""
+    root = Path(__file__).resolve().parents[2]
+    tests = [
+        "tests/stores/test_store_contract.py",
+        "tests/stores/test_redis.py::test_redis_scripts_flushed_behind_the_store_are_loaded_again",
+        "tests/stores/test_redis.py::test_redis_start_replays_the_whole_feed_for_labels_and_notes",
+    ]
+    plugins = ["-p", "tests._pure_python_redis", "-p", "no:cacheprovider"]
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", *plugins, "-k", "redis", *tests],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert "redis-py parser: pure Python (hiredis hidden)" in output
+    assert re.search(r"\b[1-9]\d* passed", output), output[-2000:]
+    assert "skipped" not in output, output[-2000:]
 
 
 @pytest.mark.redis
