@@ -17,9 +17,11 @@ import pytest
 
 from devtools.redis_server import RedisSentinel, RedisServer
 from kc_sso_middleware.errors import ConfigurationError, StoreUnavailableError
+from kc_sso_middleware.stores import _following as following
 from kc_sso_middleware.stores import open_store
 from kc_sso_middleware.stores._following import Write
 from kc_sso_middleware.stores.model import Note
+from kc_sso_middleware.stores.redis import follower as redis_follower
 
 from ._helpers import LONG, Clock, Recorder, eventually, revoked, session, user
 from .conftest import new_prefix
@@ -37,6 +39,12 @@ def _raw_client(url: str) -> redis.Redis:
     import redis
 
     return redis.Redis.from_url(url, decode_responses=True)
+
+
+def _xreads(raw: redis.Redis) -> int:
+    """How many XREAD calls the server has run."""
+    stats = raw.info("commandstats").get("cmdstat_xread", {})
+    return int(stats.get("calls", 0))
 
 
 def _store(url: str, timer: Clock | None = None) -> RedisStore:
@@ -272,6 +280,43 @@ def test_redis_store_works_with_redis_py_own_parser() -> None:
     assert "redis-py parser: pure Python (hiredis hidden)" in output
     assert re.search(r"\b[1-9]\d* passed", output), output[-2000:]
     assert "skipped" not in output, output[-2000:]
+
+
+@pytest.mark.redis
+def test_redis_a_write_wakes_the_other_followers_and_not_its_own(
+    own_redis: RedisServer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each write rings the bell of every other live follower, which reads it at once
+    (with heartbeats 30 s apart, nothing else could wake it) and acknowledges it before
+    record() returns; the writer's own follower is not woken at all: its process applied
+    the write itself."""
+    monkeypatch.setattr(following, "HEARTBEAT_INTERVAL", 30.0)
+    monkeypatch.setattr(redis_follower, "HEARTBEAT_INTERVAL", 30.0)
+    here, there = _store(own_redis.url), _store(own_redis.url)
+    raw = _raw_client(own_redis.url)
+    t = time.time()
+    writes = 20
+    try:
+        here.start()
+        there.start()
+        assert there.record([session("settle", t + LONG)])  # both followers past start-up
+        assert revoked(here, "settle")
+        before = _xreads(raw)
+        with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
+            for n in range(writes):
+                assert here.record([session(f"rung-{n}", t + LONG)])
+                # Acknowledged: applied there before record() returned.
+                assert revoked(there, f"rung-{n}"), n
+        reads = _xreads(raw) - before
+    finally:
+        raw.close()
+        here.close()
+        there.close()
+    assert not [r for r in caplog.records if "ack_timeout" in r.getMessage()]
+    # One read per write by the other follower (fewer if two writes shared a wake-up),
+    # none by the writer's own.  Woken by its own writes too, it would read about twice
+    # as often.
+    assert 1 <= reads <= writes, reads
 
 
 @pytest.mark.redis

@@ -13,17 +13,20 @@ which makes a :class:`Follower` per (re)connection:
   into the replica and never replace it.  Entries only disappear by expiry, so merging is
   exact; it cannot race with a concurrent ``record()`` of this process, and a Redis that
   restarted empty cannot make this worker forget what it already enforced.
-* :meth:`Follower.tail` reads the feed with ``XREAD BLOCK`` from the last message id
-  applied.  Messages must arrive with consecutive ``seq``.  A gap means the stream was
+* :meth:`Follower.tail` waits in ``BLPOP`` on its own bell (``wake:<name>``, which the
+  record script of every *other* process rings) or until its next heartbeat, and then
+  reads the feed with ``XREAD`` from the last message id applied, in the same pipeline.
+  Messages must arrive with consecutive ``seq``.  A gap means the stream was
   trimmed past the follower's position, or Redis lost data: the follower syncs again.
 
 The follower publishes its position (``HSET`` of ``followers:applied``, ``ZADD`` to
 ``followers:seen`` at Redis' ``TIME``, and the acknowledgements of the writes it now holds)
 whenever it advanced, and at least every :data:`HEARTBEAT_INTERVAL` while idle.  Each
-publication goes in one pipeline with the next ``XREAD``, and an idle ``XREAD`` blocks
+publication goes in one pipeline with the next wait and read, and an idle wait blocks
 until the next heartbeat is due: an idle follower makes one round trip a second, a busy
-one one per batch of messages.  Every publication also checks the generation, so a
-keyspace emptied under a live connection (``FLUSHALL``, eviction) is found within a second.
+one one per batch of messages, and a process's own writes cost its follower nothing.
+Every publication also checks the generation, so a keyspace emptied under a live
+connection (``FLUSHALL``, eviction) is found within a second.
 
 Entries in a format this version cannot read (the key-based members and messages of 0.1)
 are skipped with a warning: they cannot be turned into scoped entries.
@@ -34,7 +37,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from .._following import FOLLOWER_PURGE_AFTER, HEARTBEAT_INTERVAL
@@ -76,6 +78,8 @@ class Follower:
         self.last_seq = 0
         #: own writes read before their writer applied them: (token, data, read at)
         self._deferred: list[tuple[str, str, float]] = []
+        #: read the feed without waiting for the bell first (after a resync, a full batch)
+        self._read_now = True
         timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
         # A block must end well before the socket read times out, or every idle block
         # would look like a lost connection.
@@ -180,6 +184,9 @@ class Follower:
             )
         store._last_id = last_id
         self.last_seq = resynced_to
+        # Read the feed before the first wait: what was written since the position was
+        # noted rang no bell that this follower will still hear.
+        self._read_now = True
         self.publish()
 
     def _replay_feed(self, last_id: str) -> int:
@@ -230,6 +237,7 @@ class Follower:
         """Apply feed messages until the store stops; sync again on a gap or a new
         generation."""
         store = self.store
+        bell = store.keys.wake(store.follower_name)
         publish = False  # sync() has just published
         while not store._stop.is_set():
             if publish:
@@ -239,18 +247,25 @@ class Follower:
             if self._deferred:
                 block_ms = _DEFER_BLOCK_MS
             streams: dict[Any, Any] = {store.keys.feed: store._last_id or "0-0"}
-            if publish:  # in one round trip with the read
-                keys, args = self._publish_args()
-                with self.client.pipeline(transaction=False) as pipe:
+            # One round trip: the position (when it moved), the wait for the bell that
+            # other processes' writes ring (see scripts.RECORD), then the feed.  Blocking on
+            # the bell rather than on the feed (XREAD BLOCK) keeps this process's own
+            # writes, which it applies itself, from waking this thread.
+            with self.client.pipeline(transaction=False) as pipe:
+                if publish:
+                    keys, args = self._publish_args()
                     pipe.evalsha(scripts.PUBLISH.sha, len(keys), *keys, *args)
-                    pipe.xread(streams, count=_READ_BATCH, block=block_ms)
-                    replies = pipe.execute()
-            else:
-                replies = [self.client.xread(streams, count=_READ_BATCH, block=block_ms)]
+                if not self._read_now:
+                    pipe.blpop([bell], timeout=block_ms / 1000)
+                pipe.xread(streams, count=_READ_BATCH)
+                replies = pipe.execute()
             try:
                 if publish:
                     self._published(replies[0])
-                publish = self._apply_messages(replies[-1])
+                messages = _messages(replies[-1])
+                # A full batch: the rest at once.  (A resync in there sets it again.)
+                self._read_now = len(messages) >= _READ_BATCH
+                publish = self._apply_messages(messages)
                 self._resolve_deferred()
             except GenerationChanged:
                 logger.warning(
@@ -266,12 +281,12 @@ class Follower:
             # the heartbeat is due.
             publish = publish or store._heartbeat.due()
 
-    def _apply_messages(self, reply: Any) -> bool:
-        """Apply one XREAD reply; whether it held others' writes, which are waiting for
-        this follower's acknowledgement.  A gap syncs again."""
+    def _apply_messages(self, messages: list[tuple[str, dict[str, str]]]) -> bool:
+        """Apply the messages of one XREAD; whether they held others' writes, which are
+        waiting for this follower's acknowledgement.  A gap syncs again."""
         store = self.store
         foreign = False
-        for msg_id, fields in _messages(reply):
+        for msg_id, fields in messages:
             seq = int(fields["seq"])
             if seq != self.last_seq + 1:
                 logger.warning(
@@ -317,7 +332,7 @@ class Follower:
         self._deferred = left
 
 
-def _messages(reply: Any) -> Iterable[tuple[str, dict[str, str]]]:
+def _messages(reply: Any) -> list[tuple[str, dict[str, str]]]:
     """The messages of a RESP2 XREAD reply: ``[[stream, [(id, fields), …]], …]``."""
     return [message for _stream, messages in reply or () for message in messages]
 

@@ -32,6 +32,13 @@ Keys (``P`` is the prefix; for Redis Cluster it holds a hash tag, so all are in 
     and whoever empties a set pushes to the list ``acks:done:<token>``, on which the
     writer is blocked in ``BLPOP`` (sent in the same pipeline as the script).  Nobody
     polls.  Every such key has a TTL.
+``P wake:<follower>``
+    A list of at most one element, the follower's doorbell: the record script pushes to
+    the list of each live follower other than the writer's own, and each follower blocks
+    in ``BLPOP`` on its own list until news or its next heartbeat, then reads the feed.
+    A process's own writes therefore never wake its follower (it applies them itself),
+    and a message from a writer that rings no bell (a write-back, an older version) is
+    read at the follower's next heartbeat at the latest.  The list has a TTL.
 ``P generation``
     A random token written once for the keyspace's history.  Each worker remembers the
     one it synced with and compares it on every (re)connection, resync and heartbeat:
@@ -101,6 +108,9 @@ class Keys:
 
     def jti(self, jti: str) -> str:
         return f"{self.prefix}jti:{jti}"
+
+    def wake(self, follower: str) -> str:
+        return f"{self.prefix}wake:{follower}"
 
 
 @dataclass(frozen=True)
@@ -178,7 +188,6 @@ local applied = P .. 'followers:applied'
 if ARGV[6] ~= '' and tonumber(redis.call('HGET', applied, ARGV[6]) or '-2') == seq - 1 then
   redis.call('HSET', applied, ARGV[6], seq)
 end
-if ack_ttl <= 0 then return {seq, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZRANGE', P .. 'followers:seen', now - tonumber(ARGV[7]), '+inf',
@@ -186,10 +195,17 @@ local live = redis.call('ZRANGE', P .. 'followers:seen', now - tonumber(ARGV[7])
 local waiting = 0
 for _, name in ipairs(live) do
   if name ~= ARGV[6] then
-    redis.call('SADD', wait, name)
+    -- Ring the follower's bell (one element at most: a burst is one wake-up).
+    local bell = P .. 'wake:' .. name
+    if redis.call('LLEN', bell) == 0 then
+      redis.call('RPUSH', bell, 1)
+      redis.call('PEXPIRE', bell, 60000)
+    end
+    if ack_ttl > 0 then redis.call('SADD', wait, name) end
     waiting = waiting + 1
   end
 end
+if ack_ttl <= 0 then return {seq, 0} end
 if waiting == 0 then return settled(seq) end
 redis.call('PEXPIRE', wait, ack_ttl)
 local waits = P .. 'acks:waits'

@@ -26,9 +26,11 @@ The ``jti`` value is a random token per call: a retry after a lost reply finds i
 token and reports success, not a replay.
 
 The writer applies its entries to this process's replica as soon as the script has
-answered, and remembers the write's token: this process's follower, woken by the same
-message, then skips it (the token is the message's ``by`` field), and publishes nothing
-for it, since nobody waits for it there and the script has moved its position on.
+answered, and remembers the write's token.  The script rings the bell of every other live
+follower (see :mod:`.scripts`), not this process's own: its follower reads the message
+later, when another process's write or its heartbeat wakes it, skips it (the token is the
+message's ``by`` field), and publishes nothing for it, since nobody waits for it there
+and the script has moved its position on.
 
 ``wait_replicas=N`` (default 1 for Redis Cluster, else 0): ``WAIT N`` makes the write
 reach N replicas before it is confirmed, so a master killed right after its answer cannot
