@@ -158,6 +158,14 @@ class Events:
 
     # -- emitting ---------------------------------------------------------------------
 
+    def wanted(self, name: str, level: int = logging.INFO) -> bool:
+        """Whether event ``name`` at ``level`` would reach anyone: a log handler, a
+        recorder (metrics) or a callback.  Callers skip computing the fields (keyed tags
+        of session ids) of an event nobody would see."""
+        if self._recorders or logger.isEnabledFor(level):
+            return True
+        return any(names is None or name in names for names, _ in self._callbacks)
+
     def emit(self, name: str, message: str, *, level: int = logging.INFO, **fields: Any) -> None:
         """Log, count and dispatch one event; never raises."""
         try:

@@ -47,16 +47,17 @@ class BackchannelResponder:
         yield from context.record_once(
             revocations, context.replay_key("bcl", claims.jti), claims.expires_at
         )
-        context.events.emit(
-            ev.BACKCHANNEL_ACCEPTED,
-            "back-channel logout accepted",
-            sid_tag=context.tagger.tag(claims.sid),
-            sub_tag=context.tagger.tag(claims.sub),
-            scope="user" if len(revocations) > 1 or claims.sid is None else "session",
-            # how long after Keycloak minted the token it took effect here
-            delay_ms=round((context.clock() - claims.iat) * 1000),
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        )
+        if context.events.wanted(ev.BACKCHANNEL_ACCEPTED):  # else no tags to compute
+            context.events.emit(
+                ev.BACKCHANNEL_ACCEPTED,
+                "back-channel logout accepted",
+                sid_tag=context.tagger.tag(claims.sid),
+                sub_tag=context.tagger.tag(claims.sub),
+                scope="user" if len(revocations) > 1 or claims.sid is None else "session",
+                # how long after Keycloak minted the token it took effect here
+                delay_ms=round((context.clock() - claims.iat) * 1000),
+                duration_ms=round((time.perf_counter() - started) * 1000, 3),
+            )
         return Response(200, (NO_STORE,))
 
     def _claims(self, request: Request) -> Flow[LogoutClaims]:

@@ -214,6 +214,8 @@ class SSOCore:
     def _applied(self, entries: Sequence[Revocation]) -> None:
         """Store listener: keep the explanations; tell the app what this worker applied."""
         self.explanations.remember(entries)
+        if not self.events.wanted(ev.REVOCATION_APPLIED, 10):  # every worker, every entry
+            return
         now = time.time()
         for entry in entries:
             note = entry.note

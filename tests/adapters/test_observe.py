@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import re
+import time
+from collections.abc import Callable
 
 import pytest
 
+from kc_sso_middleware._logs import Tagger
 from kc_sso_middleware.stores import MemoryStore, StoreStatus
 from kc_sso_middleware.testing import StandInOP
 from tests.conftest import CLIENT_ID, HarnessFactory
@@ -100,3 +103,56 @@ def test_events_are_structured_log_records(
     assert fields["sid_tag"]
     assert fields["sid_tag"] != "log-sid"
     assert "log-sid" not in records[0].getMessage()
+
+
+def test_an_event_nobody_takes_is_not_built_and_one_somebody_takes_is(
+    make_harness: HarnessFactory,
+    op: StandInOP,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a log handler at the event's level, a recorder or a callback, an event's
+    fields (keyed tags) are not computed; each of the three makes it whole again."""
+    caplog.set_level(logging.WARNING, logger="kc_sso_middleware.events")
+    tagged: list[str | None] = []
+
+    def tag(self: Tagger, value: str | None) -> str:
+        tagged.append(value)
+        return "tag"
+
+    monkeypatch.setattr(Tagger, "tag", tag)
+    harness = make_harness()
+    events = harness.events
+    assert not events.wanted("backchannel.accepted")
+    assert not events.wanted("revocation.applied", logging.DEBUG)
+    harness.client.post(BACKCHANNEL, data={"logout_token": op.logout_token(CLIENT_ID, sid="a")})
+    assert tagged == []  # nobody would have seen them
+
+    seen: list[object] = []
+    events.on_revocation(seen.append)
+    assert events.wanted("revocation.applied", logging.DEBUG)
+    assert not events.wanted("backchannel.accepted")  # the callback takes only the other
+    harness.client.post(BACKCHANNEL, data={"logout_token": op.logout_token(CLIENT_ID, sid="b")})
+    assert tagged == ["b"]  # the applied entry's tag, for the callback
+    assert _eventually(lambda: len(seen) == 1)
+
+    counted: list[str] = []
+    events.record_with(lambda event: counted.append(event.name))
+    assert events.wanted("backchannel.accepted")
+    harness.client.post(BACKCHANNEL, data={"logout_token": op.logout_token(CLIENT_ID, sid="c")})
+    assert "backchannel.accepted" in counted
+    assert "revocation.applied" in counted
+
+    caplog.set_level(logging.INFO, logger="kc_sso_middleware.events")
+    events._recorders = ()  # logging alone
+    assert events.wanted("backchannel.accepted")
+    assert not events.wanted("backchannel.accepted", logging.DEBUG)
+
+
+def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
