@@ -341,10 +341,12 @@ class FollowingStore(ReplicaStore):
         jti_expires_at: float,
         authenticated: bool,
     ) -> Flow[bool]:
-        """record() of both shared stores, once: the write, then the acknowledgement wait.
+        """record(): the write, then the acknowledgement wait.
 
-        Each store drives it with its own ``perform`` (SQLite blocking; Redis blocking or
-        on the running loop); what differs between them is only how the effects are done.
+        The Redis store drives it with its own ``perform`` (blocking, or on the running
+        loop).  The SQLite store has its own flow of the same steps, because its commit
+        is shared by concurrent writers (group commit) and its acknowledgements are
+        awaited once per batch.
         """
         now, live = self._admitted(revocations, authenticated)
         try:
