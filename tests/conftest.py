@@ -137,6 +137,33 @@ def _flask_app() -> Flask:
     return app
 
 
+class ServerLikeWSGITransport(httpx.WSGITransport):
+    """httpx's WSGI transport, handing header values to the app as latin-1 text as WSGI
+    servers do (PEP 3333; gunicorn, Werkzeug's server), where httpx's own fails on any
+    byte beyond ASCII: attacks send such bytes."""
+
+    _MARK = "x-latin1:"
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        super().__init__(app=self._restore, **kwargs)
+        self._app = app
+
+    def _restore(self, environ: dict[str, Any], start_response: Any) -> Any:
+        for key, value in list(environ.items()):
+            if key.startswith("HTTP_") and value.startswith(self._MARK):
+                environ[key] = bytes.fromhex(value[len(self._MARK) :]).decode("latin-1")
+        return self._app(environ, start_response)
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers = httpx.Headers(
+            [
+                (key, value if value.isascii() else self._MARK.encode() + value.hex().encode())
+                for key, value in request.headers.raw
+            ]
+        )
+        return super().handle_request(request)
+
+
 class PortalClient:
     """A blocking facade over ``httpx.AsyncClient`` on one event loop kept for its lifetime.
 
@@ -207,7 +234,7 @@ class Harness:
             )
             self.app = flask_app
             self.client = httpx.Client(
-                transport=httpx.WSGITransport(app=flask_app), base_url="http://app.test"
+                transport=ServerLikeWSGITransport(flask_app), base_url="http://app.test"
             )
 
     def close(self) -> None:

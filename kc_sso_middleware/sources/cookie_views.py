@@ -78,17 +78,14 @@ class WerkzeugView(CookieView):
     """Flask's reading: Werkzeug's parser, first value wins."""
 
     def _parse(self, headers: Sequence[Raw]) -> Any:
-        from werkzeug.datastructures import ImmutableMultiDict
-        from werkzeug.http import parse_cookie
+        from werkzeug.wrappers import Request
 
-        # What werkzeug.sansio.request.Request.cookies does with the WSGI header(s).
+        # Exactly what the app reads: ``request.cookies`` of the installed Werkzeug over
+        # the WSGI header.  (``werkzeug.http.parse_cookie`` is another reading: it decodes
+        # the latin-1 text as UTF-8 and fails on bytes that are not, where the request
+        # object reads them as they are.)
         joined = ";".join(_text(h) for h in headers)
-        try:
-            return parse_cookie(joined, cls=ImmutableMultiDict)
-        except UnicodeDecodeError:
-            # Werkzeug decodes the latin-1 header as UTF-8 and fails on invalid bytes; the
-            # app then fails too, before any session is read.
-            return ImmutableMultiDict()
+        return Request({"HTTP_COOKIE": joined}).cookies
 
     def values(self, headers: Sequence[Raw], name: str) -> list[str]:
         found: list[str] = self._parse(headers).getlist(name)
@@ -229,10 +226,15 @@ def plain_span(raw: str | bytes, name: str | bytes) -> tuple[int, int] | None:
     start = after + 1
     if end < 0:
         end = len(raw)
-    opening = raw[start : start + 1]
-    # (bytes.isspace() knows ASCII spaces only; a value starting with another one is
-    # read differently by Starlette and fails to verify here: it is taken out.)
-    if end == start or opening == quote or opening.isspace() or raw[end - 1 : end].isspace():
+    # A value with a space at either end is not plain: the parsers strip it, with
+    # str.strip() after a latin-1 decode, which also strips \x1c-\x1f, \x85 and \xa0
+    # (bytes.isspace() knows none of these).
+    if (
+        end == start
+        or raw[start : start + 1] == quote
+        or _space(raw, start)
+        or _space(raw, end - 1)
+    ):
         return None
     return start, end
 

@@ -47,6 +47,7 @@ from tests.conftest import (
     Clock,
     HarnessFactory,
     PortalClient,
+    ServerLikeWSGITransport,
     admin_token,
     make_settings,
 )
@@ -208,7 +209,7 @@ class Worker:
             )
             flask_app.wsgi_app = self.middleware  # type: ignore[method-assign]
             self.client: httpx.Client | PortalClient = httpx.Client(
-                transport=httpx.WSGITransport(app=flask_app), base_url="http://app.test"
+                transport=ServerLikeWSGITransport(flask_app), base_url="http://app.test"
             )
         else:
             if session_store is None:
@@ -651,7 +652,19 @@ def test_the_cache_stays_within_its_byte_bound(
         assert source._cache.size <= 8 * 1024
 
 
-@pytest.mark.parametrize("form", ["quoted", "duplicated", "reversed", "spaced"])
+@pytest.mark.parametrize(
+    "form",
+    [
+        "quoted",
+        "duplicated",
+        "reversed",
+        "spaced",
+        "unit separator",
+        "no-break space",
+        "latin-1 neighbour",
+        "latin-1 neighbour, duplicated",
+    ],
+)
 def test_the_id_is_read_as_the_library_reads_it(
     deploy: Any, op: StandInOP, redis_client: redis.Redis, form: str
 ) -> None:
@@ -670,6 +683,12 @@ def test_the_id_is_read_as_the_library_reads_it(
         "spaced": f"a=1;  {COOKIE} = {revoked} ; b=2",
         "duplicated": f"{COOKIE}={valid}; {COOKIE}={revoked}",
         "reversed": f"{COOKIE}={revoked}; {COOKIE}={valid}",
+        # Spaces str.strip() knows and bytes.isspace() does not: Starlette strips them.
+        "unit separator": f"{COOKIE}=\x1f{revoked}",
+        "no-break space": f"{COOKIE}={revoked}\xa0; a=b",
+        # A neighbour that is not UTF-8: the library still reads the id.
+        "latin-1 neighbour": f"a=\xff; {COOKIE}={revoked}",
+        "latin-1 neighbour, duplicated": f"a=\xff; {COOKIE}={revoked}; {COOKIE}={valid}",
     }
     first_wins = worker.kind == "flask-session"
     library_reads = {
@@ -677,11 +696,19 @@ def test_the_id_is_read_as_the_library_reads_it(
         "spaced": revoked,
         "duplicated": valid if first_wins else revoked,
         "reversed": revoked if first_wins else valid,
+        "unit separator": f"\x1f{revoked}" if first_wins else revoked,  # Werkzeug keeps it
+        "no-break space": f"{revoked}\xa0" if first_wins else revoked,
+        "latin-1 neighbour": revoked,
+        "latin-1 neighbour, duplicated": revoked if first_wins else valid,
     }[form]
 
-    answer = worker.request("GET", "/me", headers={"Cookie": headers[form]})
+    cookie_header = headers[form].encode("latin-1")
+    answer = worker.request("GET", "/me", headers={"Cookie": cookie_header})
 
-    if library_reads == revoked:
+    if library_reads not in (revoked, valid):  # an id naming no session: nobody's logged in
+        assert answer.status_code == 401
+        assert answer.json() == {"error": "not_logged_in"}
+    elif library_reads == revoked:
         assert answer.status_code == 401
         assert redis_client.exists(worker.key(revoked)) == 0
     else:
