@@ -78,6 +78,10 @@ RECHECK_SECONDS = 60.0
 #: bytes of readings kept per worker (session ids, plus a fixed cost per entry)
 CACHE_BYTES = 32 * 1024 * 1024
 _ENTRY_OVERHEAD = 768
+#: bytes of Cookie headers remembered with the session id each carries (see _HeaderValues)
+HEADER_CACHE_BYTES = 8 * 1024 * 1024
+#: how much of a header's end is its key: hashing a short tail costs less than the header
+_TAIL = 48
 #: what a request gets while the session backend cannot be read (the app could not either)
 _UNAVAILABLE = Verdict(
     response=json_response(
@@ -162,6 +166,35 @@ class _Readings:
                 self.size -= len(value) + _ENTRY_OVERHEAD
 
 
+class _HeaderValues:
+    """Cookie header → the session cookie value the library reads from it (``None``: no
+    session cookie), for single headers in the plain form only, within a byte bound.
+
+    A browser sends the very same header request after request: one look-up by its tail,
+    confirmed by comparing the whole header, spares parsing it again.  What a header reads
+    as depends on nothing but the header, so a remembered answer never goes stale; which
+    session that value names, and whether it is revoked, is decided afresh every time.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str | bytes, tuple[str | bytes, str | None]] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+
+    def get(self, raw: str | bytes) -> tuple[str | bytes, str | None] | None:
+        """The remembered ``(header, value)`` under ``raw``'s tail (compare the header)."""
+        return self._entries.get(raw[-_TAIL:])  # atomic under the GIL, no lock
+
+    def put(self, raw: str | bytes, value: str | None) -> None:
+        cost = len(raw) + _TAIL + _ENTRY_OVERHEAD
+        with self._lock:
+            if self._size + cost > HEADER_CACHE_BYTES:
+                self._entries.clear()  # live browsers refill it with one parse each
+                self._size = 0
+            self._entries[raw[-_TAIL:]] = (raw, value)
+            self._size += cost
+
+
 class ServerSideSessionSource(IdentitySource):
     """A session whose data a backend keeps under the id in the session cookie."""
 
@@ -192,6 +225,7 @@ class ServerSideSessionSource(IdentitySource):
         self._expire = (expire,)
         self._revoked_401 = Verdict(response=_revoked_answer(expire))
         self._cache = _Readings()
+        self._headers = _HeaderValues()
 
     # -- what each library says ---------------------------------------------------------
 
@@ -237,15 +271,21 @@ class ServerSideSessionSource(IdentitySource):
         """The session cookie's value exactly as the library's parser reads it."""
         if len(cookies) == 1:
             raw = cookies[0]
+            seen = self._headers.get(raw)
+            if seen is not None and seen[0] == raw:
+                return seen[1]
             span = plain_span(raw, self._cookie if type(raw) is str else self._cookie_bytes)
             if span is not None:
                 start, end = span
                 if start < 0:
+                    self._headers.put(raw, None)
                     return None
                 value = raw[start:end]
                 text = value if isinstance(value, str) else value.decode("latin-1")
-                # Werkzeug decodes non-ASCII as UTF-8: let the parser itself say.
+                # Beyond ASCII the parsers' readings part (latin-1 text, charsets): let
+                # the library's parser itself say.
                 if text.isascii():
+                    self._headers.put(raw, text)
                     return text
         elif not cookies:
             return None
@@ -431,7 +471,6 @@ class ServerSideSessionSource(IdentitySource):
         data holds a login this worker did not know under that id (at login).
         """
         value = self._cookie_value(session_id)
-        now = self._clock()
         if not data:
             self._cache.drop(value)
             return None
@@ -439,6 +478,7 @@ class ServerSideSessionSource(IdentitySource):
         known = self._cache.get(value)
         if known is not None and known.login == login:
             return None  # the login this reading was made from, saved again
+        now = self._clock()
         try:
             finding = self._finding(value, session_id, data, now, self._version())
         except ValueError:

@@ -110,6 +110,47 @@ def test_the_id_is_the_one_the_library_reads(view: Any, header: str | bytes, rea
     assert finding.identities[0].sid == f"s-{read}"
 
 
+@pytest.mark.parametrize("kind", [str, bytes])
+def test_a_repeated_header_reads_as_what_it_holds(kind: type) -> None:
+    """A header seen before is answered without parsing it again, never with another
+    header's value: equal tails, other ids; the very same header object; a header
+    without the session cookie; unusual headers still go to the library's parser."""
+
+    def header(text: str) -> str | bytes:
+        return text if kind is str else text.encode("latin-1")
+
+    source = DictSource(StarletteView())
+    source.backend = {"abc": login("s-abc"), "xyz": login("s-xyz")}
+    tail = "; lang=" + "x" * 60  # longer than the key: the same tail after other ids
+    for _ in range(3):
+        for session_id in ("abc", "xyz", "abc"):
+            text = header(f"session={session_id}{tail}")
+            finding = found(source, text)
+            assert finding is not None
+            assert finding.identities[0].sid == f"s-{session_id}"
+            assert found(source, text) is finding  # the same object again
+        assert source.find(RequestHead((header(f"theme=dark{tail}"),)), time.time()) is None
+        # Not plain: the last of two wins in Starlette, and is never remembered as plain.
+        finding = found(source, header(f"session=abc; session=xyz{tail}"))
+        assert finding is not None
+        assert finding.identities[0].sid == "s-xyz"
+
+
+def test_remembered_headers_stay_within_their_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its byte bound the header memory starts again: it never grows without end."""
+    from kc_sso_middleware.sources import serverside
+
+    monkeypatch.setattr(serverside, "HEADER_CACHE_BYTES", 20_000)
+    source = DictSource()
+    source.backend["abc"] = login("s1")
+    for n in range(200):
+        finding = found(source, f"n={n}; session=abc")
+        assert finding is not None
+        assert finding.identities[0].sid == "s1"
+        assert source._headers._size <= 20_000
+    assert 0 < len(source._headers._entries) < 200
+
+
 def test_no_id_or_no_data_passes_and_is_not_remembered() -> None:
     """No session cookie, or an id the backend holds nothing for: nothing to judge."""
     source = DictSource()
