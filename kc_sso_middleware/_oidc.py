@@ -14,16 +14,23 @@ tokens (or an OP answering 500) cannot become a flood of requests to Keycloak.  
 arrive while a refetch is running wait for it; one that arrives while the throttle holds
 is answered 503 with ``Retry-After`` (:class:`~kc_sso_middleware.errors.KeysThrottledError`),
 a failure visible as the server's, never as a bad token.  A failed refetch is a 503 too.
+
+A failed fetch of any kind (the first load, the refresh of a set past its TTL, a refetch)
+holds the OP off for the same interval: meanwhile a stale set keeps serving, and without
+one a token is answered 503 ``Retry-After`` at once, so an OP that is down is not asked
+again for every token that arrives.
 """
 
 from __future__ import annotations
 
+import base64
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
+from joserfc.jwk import JWKRegistry, Key, KeySet
 
 from . import events as ev
 from ._effects import HttpCall
@@ -36,6 +43,53 @@ from .settings import Settings
 __all__ = ["Provider", "ProviderMetadata"]
 
 logger = logging.getLogger("kc_sso_middleware")
+
+#: RFC 7518 §3.3: RS* and PS* keys "of size 2048 bits or larger MUST be used"
+MIN_RSA_BITS = 2048
+
+
+def _usable_keys(document: object) -> KeySet:
+    """The keys of a JWK Set that can be used, each judged on its own (RFC 7517 §5: a key
+    of an unknown type, missing a member or out of range is ignored, not the whole set);
+    RSA keys shorter than :data:`MIN_RSA_BITS` are left out too.  A set whose every key
+    is left out is an error: the cached keys then keep serving."""
+    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+        raise ValueError("not a JWK Set: no 'keys' list")
+    usable: list[Key] = []
+    for entry in document["keys"]:
+        kid = entry.get("kid") if isinstance(entry, dict) else None
+        kty = entry.get("kty") if isinstance(entry, dict) else None
+        if kty == "oct":
+            continue  # a symmetric key never verifies a token here (RFC 8725 §3.1)
+        bits = _modulus_bits(entry) if kty == "RSA" else None
+        # Judged before the import, which would only warn about it.
+        if bits is not None and bits < MIN_RSA_BITS:
+            logger.warning(
+                "JWKS key %s left out: RSA key of %d bits (at least %d)",
+                untrusted(kid),
+                bits,
+                MIN_RSA_BITS,
+            )
+            continue
+        try:
+            usable.append(JWKRegistry.import_key(entry))
+        except (JoseError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            logger.warning("JWKS key %s left out: %s", untrusted(kid), untrusted(str(exc)))
+    if document["keys"] and not usable:
+        raise ValueError("no usable key in the JWK Set")
+    return KeySet(usable)
+
+
+def _modulus_bits(entry: dict[str, Any]) -> int | None:
+    """The size of an RSA JWK's modulus ``n`` (``None``: not readable; the import says why)."""
+    n = entry.get("n")
+    if not isinstance(n, str):
+        return None
+    try:
+        modulus = base64.urlsafe_b64decode(n + "=" * (-len(n) % 4))
+    except ValueError:
+        return None
+    return int.from_bytes(modulus, "big").bit_length()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +123,8 @@ class Provider:
         self._refetched_at = -float("inf")
         #: a refetch for an unknown kid is running until about then (others join it)
         self._refetch_until = -float("inf")
+        #: when a fetch of the keys last failed, whatever asked for it
+        self._failed_at = -float("inf")
         #: when the OP last answered a fetch successfully (for health and the doctor)
         self.last_contact: float | None = None
 
@@ -115,6 +171,15 @@ class Provider:
         now = self._clock()
         if self._keys is not None and now - self._keys_at < self._ttl:
             return self._keys
+        wait = self._failed_at + self._min_refresh - now
+        if wait > 0:  # the OP failed a moment ago: do not ask it again for every token
+            if self._keys is not None:
+                return self._keys
+            raise KeysThrottledError(
+                f"the OP's keys could not be fetched {now - self._failed_at:.1f} s ago; "
+                "retry later",
+                retry_after=wait,
+            )
         try:
             return (yield from self._fetch_keys(now, "load" if self._keys is None else "refresh"))
         except DiscoveryError:
@@ -128,11 +193,12 @@ class Provider:
         now = self._clock()
         joining = now < self._refetch_until
         if not joining:
-            wait = self._refetched_at + self._min_refresh - now
+            last = max(self._refetched_at, self._failed_at)
+            wait = last + self._min_refresh - now
             if wait > 0:
                 raise KeysThrottledError(
                     f"a token names the unknown kid {kid!r} and the OP's keys were "
-                    f"refetched {now - self._refetched_at:.1f} s ago; retry later",
+                    f"last fetched {now - last:.1f} s ago; retry later",
                     retry_after=wait,
                 )
             self._refetched_at = now
@@ -149,10 +215,11 @@ class Provider:
             try:
                 if result.status != 200:
                     raise ValueError(f"status {result.status}")
-                keys: KeySet = KeySet.import_key_set(result.json())
+                keys = _usable_keys(result.json())
             except (ValueError, KeyError, TypeError, AttributeError, JoseError) as exc:
                 raise DiscoveryError(f"bad JWKS at {metadata.jwks_uri}: {exc}") from None
         except DiscoveryError as exc:
+            self._failed_at = now
             self._events.emit(
                 ev.JWKS_FAILED,
                 "the OP's keys could not be fetched",

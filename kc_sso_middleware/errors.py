@@ -84,12 +84,13 @@ class DiscoveryError(KCSSOError):
 
 
 class KeysThrottledError(DiscoveryError):
-    """A token names a key the cached JWKS lacks, and a refetch ran too recently.
+    """A token names a key the cached JWKS lacks and a refetch ran too recently, or no
+    keys are cached and the last fetch failed too recently.
 
     The OP's keys are fetched again at most once per ``KC_SSO_JWKS_MIN_REFRESH_INTERVAL``
-    for unknown ``kid`` values, so a flood of forged tokens cannot become a flood of
-    requests to Keycloak.  The answer is a 503 with ``Retry-After``: the failure is the
-    server's, not the token's.
+    for unknown ``kid`` values or after a failure, so a flood of forged tokens (or an OP
+    that is down) cannot become a flood of requests to Keycloak.  The answer is a 503
+    with ``Retry-After``: the failure is the server's, not the token's.
     """
 
     code = "jwks_refetch_throttled"

@@ -80,6 +80,8 @@ class StandInOP:
         self.jwks_requests = 0
         self.jwks_status = 200
         self.jwks_delay = 0.0
+        #: JWKs published before the signing key, as they are (malformed ones too)
+        self.extra_jwks: list[dict[str, Any]] = []
         #: how many introspection requests came; set ``introspection_status`` to fail them
         self.introspections = 0
         self.introspection_status = 200
@@ -279,7 +281,7 @@ class StandInOP:
                 if op.jwks_status != 200:
                     self._json(op.jwks_status, {"error": "server_error"})
                     return
-                self._json(200, {"keys": [op.key.as_dict(private=False)]})
+                self._json(200, {"keys": [*op.extra_jwks, op.key.as_dict(private=False)]})
 
             def _op_session(self) -> _Session | None:
                 cookie = self.headers.get("Cookie", "")

@@ -18,14 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 from joserfc import jws
+from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, RSAKey
 
 from kc_sso_middleware.testing import BACKCHANNEL_EVENT, StandInOP, mint_jwt, mint_logout_token
-from tests.conftest import CLIENT_ID, HarnessFactory
+from tests.conftest import CLIENT_ID, Clock, HarnessFactory
 
 PATH = "/backchannel-logout"
 
@@ -556,6 +558,109 @@ def test_failed_refetches_count_toward_the_throttle(make_harness: HarnessFactory
             assert "retry-after" in response.headers
         assert statuses == [503, 503, 503, 503]
         assert failing_op.jwks_requests == 2
+
+
+def test_a_failed_refresh_keeps_the_stale_keys_and_waits_the_interval(
+    make_harness: HarnessFactory,
+) -> None:
+    """Past the cache TTL with the OP answering 500, the stale keys keep verifying and the
+    OP is asked once per interval, not once per token."""
+    clock = Clock()
+    with StandInOP() as failing_op:
+        failing_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(
+            issuer=failing_op.issuer,
+            clock=clock,
+            jwks_cache_ttl=60,
+            jwks_min_refresh_interval=600,
+        )
+
+        def send(sid: str) -> httpx.Response:
+            token = failing_op.logout_token(CLIENT_ID, sid=sid, now=clock.now)
+            return harness.client.post(PATH, data={"logout_token": token})
+
+        assert send("fresh").status_code == 200
+        failing_op.jwks_status = 500
+        clock.now += 61
+        assert [send(f"stale{n}").status_code for n in range(4)] == [200] * 4
+        assert failing_op.jwks_requests == 2  # the load and one failed refresh
+        clock.now += 601
+        failing_op.jwks_status = 200
+        assert send("later").status_code == 200
+        assert failing_op.jwks_requests == 3
+
+
+def test_without_keys_a_failing_op_is_asked_once_per_interval(
+    make_harness: HarnessFactory,
+) -> None:
+    """Before any key set loaded, an OP answering 500 is asked once per interval; every
+    token meanwhile is answered 503 Retry-After, the server's failure."""
+    clock = Clock()
+    with StandInOP() as failing_op:
+        failing_op.register_client(CLIENT_ID, "s")
+        failing_op.jwks_status = 500
+        harness = make_harness(issuer=failing_op.issuer, clock=clock, jwks_min_refresh_interval=600)
+
+        def send(sid: str) -> httpx.Response:
+            token = failing_op.logout_token(CLIENT_ID, sid=sid, now=clock.now)
+            return harness.client.post(PATH, data={"logout_token": token})
+
+        answers = [send(f"down{n}") for n in range(4)]
+        assert [a.status_code for a in answers] == [503] * 4
+        assert all(int(a.headers["retry-after"]) > 0 for a in answers)
+        assert failing_op.jwks_requests == 1
+        clock.now += 601
+        failing_op.jwks_status = 200
+        assert send("up").status_code == 200
+        assert failing_op.jwks_requests == 2
+
+
+def test_unusable_keys_are_left_out_and_the_rest_of_the_set_serves(
+    make_harness: HarnessFactory,
+) -> None:
+    """RFC 7517 §5: a JWK missing a member, of an unknown curve or type, or an RSA key
+    under 2048 bits (RFC 7518 §3.3) is left out; the set's other keys still verify, and a
+    token signed with a short key is refused as signed by no key of the OP."""
+    with pytest.warns(SecurityWarning):
+        short = RSAKey.generate_key(1024, parameters={"use": "sig"})
+    short.ensure_kid()
+    no_exponent = RSAKey.generate_key(2048).as_dict(private=False)
+    del no_exponent["e"]
+    with StandInOP() as odd_op:
+        odd_op.register_client(CLIENT_ID, "s")
+        odd_op.extra_jwks = [
+            {**no_exponent, "kid": "no-e"},
+            {"kty": "EC", "crv": "P-192", "x": "AAAA", "y": "AAAA", "kid": "p192"},
+            {"kty": "RSA", "n": "!!", "e": "AQAB", "kid": "bad-base64"},
+            {"kty": "PQC", "kid": "future"},
+            "not a key",
+            short.as_dict(private=False),
+        ]
+        harness = make_harness(issuer=odd_op.issuer, jwks_min_refresh_interval=3600)
+        good = harness.client.post(
+            PATH, data={"logout_token": odd_op.logout_token(CLIENT_ID, sid="good")}
+        )
+        assert good.status_code == 200, good.text
+        forged = mint_logout_token(short, issuer=odd_op.issuer, audience=CLIENT_ID, sid="weak")
+        refused = harness.client.post(PATH, data={"logout_token": forged})
+        assert refused.status_code == 400
+        assert refused.json()["error_description"].startswith("unknown_kid:")
+
+
+def test_a_set_without_a_usable_key_is_the_servers_failure(make_harness: HarnessFactory) -> None:
+    """An OP whose only key is too short to trust: nothing verifies, and the answer is the
+    server's failure (503), never a 200."""
+    with StandInOP() as weak_op:
+        weak_op.register_client(CLIENT_ID, "s")
+        with pytest.warns(SecurityWarning):
+            weak_op.key = RSAKey.generate_key(1024, parameters={"use": "sig"})
+        weak_op.key.ensure_kid()
+        harness = make_harness(issuer=weak_op.issuer)
+        response = harness.client.post(
+            PATH, data={"logout_token": weak_op.logout_token(CLIENT_ID, sid="weak")}
+        )
+        assert response.status_code == 503
+        assert "no usable key" in response.json()["error_description"]
 
 
 def test_concurrent_unknown_kids_share_one_refetch(make_harness: HarnessFactory) -> None:
