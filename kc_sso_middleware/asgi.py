@@ -253,14 +253,15 @@ class SSOMiddleware:
 
 
 def _head(raw_headers: Any) -> RequestHead:
-    """The Cookie headers (all, in order) and the first Authorization header."""
+    """The Cookie headers (all, in order) and the Authorization header(s), several joined
+    with "," as Django's ASGI handler joins them (an app may read any of them)."""
     cookies: tuple[bytes, ...] | None = None
     authorization: bytes | None = None
     for name, value in raw_headers:
         if name == b"cookie":
             cookies = (value,) if cookies is None else (*cookies, value)
-        elif name == b"authorization" and authorization is None:
-            authorization = value
+        elif name == b"authorization":
+            authorization = value if authorization is None else b"%b,%b" % (authorization, value)
     return RequestHead(cookies or (), authorization)
 
 

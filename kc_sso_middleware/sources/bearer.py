@@ -32,21 +32,28 @@ CACHE_BYTES = 16 * 1024 * 1024
 _ENTRY_OVERHEAD = 512
 
 
-def bearer_token(header: str | bytes | None) -> str | None:
-    """The credentials of an ``Authorization: Bearer …`` header (scheme case-insensitive).
+def bearer_tokens(header: str | bytes | None) -> list[str]:
+    """Every ``Bearer …`` credential of an ``Authorization`` header (scheme
+    case-insensitive), in order.
 
-    Split at any run of whitespace, not only a space: Authlib, DRF and simplejwt read
-    ``Bearer<TAB><token>`` as the token, and the middleware only ever refuses, so reading
-    more forms than any one app does is safe.
+    The middleware only ever refuses, so reading more forms than any one app does is
+    safe, and reading fewer is a hole: a comma-separated list is read part by part
+    (flask-jwt-extended takes the Bearer one out of ``Basic x, Bearer y``, and Django's
+    ASGI handler joins several headers with ","), and each part is split at any run of
+    whitespace (Authlib, DRF and simplejwt read ``Bearer<TAB><token>`` as the token).  A
+    JWT holds no comma, so no token is cut in two.
     """
     if not header:
-        return None
+        return []
     text = header if isinstance(header, str) else header.decode("latin-1")
-    parts = text.split(None, 1)
-    if len(parts) != 2 or parts[0].lower() != "bearer":
-        return None
-    token = parts[1].strip()
-    return token or None
+    found = []
+    for part in text.split(","):
+        words = part.split(None, 1)
+        if len(words) == 2 and words[0].lower() == "bearer":
+            token = words[1].strip()
+            if token:
+                found.append(token)
+    return found
 
 
 def unverified_claims(token: str) -> dict[str, Any] | None:
@@ -96,12 +103,15 @@ class BearerSource(IdentitySource):
         hit = self._cache.get(header)
         if hit is not None and now < hit.valid_until:
             return hit
-        token = bearer_token(header)
-        if token is None:
+        findings = [f for f in map(self._read, bearer_tokens(header)) if f is not None]
+        if not findings:
             return None
-        finding = self._read(token)
-        if finding is not None:
-            self._remember(header, finding)
+        if len(findings) == 1:
+            finding = findings[0]
+        else:  # refused if any of them is revoked
+            identities = tuple(i for f in findings for i in f.identities)
+            finding = Finding(self, identities, valid_until=min(f.valid_until for f in findings))
+        self._remember(header, finding)
         return finding
 
     def refuse(self, finding: Finding, head: RequestHead, signed_out: SignOut) -> Verdict:

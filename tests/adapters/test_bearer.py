@@ -153,19 +153,38 @@ def test_bearer_check_can_be_turned_off(make_harness: HarnessFactory, op: StandI
     assert _api(harness, token).status_code == 200
 
 
-def test_the_first_authorization_header_is_the_one_checked(op: StandInOP) -> None:
-    """With two Authorization headers (ASGI only: WSGI holds one) Starlette reads the first,
-    and so does the check."""
+@pytest.mark.parametrize("where", ["first", "second"])
+def test_a_revoked_token_in_any_authorization_header_is_refused(where: str, op: StandInOP) -> None:
+    """With two Authorization headers (ASGI only: WSGI holds one) Starlette reads the
+    first, Django's ASGI handler joins them with ",": the check reads both."""
     harness = Harness("asgi", make_settings(op))
     try:
-        revoked = _access_token(op, sid="first-header")
+        revoked = _access_token(op, sid=f"{where}-header")
+        other = _access_token(op, sid="live")
         harness.store.record(
-            [Revocation.session(op.issuer, "first-header", expires_at=time.time() + 60)]
+            [Revocation.session(op.issuer, f"{where}-header", expires_at=time.time() + 60)]
         )
-        response = harness.client.get(
-            "/api",
-            headers=[("Authorization", f"Bearer {revoked}"), ("Authorization", "Bearer other")],
-        )
+        pair = [f"Bearer {revoked}", f"Bearer {other}"]
+        if where == "second":
+            pair.reverse()
+        response = harness.client.get("/api", headers=[("Authorization", v) for v in pair])
         _assert_refused(response)
     finally:
         harness.close()
+
+
+@pytest.mark.parametrize(
+    "form",
+    ["Basic dXNlcjpwdw==, Bearer {}", "Bearer {}, Basic dXNlcjpwdw==", "Bearer x.y.z,Bearer {}"],
+)
+def test_a_revoked_token_in_a_credential_list_is_refused(
+    form: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A comma-separated list of credentials (flask-jwt-extended picks the Bearer one out
+    of it): a revoked token anywhere in it is refused."""
+    harness = make_harness()
+    token = _access_token(op, sid="listed")
+    header = form.format(token)
+    assert harness.client.get("/api", headers={"Authorization": header}).status_code == 200
+    harness.store.record([Revocation.session(op.issuer, "listed", expires_at=time.time() + 60)])
+    _assert_refused(harness.client.get("/api", headers={"Authorization": header}))

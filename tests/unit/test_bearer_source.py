@@ -10,7 +10,7 @@ import pytest
 
 from kc_sso_middleware import Settings
 from kc_sso_middleware._http import RequestHead
-from kc_sso_middleware.sources.bearer import _ENTRY_OVERHEAD, BearerSource, bearer_token
+from kc_sso_middleware.sources.bearer import _ENTRY_OVERHEAD, BearerSource, bearer_tokens
 
 ISSUER = "http://op.test/realms/r"
 
@@ -23,19 +23,34 @@ def _token(**claims: object) -> str:
 
 
 @pytest.mark.parametrize(
-    ("header", "token"),
+    ("header", "tokens"),
     [
-        ("Bearer abc", "abc"),
-        ("bearer\tabc", "abc"),
-        ("  BEARER   abc  ", "abc"),
-        ("Bearer", None),
-        ("Basic abc", None),
-        ("Bearerabc", None),
-        (b"Bearer\tabc", "abc"),
+        ("Bearer abc", ["abc"]),
+        ("bearer\tabc", ["abc"]),
+        ("  BEARER   abc  ", ["abc"]),
+        ("Bearer", []),
+        ("Basic abc", []),
+        ("Bearerabc", []),
+        (b"Bearer\tabc", ["abc"]),
+        ("Basic dXNlcg==, Bearer abc", ["abc"]),
+        ("Bearer abc,Bearer def", ["abc", "def"]),
+        (b"Bearer abc, , Basic x", ["abc"]),
     ],
 )
-def test_the_token_is_read_after_any_whitespace(header: str | bytes, token: str | None) -> None:
-    assert bearer_token(header) == token
+def test_every_bearer_credential_is_read(header: str | bytes, tokens: list[str]) -> None:
+    """After any whitespace, in every part of a comma-separated list."""
+    assert bearer_tokens(header) == tokens
+
+
+def test_a_header_carrying_two_tokens_names_both_sessions() -> None:
+    """Either token may be the one the app reads: the finding holds both identities."""
+    source = BearerSource(Settings(issuer=ISSUER, client_id="c", session_secret="x"))
+    now = time.time()
+    header = f"Basic x, Bearer {_token(sid='a', exp=now + 60)}, Bearer {_token(sid='b')}"
+    finding = source.find(RequestHead((), header), now)
+    assert finding is not None
+    assert [i.sid for i in finding.identities] == ["a", "b"]
+    assert finding.valid_until == now + 60
 
 
 def test_a_reading_made_again_is_counted_once() -> None:
