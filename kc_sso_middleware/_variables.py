@@ -552,7 +552,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "KC_SSO_JWKS_MIN_REFRESH_INTERVAL",
         "jwks_min_refresh_interval",
-        "least seconds between two JWKS refetches caused by an unknown kid, and after a failed fetch",
+        "least seconds between two JWKS fetches caused by an unknown kid or after a failed one",
         "seconds",
         parse=parse_int,
         default="10",

@@ -30,6 +30,8 @@ __all__ = ["BearerSource"]
 #: bytes of token readings kept per worker
 CACHE_BYTES = 16 * 1024 * 1024
 _ENTRY_OVERHEAD = 512
+#: characters of a header's end the cache is keyed by (a JWT's: its signature)
+_TAIL = 48
 
 
 def bearer_tokens(header: str | bytes | None) -> list[str]:
@@ -89,7 +91,8 @@ class BearerSource(IdentitySource):
                 ),
             )
         )
-        self._cache: dict[str | bytes, Finding] = {}
+        #: header's tail -> (the whole header, its reading)
+        self._cache: dict[str | bytes, tuple[str | bytes, Finding]] = {}
         self._cache_bytes = 0
         self._lock = threading.Lock()
 
@@ -97,12 +100,14 @@ class BearerSource(IdentitySource):
         header = head.authorization
         if header is None:
             return None
-        # Keyed by the header exactly as received (bytes under ASGI, str under WSGI): a hit
-        # costs one hash of it, no decoding or splitting.  The same header always reads
-        # the same, so the key is as good as the token.
-        hit = self._cache.get(header)
-        if hit is not None and now < hit.valid_until:
-            return hit
+        # Keyed by the header's last characters exactly as received (bytes under ASGI, str
+        # under WSGI; a JWT's tail is its signature) and confirmed by comparing the whole
+        # header: a real server hands over a new object each request, and hashing a short
+        # tail costs less than hashing a whole token.  The same header always reads the
+        # same, so the header is as good a key as the token.
+        entry = self._cache.get(header[-_TAIL:])
+        if entry is not None and entry[0] == header and now < entry[1].valid_until:
+            return entry[1]
         findings = [f for f in map(self._read, bearer_tokens(header)) if f is not None]
         if not findings:
             return None
@@ -159,14 +164,16 @@ class BearerSource(IdentitySource):
         )
 
     def _remember(self, header: str | bytes, finding: Finding) -> None:
+        key = header[-_TAIL:]
         cost = len(header) + _ENTRY_OVERHEAD
         with self._lock:
-            if header in self._cache:  # read again (expired, or the store changed)
-                self._cache_bytes -= cost
+            replaced = self._cache.get(key)
+            if replaced is not None:  # read again (expired), or another header, same tail
+                self._cache_bytes -= len(replaced[0]) + _ENTRY_OVERHEAD
             if self._cache_bytes + cost > CACHE_BYTES:
                 self._cache.clear()
                 self._cache_bytes = 0
-            self._cache[header] = finding
+            self._cache[key] = (header, finding)
             self._cache_bytes += cost
 
 

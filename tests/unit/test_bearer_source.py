@@ -62,3 +62,21 @@ def test_a_reading_made_again_is_counted_once() -> None:
         assert finding is not None
     assert len(source._cache) == 1
     assert source._cache_bytes == len(header) + _ENTRY_OVERHEAD
+
+
+def test_headers_with_the_same_tail_read_as_what_they_hold() -> None:
+    """The cache is keyed by a header's tail: two headers ending alike never answer for
+    each other, and each replaces the other's entry, counted once."""
+    source = BearerSource(Settings(issuer=ISSUER, client_id="c", session_secret="x"))
+    now = time.time()
+    first, second = _token(sid="first"), _token(sid="second")
+    tail = ", Basic " + "x" * 60  # longer than the key: equal tails, other tokens
+    for _ in range(3):
+        for token, sid in ((first, "first"), (second, "second")):
+            header = f"Bearer {token}{tail}"
+            for raw in (header, header.encode("latin-1")):
+                finding = source.find(RequestHead((), raw), now)
+                assert finding is not None
+                assert [i.sid for i in finding.identities] == [sid]
+    assert len(source._cache) == 2  # one str and one bytes key
+    assert source._cache_bytes == sum(len(h) + _ENTRY_OVERHEAD for h, _ in source._cache.values())
