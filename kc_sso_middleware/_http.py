@@ -150,7 +150,10 @@ PASS = Verdict()
 
 
 def json_response(status: int, payload: Mapping[str, object], *extra: tuple[str, str]) -> Response:
+    """A JSON answer, ``Cache-Control: no-store`` unless ``extra`` names its own."""
     body = json.dumps(payload, separators=(",", ":")).encode()
+    if any(name.lower() == "cache-control" for name, _ in extra):
+        return Response(status, (JSON_TYPE, *extra), body)
     return Response(status, (JSON_TYPE, NO_STORE, *extra), body)
 
 

@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, Literal, TypeGuard
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -27,6 +27,7 @@ from .errors import LogoutTokenError
 from .settings import Settings
 
 __all__ = [
+    "ACCESS_TYPES",
     "BACKCHANNEL_EVENT",
     "AdminAction",
     "LogoutClaims",
@@ -44,6 +45,9 @@ __all__ = [
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 LOGOUT_TYPES = frozenset({"logout+jwt", "application/logout+jwt"})
 LEGACY_TYPES = frozenset({"jwt", "application/jwt"})
+#: RFC 9068 §2.1: an explicitly typed JWT access token
+ACCESS_TYPES = frozenset({"at+jwt", "application/at+jwt"})
+TokenKind = Literal["logout", "admin", "access"]
 
 #: The last second of the year 9999 (RFC 7519 NumericDates beyond it are not plausible times,
 #: and some would overflow on their way into a store's TTL).
@@ -178,8 +182,16 @@ def parse_compact(token: str) -> CompactSignature:
     return obj
 
 
-def check_header(header: Mapping[str, Any], policy: TokenPolicy, *, admin: bool = False) -> str:
-    """Check ``alg``, ``crit`` and ``typ``; return the algorithm."""
+def check_header(
+    header: Mapping[str, Any], policy: TokenPolicy, *, kind: TokenKind = "logout"
+) -> str:
+    """Check ``alg``, ``crit`` and ``typ`` for a token of ``kind``; return the algorithm.
+
+    Each kind has its own ``typ`` values (RFC 8725 §3.11), so that no token is taken for
+    another kind by its header: a logout token ``logout+jwt`` (``JWT`` or none unless
+    strict), Keycloak's admin-URL tokens ``JWT`` or none, an access token ``at+jwt``
+    (RFC 9068) or ``JWT`` or none (Keycloak's default; its claims say the kind then).
+    """
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in policy.algorithms:
         raise _fail(
@@ -192,10 +204,13 @@ def check_header(header: Mapping[str, Any], policy: TokenPolicy, *, admin: bool 
     if typ is not None and not isinstance(typ, str):
         raise _fail("bad_typ", "typ must be a string")
     lowered = typ.lower() if typ is not None else None
-    if admin:
+    if kind == "admin":
         # Keycloak's admin-URL protocol always sends typ JWT.
         if lowered is not None and lowered not in LEGACY_TYPES:
             raise _fail("bad_typ", f"typ {typ!r} is not a Keycloak admin token type")
+    elif kind == "access":
+        if lowered is not None and lowered not in LEGACY_TYPES | ACCESS_TYPES:
+            raise _fail("bad_typ", f"typ {typ!r} is not an access token type")
     elif lowered not in LOGOUT_TYPES and (
         policy.strict_typ or (lowered is not None and lowered not in LEGACY_TYPES)
     ):

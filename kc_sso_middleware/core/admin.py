@@ -65,7 +65,7 @@ class AdminResponder:
         context = self._context
         obj = parse_compact(request.body.decode("ascii", "replace").strip())
         header = obj.headers()
-        alg = check_header(header, context.policy, admin=True)
+        alg = check_header(header, context.policy, kind="admin")
         try:
             payload = yield from context.verify(obj, header, alg)
         except LogoutTokenError as exc:

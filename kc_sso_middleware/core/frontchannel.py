@@ -39,6 +39,8 @@ _OTHERS_BURST = 20.0
 #: the longest sid accepted (Keycloak's are 36 characters): the request is not
 #: authenticated, and a sid may be kept as an entry's label until the entry expires
 MAX_SID = 255
+#: Front-Channel Logout 1.0 §2's RECOMMENDED directives, on refusals as on the page
+_NO_CACHE = (("Cache-Control", "no-cache, no-store"), ("Pragma", "no-cache"))
 
 
 class _Bucket:
@@ -76,8 +78,7 @@ class FrontchannelResponder:
         self._others = _Bucket(_OTHERS_PER_SECOND, _OTHERS_BURST)
         self._headers = (
             ("Content-Type", "text/html; charset=utf-8"),
-            ("Cache-Control", "no-cache, no-store"),
-            ("Pragma", "no-cache"),
+            *_NO_CACHE,
             ("Content-Security-Policy", f"frame-ancestors {_origin(context.issuer)}"),
         )
 
@@ -86,16 +87,22 @@ class FrontchannelResponder:
         try:
             params = parse_qs(request.query_string, max_num_fields=20)
         except ValueError:  # more fields than that
-            raise RequestRefusedError("bad_request", "too many query parameters") from None
+            raise RequestRefusedError(
+                "bad_request", "too many query parameters", headers=_NO_CACHE
+            ) from None
         iss = params.get("iss", [None])[0]
         sid = params.get("sid", [None])[0]
         if (iss is None) != (sid is None):
-            raise RequestRefusedError("bad_request", "iss and sid must be given together")
+            raise RequestRefusedError(
+                "bad_request", "iss and sid must be given together", headers=_NO_CACHE
+            )
         if iss is not None and iss != context.issuer:
-            raise RequestRefusedError("bad_iss", "iss is not this app's issuer")
+            raise RequestRefusedError("bad_iss", "iss is not this app's issuer", headers=_NO_CACHE)
         if sid is not None and (len(sid) > MAX_SID or not sid.isprintable()):
             raise RequestRefusedError(
-                "bad_sid", f"sid is not a session id (printable, at most {MAX_SID} characters)"
+                "bad_sid",
+                f"sid is not a session id (printable, at most {MAX_SID} characters)",
+                headers=_NO_CACHE,
             )
         headers: tuple[tuple[str, str], ...] = self._headers
         expires_at = context.expires_at()
@@ -121,7 +128,10 @@ class FrontchannelResponder:
         elif sid is not None and context.settings.frontchannel_revoke_others:
             if not self._others.take():
                 raise RequestRefusedError(
-                    "rate_limited", "too many front-channel revocations", status=429
+                    "rate_limited",
+                    "too many front-channel revocations",
+                    status=429,
+                    headers=_NO_CACHE,
                 )
             revocation = Revocation.session(
                 context.issuer, sid, expires_at=expires_at, note=context.note("frontchannel")

@@ -34,7 +34,7 @@ from .. import events as ev
 from .._effects import HttpCall
 from .._flows import Flow
 from .._http import NO_STORE, Request, Response, html_response, json_response
-from .._tokens import check_header, parse_compact, strict_json
+from .._tokens import ACCESS_TYPES, check_header, parse_compact, strict_json
 from ..errors import DiscoveryError, LogoutTokenError, RequestRefusedError, StoreUnavailableError
 from ..sources.base import IdentitySource, LoginTokens, SessionIdentity
 from ..stores.model import Revocation
@@ -281,6 +281,7 @@ class LogoutResponder:
             "a refresh token is honoured only from a request authenticated as its own "
             "session (its session cookie, or a bearer access token of the same sid)",
             status=401,
+            headers=(("WWW-Authenticate", 'Bearer error="invalid_token"'),),
         )
 
     def _verified_bearer_sid(self, request: Request) -> Flow[str | None]:
@@ -292,9 +293,22 @@ class LogoutResponder:
         try:
             obj = parse_compact(token.strip())
             header = obj.headers()
-            alg = check_header(header, context.policy, admin=True)
+            alg = check_header(header, context.policy, kind="access")
             claims: dict[str, Any] = yield from context.verify(obj, header, alg)
         except LogoutTokenError:
+            return None
+        # RFC 8725 §3.12: an access token only, never the session's ID, logout or refresh
+        # token: typed so (RFC 9068), or, untyped, marked so in its claims as Keycloak
+        # marks its access tokens ("typ": "Bearer").
+        typ = header.get("typ")
+        typed = isinstance(typ, str) and typ.lower() in ACCESS_TYPES
+        if "events" in claims or (not typed and claims.get("typ") != "Bearer"):
+            return None
+        # RFC 8725 §3.9: issued to this client (Keycloak: azp; RFC 9068: aud).
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        client_id = context.settings.client_id
+        if claims.get("azp") != client_id and client_id not in audiences:
             return None
         exp = claims.get("exp")
         now = context.clock()

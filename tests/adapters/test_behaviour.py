@@ -528,6 +528,9 @@ def test_frontchannel_logout_rejects_bad_parameters(
     params = {k: (op.issuer if v == "ISSUER" else v) for k, v in params.items()}
     response = harness.get("/frontchannel-logout", cookie, params=params)
     assert response.status_code == 400
+    # Front-Channel Logout 1.0 §2's RECOMMENDED directives, on refusals as on the page.
+    assert response.headers.get_list("cache-control") == ["no-cache, no-store"]
+    assert response.headers["pragma"] == "no-cache"
     assert harness.seen_session(cookie) != {}
 
 

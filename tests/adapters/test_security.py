@@ -479,6 +479,74 @@ def test_the_sessions_own_cookie_authenticates_its_refresh_token(
     assert response.json()["op_session_ended"] is True
 
 
+def _claims_of(token: str) -> dict[str, Any]:
+    claims: dict[str, Any] = json.loads(jws.extract_compact(token.encode()).payload)
+    return claims
+
+
+def _api_logout(harness: Harness, refresh_token: str, bearer: str) -> httpx.Response:
+    return harness.client.post(
+        "/logout",
+        data={"refresh_token": refresh_token},
+        headers={"Accept": "application/json", "Authorization": f"Bearer {bearer}"},
+    )
+
+
+def _other_kinds_of_the_session(op: StandInOP, tokens: dict[str, Any]) -> dict[str, str]:
+    """OP-signed JWTs of the refresh token's session that are not this app's access token."""
+    access = _claims_of(tokens["access_token"])
+    now = int(time.time())
+    logout = {
+        "iss": op.issuer,
+        "aud": CLIENT_ID,
+        "sid": access["sid"],
+        "iat": now,
+        "exp": now + 120,
+        "jti": str(uuid.uuid4()),
+        "typ": "Logout",
+        "events": {BACKCHANNEL_EVENT: {}},
+    }
+    other_client = {**access, "aud": "account", "azp": "some-other-spa", "exp": now + 300}
+    return {
+        "ID token": tokens["id_token"],
+        "logout token (typ JWT, as before Keycloak 25)": mint_jwt(op.key, logout, {"typ": "JWT"}),
+        "access token of another client": mint_jwt(op.key, other_client, {"typ": "JWT"}),
+    }
+
+
+def test_only_an_access_token_of_this_client_authenticates_a_refresh_token(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """RFC 8725 §3.12 and §3.9: the API logout takes the bearer token as an access token
+    issued to this client, never as another kind of JWT of the session (ID tokens travel
+    in id_token_hint URLs) nor one issued to another client: 401, the OP not asked."""
+    harness = make_harness()
+    tokens = direct_grant(op, "kinds")
+    before = len(op.end_session_requests)
+    for kind, token in _other_kinds_of_the_session(op, tokens).items():
+        response = _api_logout(harness, tokens["refresh_token"], token)
+        assert response.status_code == 401, kind
+        # RFC 9110 §15.5.2: a 401 names its challenge (RFC 6750 §3).
+        assert response.headers["www-authenticate"].startswith("Bearer "), kind
+    assert len(op.end_session_requests) == before
+    ours = _api_logout(harness, tokens["refresh_token"], tokens["access_token"])
+    assert ours.status_code == 200, ours.text
+
+
+def test_an_rfc9068_typed_access_token_authenticates_a_refresh_token(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """``typ: at+jwt`` (RFC 9068 §2.1; Keycloak's client option
+    access.token.header.type.rfc9068) is an access token too."""
+    harness = make_harness()
+    tokens = direct_grant(op, "typed")
+    typed = mint_jwt(op.key, _claims_of(tokens["access_token"]), {"typ": "at+jwt"})
+    response = _api_logout(harness, tokens["refresh_token"], typed)
+    assert response.status_code == 200, response.text
+    assert response.json()["op_session_ended"] is True
+
+
+# ------------------------------------------------------------------ realms and clients
 # ------------------------------------------------------------------ realms and clients
 
 
