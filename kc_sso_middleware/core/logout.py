@@ -148,11 +148,15 @@ class LogoutResponder:
     # -- steps -------------------------------------------------------------------------
 
     def _params(self, request: Request) -> dict[str, str]:
-        params = {k: v[0] for k, v in parse_qs(request.query_string, max_num_fields=100).items()}
-        content_type = request.headers.get("content-type", "")
-        if request.method == "POST" and content_type.split(";")[0].strip() == FORM_CONTENT_TYPE:
-            form = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=100)
-            params.update({k: v[0] for k, v in form.items()})
+        try:
+            query = parse_qs(request.query_string, max_num_fields=100)
+            params = {k: v[0] for k, v in query.items()}
+            content_type = request.headers.get("content-type", "")
+            if request.method == "POST" and content_type.split(";")[0].strip() == FORM_CONTENT_TYPE:
+                form = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=100)
+                params.update({k: v[0] for k, v in form.items()})
+        except ValueError:  # more fields than that
+            raise RequestRefusedError("bad_request", "too many parameters") from None
         return params
 
     def _expiries(self) -> tuple[tuple[str, str], ...]:

@@ -88,7 +88,10 @@ class PostLogoutResponder:
         self._path = context.settings.post_logout_path or "/"
 
     def respond(self, request: Request) -> Flow[Response]:
-        returned = parse_qs(request.query_string, max_num_fields=20).get("state", [None])[0]
+        try:
+            returned = parse_qs(request.query_string, max_num_fields=20).get("state", [None])[0]
+        except ValueError:  # more fields than that: no state worth comparing
+            returned = None
         remembered = self._state.read(request.head)
         expire = ("Set-Cookie", self._state.expire_cookie(f"{request.root_path}{self._path}"))
         verified = (

@@ -59,11 +59,16 @@ class RedirectGuard:
     def allowed(self, target: str, origin: str) -> bool:
         if "\\" in target or any(ord(ch) < 0x21 or ord(ch) == 0x7F for ch in target):
             return False
-        if _dot_segments(urlsplit(target).path):
+        if not target.isascii():
+            return False  # a Location header is ASCII: the caller percent-encodes
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # e.g. "http://[": no URL at all
+            return False
+        if _dot_segments(parts.path):
             return False  # the browser resolves them first: a prefix could be left
         if target.startswith("/") and not target.startswith("//"):
             return True  # a path on this origin
-        parts = urlsplit(target)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             return False
         if f"{parts.scheme}://{parts.netloc}".lower() == origin.lower():

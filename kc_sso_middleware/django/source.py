@@ -127,6 +127,10 @@ class DjangoSessionSource(IdentitySource):
     """Keycloak logins kept in Django's session (``request.session``)."""
 
     name = "django-session"
+    #: what Django loaded (request.session), however its key reached Django: a session
+    #: middleware may take it from elsewhere than the Cookie header, and the request check
+    #: must ask this source whether or not the request has one
+    reads = "native"
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings

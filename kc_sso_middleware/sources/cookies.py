@@ -42,6 +42,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner, URLSafeTimedSerializer
@@ -262,6 +263,11 @@ class SignedCookieSource(IdentitySource):
                 return None
             if identity is None:  # verified, but no Keycloak login in it (yet)
                 return Finding(self, (), valid_until=valid_until)
+            if identity.auth_time is None:
+                # No login time (claims without iat or auth_time): the login is at most as
+                # old as the cookie's signature, which the app never renews once the
+                # session is revoked, so the lifetime limit still outlasts every entry.
+                identity = replace(identity, auth_time=signed_at)
             if identity.auth_time is not None:
                 # Past its lifetime the session must be judged again (and refused).
                 lifetime_end = identity.auth_time + self._settings.max_session_lifetime

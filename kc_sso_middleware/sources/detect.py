@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from .._flows import Flow
 from .._http import RequestHead, SignOut, Verdict
+from ..errors import ConfigurationError
 from ..settings import Settings
 from ..stores.base import RevocationStore
 from ..stores.model import Revocation
@@ -57,13 +58,36 @@ def session_source(
 
             if uses_flask_session(flask_app):
                 return FlaskSessionSource(settings, flask_app, store=store, clock=clock)
+            _same_cookie_name(settings, flask_app.config.get("SESSION_COOKIE_NAME"), "Flask")
         return SignedCookieSource(settings, WerkzeugView(), "flask", clock)
     middleware = _starsessions_middleware(app)
     if middleware is not None:
         from .starsessions import StarsessionsSource
 
         return StarsessionsSource(settings, middleware, store=store, clock=clock)
+    cookie_session = _starlette_session_middleware(app)
+    if cookie_session is not None:
+        _same_cookie_name(settings, getattr(cookie_session, "session_cookie", None), "Starlette")
     return SignedCookieSource(settings, StarletteView(), "starlette", clock)
+
+
+def _same_cookie_name(settings: Settings, used: object, framework: str) -> None:
+    """The signed cookie source reads KC_SSO_SESSION_COOKIE: under any other name the app
+    keeps its session, no revoked session would ever be refused."""
+    if isinstance(used, str) and used != settings.session_cookie:
+        raise ConfigurationError(
+            f"the {framework} app keeps its session in the cookie {used!r} but "
+            f"KC_SSO_SESSION_COOKIE is {settings.session_cookie!r}: no revoked session "
+            f"would be refused; set KC_SSO_SESSION_COOKIE={used}"
+        )
+
+
+def _starlette_session_middleware(app: Any) -> Any:
+    try:
+        from starlette.middleware.sessions import SessionMiddleware
+    except ImportError:  # pragma: no cover - the Starlette extra is missing
+        return None
+    return _in_chain(app, SessionMiddleware)
 
 
 def _flask_app(app: Any) -> Any:
@@ -82,12 +106,17 @@ def _starsessions_middleware(app: Any) -> Any:
         from starsessions import SessionMiddleware
     except ImportError:
         return None
+    return _in_chain(app, SessionMiddleware)
+
+
+def _in_chain(app: Any, kind: type) -> Any:
+    """The first ``kind`` down the chain of wrapped ASGI apps, if any."""
     try:
         from starlette.applications import Starlette
     except ImportError:  # pragma: no cover - starsessions depends on Starlette
         return None
     for _ in range(_DEPTH):
-        if isinstance(app, SessionMiddleware):
+        if isinstance(app, kind):
             return app
         if isinstance(app, Starlette):
             if app.middleware_stack is None:

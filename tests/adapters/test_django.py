@@ -101,6 +101,7 @@ if not django_settings.configured:
 
 from asgiref.sync import iscoroutinefunction  # noqa: E402 - after django.setup()
 from django.contrib.auth.signals import user_logged_in  # noqa: E402
+from django.contrib.sessions.middleware import SessionMiddleware  # noqa: E402
 from django.contrib.sessions.models import Session  # noqa: E402
 from django.core.cache import cache  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
@@ -328,6 +329,38 @@ def test_login_through_mozilla_django_oidc(make_harness: HarnessFactory) -> None
     link = SessionLink.objects.get(session_key=harness.session_key)
     assert (link.sid, link.sub) == (claims["sid"], claims["sub"])
     assert link.issued_at == claims["iat"]
+
+
+class HeaderSessionMiddleware(SessionMiddleware):
+    """A pattern of mobile and single-page clients: the session key from a header, else
+    the cookie; ``request.session`` is still Django's own store."""
+
+    def process_request(self, request: HttpRequest) -> None:
+        key = request.META.get("HTTP_X_SESSION_KEY") or request.COOKIES.get(
+            django_settings.SESSION_COOKIE_NAME
+        )
+        request.session = self.SessionStore(key)
+
+
+@pytest.mark.parametrize(
+    "extra", [{}, {"Authorization": "Basic dXNlcjpwYXNz"}], ids=["no other header", "basic auth"]
+)
+def test_a_session_django_loaded_without_a_cookie_is_checked_too(
+    extra: dict[str, str], make_harness: HarnessFactory
+) -> None:
+    """The decision is taken on request.session, however its key reached Django: with no
+    Cookie header at all, a revoked session is refused too."""
+    middleware = [f"{__name__}.HeaderSessionMiddleware", *MIDDLEWARE[1:]]
+    with override_settings(MIDDLEWARE=middleware):
+        harness = make_harness()
+        claims = harness.login()
+        key = harness.session_key
+        assert key is not None
+        harness.client.cookies.clear()
+        headers = {"X-Session-Key": key, **extra}
+        assert harness.get("/me", headers=headers).status_code == 200
+        harness.revoke_in_store(claims)
+        assert harness.get("/me", headers=headers).status_code == 401
 
 
 def test_anonymous_request_passes(make_harness: HarnessFactory) -> None:

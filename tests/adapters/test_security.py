@@ -546,6 +546,107 @@ def test_an_rfc9068_typed_access_token_authenticates_a_refresh_token(
     assert response.json()["op_session_ended"] is True
 
 
+# ------------------------------------------------------------------ hostile input to own paths
+
+
+@pytest.mark.parametrize("path", ["/logout", "/logout-return"])
+def test_too_many_query_fields_are_refused_not_a_crash(
+    path: str, make_harness: HarnessFactory
+) -> None:
+    """Past the bound on fields: 400 (the return reads no state then, which is a
+    mismatch: never a redirect)."""
+    harness = make_harness(post_logout_path="/logout-return")
+    query = "&".join(f"f{i}=x" for i in range(150))
+    response = harness.client.get(f"{path}?{query}")
+    assert response.status_code == 400
+    assert "location" not in response.headers
+
+
+@pytest.mark.parametrize("target", ["http://[", "/\u2028x", "/caf\u00e9"])
+def test_a_post_logout_target_no_url_or_beyond_ascii_is_not_followed(
+    target: str, make_harness: HarnessFactory
+) -> None:
+    """``http://[`` is no URL (urlsplit raises); a target beyond ASCII cannot go into a
+    Location header as it is: both are refused, and the return goes to the default."""
+    from urllib.parse import parse_qs, urlsplit
+
+    harness = make_harness(post_logout_path="/logout-return")
+    started = harness.client.get("/logout", params={"post_logout_redirect_uri": target})
+    assert started.status_code == 302
+    state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+    cookie = next(
+        c.split(";")[0] for c in started.headers.get_list("set-cookie") if "_logout_state=" in c
+    )
+    back = harness.client.get(f"/logout-return?state={state}", headers={"Cookie": cookie})
+    assert back.status_code == 302
+    assert back.headers["location"] == "http://app.test/"  # the default, never the target
+
+
+# ------------------------------------------------------------------ sessions of unknown age
+
+
+def test_a_revoked_session_of_unknown_age_stays_revoked_past_the_lifetime(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A session holding claims without iat or auth_time: past KC_SSO_MAX_SESSION_LIFETIME
+    its revocation is forgotten, so its age is bounded by the cookie's signature (which
+    the app never renews once the session is taken out), and it stays refused."""
+    clock = Clock()
+    store = MemoryStore(timer=clock)
+    harness = make_harness(store=store, clock=clock)
+    cookie = make_session_cookie(
+        SESSION_SECRET, {"user": {"sid": "no-age", "sub": "u-no-age"}}, format=harness.format
+    )
+    assert harness.seen_session(cookie) != {}
+    token = op.logout_token(CLIENT_ID, sid="no-age")
+    assert harness.client.post(BACKCHANNEL, data={"logout_token": token}).status_code == 200
+    assert harness.seen_session(cookie) == {}
+    clock.now += 2 * 24 * 3600  # within the cookie's own max age (14 or 31 days)
+    assert store.record([Revocation.session(op.issuer, "other", expires_at=clock.now + 60)])
+    assert harness.seen_session(cookie) == {}, "the revoked session came back"
+
+
+# ------------------------------------------------------------------ the app's cookie name
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_an_app_keeping_its_session_under_another_name_is_a_configuration_error(
+    kind: str, op: StandInOP
+) -> None:
+    """Flask's SESSION_COOKIE_NAME or Starlette's session_cookie other than
+    KC_SSO_SESSION_COOKIE: no revoked session would be refused, so the middleware
+    refuses to start, naming the setting to change."""
+    from flask import Flask
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.sessions import SessionMiddleware
+
+    from kc_sso_middleware import asgi as asgi_adapter
+    from kc_sso_middleware import wsgi as wsgi_adapter
+    from tests.conftest import PortalClient, make_settings
+
+    settings = make_settings(op)  # KC_SSO_SESSION_COOKIE left at "session"
+    client: Any
+    if kind == "asgi":
+        named = Middleware(
+            SessionMiddleware, secret_key=SESSION_SECRET, session_cookie="app_session"
+        )
+        app = Starlette(middleware=[named])
+        app.add_middleware(asgi_adapter.SSOMiddleware, settings=settings, store=MemoryStore())
+        client = PortalClient(app, "http://app.test")
+    else:
+        flask_app = Flask("named")
+        flask_app.config["SESSION_COOKIE_NAME"] = "app_session"
+        middleware = wsgi_adapter.SSOMiddleware(flask_app.wsgi_app, settings, store=MemoryStore())
+        flask_app.wsgi_app = middleware  # type: ignore[method-assign]
+        client = httpx.Client(transport=httpx.WSGITransport(app=flask_app), base_url="http://a")
+    try:
+        with pytest.raises(ConfigurationError, match="KC_SSO_SESSION_COOKIE=app_session"):
+            client.get("/")
+    finally:
+        client.close()
+
+
 # ------------------------------------------------------------------ realms and clients
 # ------------------------------------------------------------------ realms and clients
 
