@@ -61,7 +61,10 @@ def cross_site(request: Request) -> bool:
         return origin.strip().lower() != request.origin.lower()  # "null" included
     referer = request.headers.get("referer")
     if referer:
-        parts = urlsplit(referer.strip())
+        try:
+            parts = urlsplit(referer.strip())
+        except ValueError:  # e.g. "http://[": no URL, so no origin of this app
+            return True
         return f"{parts.scheme}://{parts.netloc}".lower() != request.origin.lower()
     return False
 

@@ -562,6 +562,21 @@ def test_too_many_query_fields_are_refused_not_a_crash(
     assert "location" not in response.headers
 
 
+def test_a_referer_that_is_no_url_reads_as_cross_site(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """``Referer: http://[`` (urlsplit raises on it) names no origin of this app: the
+    logout asks for confirmation instead of failing."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="bad-referer")
+    response = harness.client.get(
+        "/logout", headers={"Referer": "http://[", "Cookie": f"session={cookie}"}
+    )
+    assert response.status_code == 200
+    assert "<form" in response.text
+    assert harness.seen_session(cookie) != {}
+
+
 @pytest.mark.parametrize("target", ["http://[", "/\u2028x", "/caf\u00e9"])
 def test_a_post_logout_target_no_url_or_beyond_ascii_is_not_followed(
     target: str, make_harness: HarnessFactory
