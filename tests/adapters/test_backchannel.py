@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -560,6 +561,23 @@ def test_failed_refetches_count_toward_the_throttle(make_harness: HarnessFactory
         assert failing_op.jwks_requests == 2
 
 
+def _send_at(harness: Any, op: StandInOP, clock: Clock, sid: str) -> httpx.Response:
+    """A logout token for ``sid`` issued at the clock's time, posted."""
+    token = op.logout_token(CLIENT_ID, sid=sid, now=clock.now)
+    response: httpx.Response = harness.client.post(PATH, data={"logout_token": token})
+    return response
+
+
+def _asked_again_past_the_interval(
+    op: StandInOP, clock: Clock, send: Callable[[str], httpx.Response], *, requests: int
+) -> None:
+    """Past the 600 s interval, with the OP answering again: one more fetch, and a 200."""
+    clock.now += 601
+    op.jwks_status = 200
+    assert send("later").status_code == 200
+    assert op.jwks_requests == requests
+
+
 def test_a_failed_refresh_keeps_the_stale_keys_and_waits_the_interval(
     make_harness: HarnessFactory,
 ) -> None:
@@ -575,19 +593,14 @@ def test_a_failed_refresh_keeps_the_stale_keys_and_waits_the_interval(
             jwks_min_refresh_interval=600,
         )
 
-        def send(sid: str) -> httpx.Response:
-            token = failing_op.logout_token(CLIENT_ID, sid=sid, now=clock.now)
-            return harness.client.post(PATH, data={"logout_token": token})
+        send = partial(_send_at, harness, failing_op, clock)
 
         assert send("fresh").status_code == 200
         failing_op.jwks_status = 500
         clock.now += 61
         assert [send(f"stale{n}").status_code for n in range(4)] == [200] * 4
         assert failing_op.jwks_requests == 2  # the load and one failed refresh
-        clock.now += 601
-        failing_op.jwks_status = 200
-        assert send("later").status_code == 200
-        assert failing_op.jwks_requests == 3
+        _asked_again_past_the_interval(failing_op, clock, send, requests=3)
 
 
 def test_without_keys_a_failing_op_is_asked_once_per_interval(
@@ -601,18 +614,12 @@ def test_without_keys_a_failing_op_is_asked_once_per_interval(
         failing_op.jwks_status = 500
         harness = make_harness(issuer=failing_op.issuer, clock=clock, jwks_min_refresh_interval=600)
 
-        def send(sid: str) -> httpx.Response:
-            token = failing_op.logout_token(CLIENT_ID, sid=sid, now=clock.now)
-            return harness.client.post(PATH, data={"logout_token": token})
-
+        send = partial(_send_at, harness, failing_op, clock)
         answers = [send(f"down{n}") for n in range(4)]
         assert [a.status_code for a in answers] == [503] * 4
         assert all(int(a.headers["retry-after"]) > 0 for a in answers)
         assert failing_op.jwks_requests == 1
-        clock.now += 601
-        failing_op.jwks_status = 200
-        assert send("up").status_code == 200
-        assert failing_op.jwks_requests == 2
+        _asked_again_past_the_interval(failing_op, clock, send, requests=2)
 
 
 def test_unusable_keys_are_left_out_and_the_rest_of_the_set_serves(
