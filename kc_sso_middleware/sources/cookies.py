@@ -263,15 +263,15 @@ class SignedCookieSource(IdentitySource):
                 return None
             if identity is None:  # verified, but no Keycloak login in it (yet)
                 return Finding(self, (), valid_until=valid_until)
-            if identity.auth_time is None:
+            began = identity.auth_time
+            if began is None:
                 # No login time (claims without iat or auth_time): the login is at most as
                 # old as the cookie's signature, which the app never renews once the
                 # session is revoked, so the lifetime limit still outlasts every entry.
-                identity = replace(identity, auth_time=signed_at)
-            if identity.auth_time is not None:
-                # Past its lifetime the session must be judged again (and refused).
-                lifetime_end = identity.auth_time + self._settings.max_session_lifetime
-                valid_until = min(valid_until, lifetime_end)
+                began = signed_at
+                identity = replace(identity, auth_time=began)
+            # Past its lifetime the session must be judged again (and refused).
+            valid_until = min(valid_until, began + self._settings.max_session_lifetime)
             return Finding(self, (identity,), valid_until=valid_until)
         return None
 
