@@ -772,6 +772,36 @@ def test_middleware_surfaces_missing_client_secret(stack: Stack) -> None:
     assert "KC_SSO_CLIENT_SECRET" in body["error_description"]
 
 
+def test_only_keycloaks_access_token_authenticates_an_api_logout(stack: Stack) -> None:
+    """Keycloak's own tokens of one session: its ID token (``"typ": "ID"``) sent as the
+    bearer token does not authenticate the refresh token (401, the session lives on); its
+    access token (``"typ": "Bearer"``, ``azp`` this client) does, and the session ends."""
+    keycloak = stack.keycloak
+    tokens = keycloak.password_grant(*CLIENTS["fastapi"], "alice", USERS["alice"])
+
+    def api_logout(bearer: str) -> httpx.Response:
+        with httpx.Client(timeout=10) as client:
+            return client.post(
+                f"{stack.url('fastapi')}/logout",
+                data={"refresh_token": tokens["refresh_token"]},
+                headers={"Accept": "application/json", "Authorization": f"Bearer {bearer}"},
+            )
+
+    def alive() -> bool:
+        user = keycloak.user_id("alice")
+        sessions = keycloak.admin_get(f"{keycloak.realm}/users/{user}/sessions")
+        return tokens["session_state"] in {s["id"] for s in sessions}
+
+    refused = api_logout(tokens["id_token"])
+    assert refused.status_code == 401, refused.text
+    assert refused.headers["www-authenticate"].startswith("Bearer ")
+    assert alive()
+    ended = api_logout(tokens["access_token"])
+    assert ended.status_code == 200, ended.text
+    assert ended.json()["op_session_ended"] is True
+    assert not alive()
+
+
 def test_a_stolen_refresh_token_does_not_end_the_keycloak_session(stack: Stack) -> None:
     """Posted without the session's cookie or bearer token, a refresh token ends nothing."""
     keycloak = stack.keycloak
