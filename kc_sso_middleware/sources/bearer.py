@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +22,7 @@ from .._http import RequestHead, SignOut, Verdict, json_response
 from .._tokens import numeric_date, strict_json
 from ..settings import Settings
 from ..stores.model import SessionKeys
+from ._tails import TAIL, TailMemory
 from .base import Finding, IdentitySource, SessionIdentity
 
 __all__ = ["BearerSource"]
@@ -30,8 +30,6 @@ __all__ = ["BearerSource"]
 #: bytes of token readings kept per worker
 CACHE_BYTES = 16 * 1024 * 1024
 _ENTRY_OVERHEAD = 512
-#: characters of a header's end the cache is keyed by (a JWT's: its signature)
-_TAIL = 48
 
 
 def bearer_tokens(header: str | bytes | None) -> list[str]:
@@ -91,21 +89,16 @@ class BearerSource(IdentitySource):
                 ),
             )
         )
-        #: header's tail -> (the whole header, its reading)
-        self._cache: dict[str | bytes, tuple[str | bytes, Finding]] = {}
-        self._cache_bytes = 0
-        self._lock = threading.Lock()
+        self._cache: TailMemory[Finding] = TailMemory(CACHE_BYTES, _ENTRY_OVERHEAD)
 
     def find(self, head: RequestHead, now: float) -> Finding | None:
         header = head.authorization
         if header is None:
             return None
-        # Keyed by the header's last characters exactly as received (bytes under ASGI, str
-        # under WSGI; a JWT's tail is its signature) and confirmed by comparing the whole
-        # header: a real server hands over a new object each request, and hashing a short
-        # tail costs less than hashing a whole token.  The same header always reads the
-        # same, so the header is as good a key as the token.
-        entry = self._cache.get(header[-_TAIL:])
+        # Remembered by the header exactly as received (bytes under ASGI, str under WSGI;
+        # see _tails): the same header always reads the same, so the header is as good a
+        # key as the token.
+        entry = self._cache.entries.get(header[-TAIL:])
         if entry is not None and entry[0] == header and now < entry[1].valid_until:
             return entry[1]
         findings = [f for f in map(self._read, bearer_tokens(header)) if f is not None]
@@ -116,7 +109,7 @@ class BearerSource(IdentitySource):
         else:  # refused if any of them is revoked
             identities = tuple(i for f in findings for i in f.identities)
             finding = Finding(self, identities, valid_until=min(f.valid_until for f in findings))
-        self._remember(header, finding)
+        self._cache.put(header, finding)
         return finding
 
     def refuse(self, finding: Finding, head: RequestHead, signed_out: SignOut) -> Verdict:
@@ -162,19 +155,6 @@ class BearerSource(IdentitySource):
             None,
             keys,
         )
-
-    def _remember(self, header: str | bytes, finding: Finding) -> None:
-        key = header[-_TAIL:]
-        cost = len(header) + _ENTRY_OVERHEAD
-        with self._lock:
-            replaced = self._cache.get(key)
-            if replaced is not None:  # read again (expired), or another header, same tail
-                self._cache_bytes -= len(replaced[0]) + _ENTRY_OVERHEAD
-            if self._cache_bytes + cost > CACHE_BYTES:
-                self._cache.clear()
-                self._cache_bytes = 0
-            self._cache[key] = (header, finding)
-            self._cache_bytes += cost
 
 
 def _date(claims: Mapping[str, Any], name: str) -> float | None:

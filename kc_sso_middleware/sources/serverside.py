@@ -63,6 +63,7 @@ from ..settings import Settings
 from ..stores.base import RevocationStore
 from ..stores.model import Revocation
 from ._session_index import SessionIndex
+from ._tails import TAIL, TailMemory
 from .base import Finding, IdentitySource, LoginTokens, SessionIdentity
 from .cookie_views import CookieView, plain_span
 from .cookies import identity_from_claims, identity_from_session, session_tokens
@@ -78,10 +79,9 @@ RECHECK_SECONDS = 60.0
 #: bytes of readings kept per worker (session ids, plus a fixed cost per entry)
 CACHE_BYTES = 32 * 1024 * 1024
 _ENTRY_OVERHEAD = 768
-#: bytes of Cookie headers remembered with the session id each carries (see _HeaderValues)
+#: bytes of Cookie headers remembered with the session cookie value each holds (a header
+#: reads the same whatever the time: which session it names is decided every time)
 HEADER_CACHE_BYTES = 8 * 1024 * 1024
-#: how much of a header's end is its key: hashing a short tail costs less than the header
-_TAIL = 48
 #: what a request gets while the session backend cannot be read (the app could not either)
 _UNAVAILABLE = Verdict(
     response=json_response(
@@ -166,35 +166,6 @@ class _Readings:
                 self.size -= len(value) + _ENTRY_OVERHEAD
 
 
-class _HeaderValues:
-    """Cookie header → the session cookie value the library reads from it (``None``: no
-    session cookie), for single headers in the plain form only, within a byte bound.
-
-    A browser sends the very same header request after request: one look-up by its tail,
-    confirmed by comparing the whole header, spares parsing it again.  What a header reads
-    as depends on nothing but the header, so a remembered answer never goes stale; which
-    session that value names, and whether it is revoked, is decided afresh every time.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[str | bytes, tuple[str | bytes, str | None]] = {}
-        self._size = 0
-        self._lock = threading.Lock()
-
-    def get(self, raw: str | bytes) -> tuple[str | bytes, str | None] | None:
-        """The remembered ``(header, value)`` under ``raw``'s tail (compare the header)."""
-        return self._entries.get(raw[-_TAIL:])  # atomic under the GIL, no lock
-
-    def put(self, raw: str | bytes, value: str | None) -> None:
-        cost = len(raw) + _TAIL + _ENTRY_OVERHEAD
-        with self._lock:
-            if self._size + cost > HEADER_CACHE_BYTES:
-                self._entries.clear()  # live browsers refill it with one parse each
-                self._size = 0
-            self._entries[raw[-_TAIL:]] = (raw, value)
-            self._size += cost
-
-
 class ServerSideSessionSource(IdentitySource):
     """A session whose data a backend keeps under the id in the session cookie."""
 
@@ -225,7 +196,8 @@ class ServerSideSessionSource(IdentitySource):
         self._expire = (expire,)
         self._revoked_401 = Verdict(response=_revoked_answer(expire))
         self._cache = _Readings()
-        self._headers = _HeaderValues()
+        #: single plain Cookie headers -> the session cookie value (None: none in it)
+        self._headers: TailMemory[str | None] = TailMemory(HEADER_CACHE_BYTES, _ENTRY_OVERHEAD)
 
     # -- what each library says ---------------------------------------------------------
 
@@ -271,7 +243,7 @@ class ServerSideSessionSource(IdentitySource):
         """The session cookie's value exactly as the library's parser reads it."""
         if len(cookies) == 1:
             raw = cookies[0]
-            seen = self._headers.get(raw)
+            seen = self._headers.entries.get(raw[-TAIL:])
             if seen is not None and seen[0] == raw:
                 return seen[1]
             span = plain_span(raw, self._cookie if type(raw) is str else self._cookie_bytes)

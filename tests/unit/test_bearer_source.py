@@ -60,8 +60,8 @@ def test_a_reading_made_again_is_counted_once() -> None:
     for _ in range(3):
         finding = source.find(RequestHead((), header), time.time())
         assert finding is not None
-    assert len(source._cache) == 1
-    assert source._cache_bytes == len(header) + _ENTRY_OVERHEAD
+    assert len(source._cache.entries) == 1
+    assert source._cache.size == len(header) + _ENTRY_OVERHEAD
 
 
 def test_headers_with_the_same_tail_read_as_what_they_hold() -> None:
@@ -78,5 +78,6 @@ def test_headers_with_the_same_tail_read_as_what_they_hold() -> None:
                 finding = source.find(RequestHead((), raw), now)
                 assert finding is not None
                 assert [i.sid for i in finding.identities] == [sid]
-    assert len(source._cache) == 2  # one str and one bytes key
-    assert source._cache_bytes == sum(len(h) + _ENTRY_OVERHEAD for h, _ in source._cache.values())
+    assert len(source._cache.entries) == 2  # one str and one bytes key
+    held = source._cache.entries.values()
+    assert source._cache.size == sum(len(h) + _ENTRY_OVERHEAD for h, _ in held)

@@ -147,8 +147,8 @@ def test_remembered_headers_stay_within_their_bound(monkeypatch: pytest.MonkeyPa
         finding = found(source, f"n={n}; session=abc")
         assert finding is not None
         assert finding.identities[0].sid == "s1"
-        assert source._headers._size <= 20_000
-    assert 0 < len(source._headers._entries) < 200
+        assert source._headers.size <= 20_000
+    assert 0 < len(source._headers.entries) < 200
 
 
 def test_no_id_or_no_data_passes_and_is_not_remembered() -> None:
