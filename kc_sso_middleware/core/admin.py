@@ -25,11 +25,13 @@ __all__ = ["ADMIN_ACTIONS", "AdminResponder"]
 
 logger = logging.getLogger("kc_sso_middleware")
 
-#: path below ``KC_SSO_ADMIN_PATH`` → the action its token must carry
+#: path below ``KC_SSO_ADMIN_PATH`` → the action its token must carry (Keycloak's
+#: ``LogoutAction.LOGOUT``, ``PushNotBeforeAction.PUSH_NOT_BEFORE`` and
+#: ``TestAvailabilityAction.TEST_AVAILABILITY``, posted to ``k_test_available``)
 ADMIN_ACTIONS = {
     "k_logout": "LOGOUT",
     "k_push_not_before": "PUSH_NOT_BEFORE",
-    "k_test_available": "TEST_AVAILABLE",
+    "k_test_available": "TEST_AVAILABILITY",
 }
 
 
@@ -81,7 +83,7 @@ class AdminResponder:
         )
 
     def _revocations(self, action: AdminAction) -> tuple[Revocation, ...]:
-        if self._action == "TEST_AVAILABLE":
+        if self._action == "TEST_AVAILABILITY":
             return ()
         context = self._context
         now = context.clock()

@@ -2,10 +2,10 @@
 
 ``POST`` with a form-encoded ``logout_token``.  Every rule of §2.4-§2.6 and of RFC 8725 is
 checked (:mod:`kc_sso_middleware._tokens`); a token naming a ``sid`` revokes that Keycloak
-session, one naming only a ``sub`` revokes every session of the user begun up to the
-token's ``iat``.  The answer is 200 once the revocation is durably stored and applied by
-every live worker, 400 with the failed rule otherwise, 503 when it could not be stored
-(never a false success: Keycloak does not retry).
+session, one naming only a ``sub`` revokes every session of the user in this client begun
+up to the token's ``iat``.  The answer is 200 once the revocation is durably stored and
+applied by every live worker, 400 with the failed rule otherwise, 503 when it could not be
+stored (never a false success: Keycloak does not retry).
 """
 
 from __future__ import annotations
@@ -82,7 +82,8 @@ class BackchannelResponder:
         return check_logout_claims(payload, self._context.policy, self._context.clock())
 
     def _revocations(self, claims: LogoutClaims) -> tuple[Revocation, ...]:
-        """The sid; or, without one, every session of the user begun up to the token.
+        """The sid; or, without one, every session of the user in this client begun up to
+        the token.
 
         ``KC_SSO_SID_LOGOUT_SCOPE=user`` adds the user's other sessions to a token that
         names a sid: Keycloak's "log out user" and "sign out other devices" send one token
@@ -96,10 +97,12 @@ class BackchannelResponder:
             revocations.append(
                 Revocation.session(context.issuer, claims.sid, expires_at=expires_at, note=note)
             )
-        # A token without a sid is Keycloak's own user-wide logout: every app of the realm.
+        # A token without a sid ends every session of the user *at this RP* (§2.4):
+        # Keycloak leaves the sid out only because this client has "Backchannel logout
+        # session required" off (DefaultTokenManager.initLogoutToken), for one-session
+        # logouts too, so it says nothing about the user's sessions in other clients.
         # KC_SSO_SID_LOGOUT_SCOPE=user is this app's choice: its client's sessions only.
-        realm_wide = claims.sid is None
-        wide = realm_wide or context.settings.sid_logout_scope == "user"
+        wide = claims.sid is None or context.settings.sid_logout_scope == "user"
         if wide and claims.sub is not None:
             # Every session of the user established up to the token's second (NumericDates
             # are whole seconds, so a session from that very second counts as earlier).
@@ -111,7 +114,7 @@ class BackchannelResponder:
                     not_before=not_before,
                     expires_at=expires_at,
                     note=note,
-                    client_id=None if realm_wide else context.settings.client_id,
+                    client_id=context.settings.client_id,
                 )
             )
         return tuple(revocations)

@@ -48,9 +48,11 @@ def subject_of(kind: RevocationKind, scope: str, key: str) -> int:
 
 
 def user_scope(issuer: str, client_id: str | None = None) -> str:
-    """The scope of a user-wide entry: every app of the realm (``client_id`` None), or one
-    client's apps only (``KC_SSO_SID_LOGOUT_SCOPE=user``: that app's own choice must not
-    end the sessions other apps of the realm keep)."""
+    """The scope of a user-wide entry: one client's apps (a logout token without a sid is
+    addressed to that client alone, and ``KC_SSO_SID_LOGOUT_SCOPE=user`` is that app's own
+    choice: neither may end the sessions other apps of the realm keep), or every app of the
+    realm (``client_id`` None: no longer written, but still honoured where a store holds
+    entries an earlier version wrote)."""
     return issuer if client_id is None else f"{issuer}\x00{client_id}"
 
 

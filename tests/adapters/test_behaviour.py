@@ -579,11 +579,18 @@ def test_admin_push_not_before(make_harness: HarnessFactory, op: StandInOP) -> N
     assert harness.seen_session(new) != {}
 
 
-def test_admin_test_available(make_harness: HarnessFactory, op: StandInOP) -> None:
-    """k_test_available answers 200 to a valid action."""
+def test_admin_test_availability_as_keycloak_sends_it(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Keycloak's "Test cluster availability" posts a TestAvailabilityAction to
+    k_test_available whose action is "TEST_AVAILABILITY" (TestAvailabilityAction.java,
+    ResourceAdminManager.sendTestNodeAvailabilityRequest): it must answer 200."""
     harness = make_harness()
-    response = post_admin(harness, "/k_test_available", admin_token(op, "TEST_AVAILABLE"))
-    assert response.status_code == 200
+    response = post_admin(harness, "/k_test_available", admin_token(op, "TEST_AVAILABILITY"))
+    assert response.status_code == 200, response.text
+    refused = post_admin(harness, "/k_test_available", admin_token(op, "TEST_AVAILABLE"))
+    assert refused.status_code == 400  # a name Keycloak never sends
+    assert refused.json()["error_description"].startswith("bad_action:")
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ FRONTCHANNEL = "/frontchannel-logout"
 ADMIN_ACTIONS = {
     "/k_logout": "LOGOUT",
     "/k_push_not_before": "PUSH_NOT_BEFORE",
-    "/k_test_available": "TEST_AVAILABLE",
+    "/k_test_available": "TEST_AVAILABILITY",
 }
 FORM = b"application/x-www-form-urlencoded"
 
@@ -871,7 +871,10 @@ def _admin_pool(op: StandInOP, now: int, rng: random.Random) -> dict[str, tuple[
         "id": [J(str(uuid.UUID(int=rng.getrandbits(128)))), J(""), b'"\\ud800"', J("a")],
         "expiration": [J(now + 30), J(now - 30), J(now - 200), J(now + 0.5)],
         "resource": [J(CLIENT_ID), J("other"), J(CLIENT_ID.upper()), J([CLIENT_ID])],
-        "action": [J(a) for a in ("LOGOUT", "PUSH_NOT_BEFORE", "TEST_AVAILABLE", "logout")],
+        "action": [
+            J(a)
+            for a in ("LOGOUT", "PUSH_NOT_BEFORE", "TEST_AVAILABILITY", "TEST_AVAILABLE", "logout")
+        ],
         "notBefore": [J(0), J(now - 3_600), J(now - 30), J(now + 100), J(1), b"null"],
         "keycloakSessionIds": [
             *(b"[]", b"null", b"{}", b'""', b"0", b"false", b"[1]", J("adm-sid")),

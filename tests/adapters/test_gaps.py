@@ -124,8 +124,8 @@ def test_one_apps_user_scope_leaves_other_apps_of_the_store_alone(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
     """The scope is each app's choice: app A's ``user`` ends A's sessions of the user,
-    not those of app B (``session``) sharing the store; a token without a sid (Keycloak's
-    own user-wide logout) still ends the user's sessions in every app."""
+    not those of app B (``session``) sharing the store; a token without a sid addressed to
+    B ends the user's sessions in B."""
     store = MemoryStore()
     app_a = make_harness(store=store, client_id="app-a", sid_logout_scope="user")
     app_b = make_harness(store=store, client_id="app-b", sid_logout_scope="session")
@@ -142,6 +142,27 @@ def test_one_apps_user_scope_leaves_other_apps_of_the_store_alone(
     everywhere = op.logout_token("app-b", sub="kiosk", sid=None)
     assert app_b.client.post(BACKCHANNEL, data={"logout_token": everywhere}).status_code == 200
     assert app_b.seen_session(b_other) == {}
+
+
+def test_a_token_without_sid_for_one_client_leaves_other_clients_of_the_store_alone(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Keycloak leaves ``sid`` out of a logout token only because *that* client has
+    "Backchannel logout session required" off (DefaultTokenManager.initLogoutToken); it
+    sends that sub-only shape for an ordinary one-session logout too.  Back-Channel
+    Logout §2.4: without a sid, all sessions *at the RP* for the End-User end.  A token
+    addressed to app A (aud app-a) must not end the user's sessions in app B that shares
+    the store: Keycloak keeps those (B gets its own token if one of them ends)."""
+    store = MemoryStore()
+    app_a = make_harness(store=store, client_id="app-a")
+    app_b = make_harness(store=store, client_id="app-b")
+    now = time.time()
+    a_session = app_a.session_cookie(op, sid="dev-1", sub="frank", auth_time=now - 60)
+    b_other_device = app_b.session_cookie(op, sid="dev-2", sub="frank", auth_time=now - 30)
+    token = op.logout_token("app-a", sub="frank", sid=None)
+    assert app_a.client.post(BACKCHANNEL, data={"logout_token": token}).status_code == 200
+    assert app_a.seen_session(a_session) == {}  # all of the user's sessions at A (§2.4)
+    assert app_b.seen_session(b_other_device) != {}  # not those at B
 
 
 # ------------------------------------------------------------------ the request-scoped marker
