@@ -205,7 +205,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "KC_SSO_SESSION_COOKIE_PATH",
         "session_cookie_path",
-        "Path attribute used when expiring the session cookie",
+        "Path attribute used when expiring the session cookie, where the app's own"
+        " is not read (Flask's and Starlette SessionMiddleware's are)",
         "path",
         default="/",
         check=check_path,
@@ -213,13 +214,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "KC_SSO_SESSION_COOKIE_DOMAIN",
         "session_cookie_domain",
-        "Domain attribute used when expiring the session cookie",
+        "Domain attribute used when expiring the session cookie, where the app's own"
+        " is not read (Flask's and Starlette SessionMiddleware's are)",
         "domain",
     ),
     Variable(
         "KC_SSO_SESSION_COOKIE_SECURE",
         "session_cookie_secure",
-        "Secure attribute used when expiring the session cookie",
+        "Secure attribute used when expiring the session cookie, where the app's own"
+        " is not read (Flask's and Starlette SessionMiddleware's are)",
         "true/false",
         parse=parse_bool,
         check=check_bool,
@@ -228,7 +231,8 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(
         "KC_SSO_SESSION_COOKIE_SAMESITE",
         "session_cookie_samesite",
-        "SameSite attribute used when expiring the session cookie",
+        "SameSite attribute used when expiring the session cookie, where the app's own"
+        " is not read (Flask's and Starlette SessionMiddleware's are)",
         "lax, strict, none",
         parse=parse_choice,
         choices=(

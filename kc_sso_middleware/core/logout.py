@@ -113,11 +113,12 @@ class LogoutResponder:
         context = self._context
         own = yield from context.session_of(request.head)
         tokens = (yield from context.tokens_of(request.head)) if own is not None else None
-        expiries = self._expiries()
+        expiries = self._expiries(request)
         end_session = yield from self._end_session_endpoint()
         if api:
             return (yield from self._api_logout(request, params, own, tokens, end_session))
         yield from self._forget_locally(own)
+        yield from self._end_locally(request)
         target = self._guard.target(request, params.get("post_logout_redirect_uri"))
         state = secrets.token_urlsafe(16)
         headers: list[tuple[str, str]] = [NO_STORE, *expiries]
@@ -162,13 +163,13 @@ class LogoutResponder:
             raise RequestRefusedError("bad_request", "too many parameters") from None
         return params
 
-    def _expiries(self) -> tuple[tuple[str, str], ...]:
+    def _expiries(self, request: Request) -> tuple[tuple[str, str], ...]:
         # Every source's session ends in the browser, whether or not one was found: a
         # cookie that did not verify is expired too.
         return tuple(
             ("Set-Cookie", cookie)
             for source in self._context.sources
-            for cookie in source.expiry_headers()
+            for cookie in source.expiry_headers(request.root_path)
         )
 
     def _forget_locally(self, own: tuple[SessionIdentity, IdentitySource] | None) -> Flow[None]:
@@ -194,6 +195,15 @@ class LogoutResponder:
                 context.tagger.tag(own[0].instance),
                 exc,
             )
+
+    def _end_locally(self, request: Request) -> Flow[None]:
+        """End the request's session where a source keeps it (a server-side session is
+        deleted from its backend), whether or not the revocation could be recorded."""
+        for source in self._context.sources:
+            try:
+                yield from source.end(request.head)
+            except Exception as exc:  # the cookie still expires; the revocation still holds
+                logger.error("logout: %s source could not end the session: %s", source.name, exc)
 
     def _end_session_endpoint(self) -> Flow[str]:
         try:
@@ -232,8 +242,9 @@ class LogoutResponder:
             yield from self._authenticate(request, refresh_token, own)
         elif tokens is not None:
             refresh_token = tokens.refresh_token
-        expiries = self._expiries()
+        expiries = self._expiries(request)
         yield from self._forget_locally(own)
+        yield from self._end_locally(request)
         context = self._context
         if not refresh_token:
             context.events.emit(ev.API_LOGOUT, "API logout", op_ended=False)

@@ -13,6 +13,7 @@ be confirmed, never a redirect to anything taken from the request.
 from __future__ import annotations
 
 import hmac
+from html import escape
 from urllib.parse import parse_qs
 
 from itsdangerous import BadSignature, URLSafeTimedSerializer
@@ -109,4 +110,6 @@ class PostLogoutResponder:
         if verified and remembered is not None:
             return (yield from done(Response(302, (("Location", remembered[1]), NO_STORE, expire))))
         home = f"{request.root_path}/" if request.root_path else "/"
-        return (yield from done(html_response(400, _UNCONFIRMED.format(home=home), expire)))
+        # root_path may be text of the request's URL (a mount with a path parameter)
+        page = _UNCONFIRMED.format(home=escape(home))
+        return (yield from done(html_response(400, page, expire)))

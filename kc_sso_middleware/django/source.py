@@ -292,7 +292,7 @@ class DjangoSessionSource(IdentitySource):
             self._cache.pop(key, None)
         _logout(request)
 
-    def expiry_headers(self) -> tuple[str, ...]:
+    def expiry_headers(self, root_path: str = "") -> tuple[str, ...]:
         """The Django session cookie, expired: responses carrying it end the session.
 
         The middleware turns it into Django's own logout (the session flushed from its

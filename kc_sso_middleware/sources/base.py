@@ -127,9 +127,21 @@ class IdentitySource(abc.ABC):
         return None
         yield  # pragma: no cover - makes this a generator
 
-    def expiry_headers(self) -> tuple[str, ...]:
-        """``Set-Cookie`` values that end this source's session in the browser."""
+    def expiry_headers(self, root_path: str = "") -> tuple[str, ...]:
+        """``Set-Cookie`` values that end this source's session in the browser;
+        ``root_path``: the app's mount path (a library may set its cookie's path from it)."""
         return ()
+
+    def end(self, head: RequestHead) -> Flow[None]:
+        """The logout path: end the session ``head`` carries where the source keeps it.
+
+        A server-side session source deletes the request's session from its backend (the
+        request names it, so no revocation or index is needed for that).  The default
+        keeps nothing: a cookie ends by :meth:`expiry_headers`.  Errors are logged by the
+        caller; the logout goes on.
+        """
+        return
+        yield  # pragma: no cover - makes this a generator
 
     def purge(self, revocations: Sequence[Revocation]) -> Flow[None]:
         """After ``revocations`` were recorded here: end what the source keeps of them.

@@ -114,7 +114,12 @@ class SignedCookieSource(IdentitySource):
         view: CookieView,
         native: Format,
         clock: Callable[[], float],
+        *,
+        expire: str | None = None,
     ) -> None:
+        """``expire``: the ``Set-Cookie`` value ending the cookie as the framework sets it
+        (its path, domain and flags, read from the app); by default from the
+        ``KC_SSO_SESSION_COOKIE_*`` settings."""
         assert settings.session_secret is not None  # Settings guarantees it
         self._settings = settings
         self._view = view
@@ -139,7 +144,8 @@ class SignedCookieSource(IdentitySource):
             self._formats: tuple[Format, ...] = (native, other)
         else:
             self._formats = (settings.session_format,)
-        expire = expired_cookie(settings)
+        if expire is None:
+            expire = expired_cookie(settings)
         self._expire = (expire,)
         self._revoked_401 = json_response(
             401,
@@ -226,7 +232,7 @@ class SignedCookieSource(IdentitySource):
         stripped = self._view.without(head.cookies, self._cookie)
         return Verdict(cookie=stripped, set_cookies=self._expire, signed_out=signed_out)
 
-    def expiry_headers(self) -> tuple[str, ...]:
+    def expiry_headers(self, root_path: str = "") -> tuple[str, ...]:
         return self._expire
 
     def tokens(self, head: RequestHead, now: float) -> Flow[LoginTokens | None]:

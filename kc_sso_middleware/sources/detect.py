@@ -59,6 +59,9 @@ def session_source(
             if uses_flask_session(flask_app):
                 return FlaskSessionSource(settings, flask_app, store=store, clock=clock)
             _same_cookie_name(settings, flask_app.config.get("SESSION_COOKIE_NAME"), "Flask")
+            return SignedCookieSource(
+                settings, WerkzeugView(), "flask", clock, expire=_flask_expiry(flask_app)
+            )
         return SignedCookieSource(settings, WerkzeugView(), "flask", clock)
     middleware = _starsessions_middleware(app)
     if middleware is not None:
@@ -66,9 +69,45 @@ def session_source(
 
         return StarsessionsSource(settings, middleware, store=store, clock=clock)
     cookie_session = _starlette_session_middleware(app)
+    expire = None
     if cookie_session is not None:
         _same_cookie_name(settings, getattr(cookie_session, "session_cookie", None), "Starlette")
-    return SignedCookieSource(settings, StarletteView(), "starlette", clock)
+        expire = _starlette_expiry(cookie_session)
+    return SignedCookieSource(settings, StarletteView(), "starlette", clock, expire=expire)
+
+
+def _flask_expiry(flask_app: Any) -> str | None:
+    """The ``Set-Cookie`` ending Flask's session cookie as Flask deletes it (its
+    ``SESSION_COOKIE_*`` path, domain and flags): a browser replaces a cookie only with
+    one of the same name, domain and path (RFC 6265 §5.3)."""
+    from werkzeug.http import dump_cookie
+
+    interface = flask_app.session_interface
+    try:
+        options: dict[str, Any] = {
+            "path": interface.get_cookie_path(flask_app),
+            "domain": interface.get_cookie_domain(flask_app),
+            "secure": interface.get_cookie_secure(flask_app),
+            "httponly": interface.get_cookie_httponly(flask_app),
+            "samesite": interface.get_cookie_samesite(flask_app),
+        }
+        if hasattr(interface, "get_cookie_partitioned"):  # Flask 3.1
+            options["partitioned"] = interface.get_cookie_partitioned(flask_app)
+        name = flask_app.config["SESSION_COOKIE_NAME"]
+    except (AttributeError, KeyError):  # a session interface of its own kind
+        return None
+    return dump_cookie(name, "", max_age=0, expires=0, **options)
+
+
+def _starlette_expiry(middleware: Any) -> str | None:
+    """The ``Set-Cookie`` ending Starlette's session cookie as ``SessionMiddleware``
+    clears it (its path, and its flags: HttpOnly, SameSite, Secure, Domain, Partitioned)."""
+    name = getattr(middleware, "session_cookie", None)
+    path = getattr(middleware, "path", None)
+    flags = getattr(middleware, "security_flags", None)
+    if not all(isinstance(value, str) for value in (name, path, flags)):
+        return None
+    return f"{name}=; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path={path}; {flags}"
 
 
 def _same_cookie_name(settings: Settings, used: object, framework: str) -> None:
@@ -189,8 +228,11 @@ class DetectedSessionSource(IdentitySource):
     def tokens(self, head: RequestHead, now: float) -> Flow[LoginTokens | None]:
         return self.source.tokens(head, now)
 
-    def expiry_headers(self) -> tuple[str, ...]:
-        return self.source.expiry_headers()
+    def expiry_headers(self, root_path: str = "") -> tuple[str, ...]:
+        return self.source.expiry_headers(root_path)
+
+    def end(self, head: RequestHead) -> Flow[None]:
+        return self.source.end(head)
 
     def purge(self, revocations: Sequence[Revocation]) -> Flow[None]:
         return self.source.purge(revocations)

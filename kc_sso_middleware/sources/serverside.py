@@ -399,7 +399,7 @@ class ServerSideSessionSource(IdentitySource):
             cookie=self._view.without(head.cookies, self._cookie), set_cookies=self._expire
         )
 
-    def expiry_headers(self) -> tuple[str, ...]:
+    def expiry_headers(self, root_path: str = "") -> tuple[str, ...]:
         return self._expire
 
     # -- the logout path -----------------------------------------------------------------
@@ -415,6 +415,15 @@ class ServerSideSessionSource(IdentitySource):
             logger.warning("%s: the session backend could not be read: %s", self.name, exc)
             return None
         return session_tokens(data, self._settings) if data else None
+
+    def end(self, head: RequestHead) -> Flow[None]:
+        """Delete the request's own session from the backend (the logout path)."""
+        value = self._value(head.cookies)
+        session_id = self._session_id(value) if value else None
+        if not value or not session_id:
+            return
+        self._cache.drop(value)
+        yield from self._delete(session_id)
 
     # -- after a revocation --------------------------------------------------------------
 

@@ -65,6 +65,8 @@ class StarsessionsSource(ServerSideSessionSource):
             serializer = serializer.inner
         self._backend = backend
         self._serializer = serializer
+        self._middleware = middleware
+        self._cookie_path = middleware.cookie_path
         self._session_lifetime = middleware.lifetime
         super().__init__(
             settings,
@@ -126,6 +128,12 @@ class StarsessionsSource(ServerSideSessionSource):
                 await index_write.aio()
         except Exception as exc:  # never break the app's response for the index
             logger.error("%s: could not index a session at login: %s", self.name, exc)
+
+    def expiry_headers(self, root_path: str = "") -> tuple[str, ...]:
+        # Without a cookie_path, starsessions sets its cookie on the request's root path.
+        if root_path and not self._cookie_path:
+            return (_expired_cookie(self._middleware, root_path),)
+        return super().expiry_headers(root_path)
 
     def removed(self, session_id: str) -> None:
         """starsessions just removed ``session_id`` (the app emptied the session)."""
@@ -194,11 +202,12 @@ class ObservedStore(SessionStore):
         return getattr(self.inner, name)
 
 
-def _expired_cookie(middleware: SessionMiddleware) -> str:
-    """A ``Set-Cookie`` ending the session cookie the way starsessions ends it."""
+def _expired_cookie(middleware: SessionMiddleware, root_path: str = "") -> str:
+    """A ``Set-Cookie`` ending the session cookie the way starsessions ends it (on
+    ``cookie_path``, else the request's root path, else ``/``)."""
     parts = [
         f"{middleware.cookie_name}=''",
-        f"path={middleware.cookie_path or '/'}",
+        f"path={middleware.cookie_path or root_path or '/'}",
         "expires=Thu, 01 Jan 1970 00:00:00 GMT",
         middleware.security_flags,
     ]
