@@ -306,7 +306,8 @@ def check_logout_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: flo
         raise _fail("missing_iat", "iat is required")
     if iat > now + skew:
         raise _fail("iat_in_future", "iat is in the future")
-    if iat < now - policy.max_age - skew:
+    # Half-open, as the jti claim below is: at its last instant the claim has expired.
+    if iat <= now - policy.max_age - skew:
         raise _fail("token_too_old", f"iat is more than {policy.max_age:g} s in the past")
 
     exp = _numeric_date(claims, "exp")

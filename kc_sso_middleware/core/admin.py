@@ -111,7 +111,7 @@ class AdminResponder:
                 context.issuer,
                 context.settings.client_id,
                 not_before=not_before,
-                expires_at=expires_at,
+                expires_at=context.expires_at(not_before),
                 note=context.note(
                     "sign_out_all" if self._action == "LOGOUT" else "not_before",
                     context.settings.client_id,

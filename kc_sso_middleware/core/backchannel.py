@@ -112,7 +112,7 @@ class BackchannelResponder:
                     context.issuer,
                     claims.sub,
                     not_before=not_before,
-                    expires_at=expires_at,
+                    expires_at=context.expires_at(not_before),
                     note=note,
                     client_id=context.settings.client_id,
                 )

@@ -42,14 +42,22 @@ class Context:
     clock: Callable[[], float]
     tagger: Tagger
     events: Events
+    #: whether the store already holds an entry (a session entry written before)
+    holds: Callable[[Revocation], bool] = lambda _revocation: False
 
     @property
     def issuer(self) -> str:
         return self.settings.issuer
 
-    def expires_at(self) -> float:
-        """When an entry recorded now can be forgotten (no session it matches lives on)."""
-        return self.clock() + self.settings.max_session_lifetime
+    def expires_at(self, not_before: float = 0.0) -> float:
+        """When an entry recorded now can be forgotten (no session it matches lives on).
+
+        A session the OP began is judged by its ``auth_time``, on the OP's clock, which
+        may run up to ``KC_SSO_CLOCK_SKEW`` ahead of this one (its tokens are accepted
+        so); a wide entry matches sessions begun up to its ``not_before``.
+        """
+        began = max(self.clock() + self.settings.clock_skew, not_before)
+        return began + self.settings.max_session_lifetime
 
     def note(self, cause: str, origin: str | None = None) -> Note:
         """Why and when an entry recorded now is written."""
@@ -111,8 +119,15 @@ class Context:
     def record(
         self, revocations: Sequence[Revocation], *, authenticated: bool = True
     ) -> Flow[None]:
-        """Record ``revocations`` (no replay check), then purge."""
-        yield from RecordRevocations(tuple(revocations), authenticated=authenticated)
+        """Record ``revocations`` (no replay check), then purge.
+
+        Session entries the store holds already are not written again: nothing signs
+        these writes, and one revoked cookie sent to a logout path again and again would
+        otherwise add an entry (a row of the SQLite file) each time, beyond any bound.
+        """
+        fresh = tuple(entry for entry in revocations if not self.holds(entry))
+        if fresh:
+            yield from RecordRevocations(fresh, authenticated=authenticated)
         yield from self.purge(revocations)
 
     def purge(self, revocations: Sequence[Revocation]) -> Flow[None]:

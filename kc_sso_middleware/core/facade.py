@@ -89,6 +89,7 @@ class SSOCore:
             clock=clock,
             tagger=self.tagger,
             events=self.events,
+            holds=store.holds,
         )
         self.explanations = Explanations(store, settings.max_session_lifetime, settings.client_id)
         store.add_listener(self._applied)

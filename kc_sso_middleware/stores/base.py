@@ -42,6 +42,12 @@ class RevocationStore(abc.ABC):
     def is_revoked(self, keys: SessionKeys) -> bool:
         """Whether the session ``keys`` describe is revoked; memory only, no I/O."""
 
+    def holds(self, revocation: Revocation) -> bool:
+        """Whether writing ``revocation`` again would add nothing (a session entry this
+        process's replica already holds); memory only.  A store without a replica says
+        False."""
+        return False
+
     def revoked_by(self, keys: SessionKeys) -> str | None:
         """Which kind of entry revokes ``keys`` (``"sid"``, ``"instance"``, ``"user"``,
         ``"client"``), or ``None``; for explaining a refusal, never on the hot path."""

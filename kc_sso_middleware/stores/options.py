@@ -111,6 +111,24 @@ def _non_negative(value: float) -> bool:
     return value >= 0 and math.isfinite(value)
 
 
+#: the longest any timeout or interval may be (a day): larger values are typing errors,
+#: and values far larger fail only later, at the first connection or write (a socket
+#: timeout beyond time_t, a PEXPIRE out of range, a repair wait without end)
+MAX_SECONDS = 86400.0
+
+
+def _seconds(value: float) -> bool:
+    return _positive(value) and value <= MAX_SECONDS
+
+
+def _seconds_or_zero(value: float) -> bool:
+    return _non_negative(value) and value <= MAX_SECONDS
+
+
+def _milliseconds(value: float) -> bool:
+    return _positive(value) and value <= MAX_SECONDS * 1000
+
+
 def _non_empty(value: str) -> bool:
     return bool(value)
 
@@ -141,8 +159,8 @@ ACK_TIMEOUT = Option(
     "ack_timeout",
     _number,
     1.0,
-    _non_negative,
-    "a non-negative number",
+    _seconds_or_zero,
+    "a non-negative number of seconds, at most 86400",
     "seconds record() waits for every live worker to apply a write (0: do not wait)",
     _SHARED,
 )
@@ -150,8 +168,8 @@ POLL_INTERVAL = Option(
     "poll_interval",
     _number,
     0.01,
-    _positive,
-    "a positive number",
+    _seconds,
+    "a positive number of seconds, at most 86400",
     "seconds between a follower's checks for new rows",
     frozenset({"sqlite"}),
 )
@@ -159,8 +177,8 @@ BUSY_TIMEOUT = Option(
     "busy_timeout",
     _integer,
     5000,
-    _positive,
-    "a positive whole number",
+    _milliseconds,
+    "a positive whole number of milliseconds, at most 86400000",
     "milliseconds a write waits for another writer's lock",
     frozenset({"sqlite"}),
 )
@@ -168,8 +186,8 @@ PURGE_INTERVAL = Option(
     "purge_interval",
     _number,
     60.0,
-    _positive,
-    "a positive number",
+    _seconds,
+    "a positive number of seconds, at most 86400",
     "seconds between deletions of expired rows",
     frozenset({"sqlite"}),
 )
@@ -196,8 +214,8 @@ SOCKET_TIMEOUT = Option(
     "socket_timeout",
     _number,
     5.0,
-    _positive,
-    "a positive number",
+    _seconds,
+    "a positive number of seconds, at most 86400",
     "seconds a Redis command may take",
     REDIS_SCHEMES,
     redis_kwarg=True,
@@ -206,8 +224,8 @@ SOCKET_CONNECT_TIMEOUT = Option(
     "socket_connect_timeout",
     _number,
     2.0,
-    _positive,
-    "a positive number",
+    _seconds,
+    "a positive number of seconds, at most 86400",
     "seconds a connection attempt may take",
     REDIS_SCHEMES,
     redis_kwarg=True,
@@ -226,8 +244,8 @@ REPAIR_WAIT = Option(
     "repair_wait",
     _number,
     3.0,
-    _non_negative,
-    "a non-negative number",
+    _seconds_or_zero,
+    "a non-negative number of seconds, at most 86400",
     "seconds a starting worker waits, when Redis has been up for less than that and holds "
     "none of this store's keys, for a surviving worker to write back what Redis lost",
     REDIS_SCHEMES,
@@ -382,16 +400,46 @@ def default_of(option: Option[T]) -> T:
     return option.default
 
 
+def _user_part_end(rest: str) -> int:
+    """Where the user part of a URL's text after ``://`` ends (its last ``@``), or -1.
+
+    A password pasted unencoded may hold ``/``, ``?``, ``#`` or ``@``, so the user part is
+    not cut at the first of those: it runs to the last ``@`` before the query, or, when
+    a ``?`` comes before any ``/`` and not after a port (a ``?`` inside the location),
+    to the last ``@`` at all.
+    """
+    query = rest.find("?")
+    at = rest.rfind("@", 0, len(rest) if query < 0 else query)
+    if at < 0 and query >= 0:
+        location = rest[:query]
+        if "/" not in location and not location.rpartition(":")[2].isdigit():
+            at = rest.rfind("@")
+    return at
+
+
 def redact(url: str) -> str:
     """``url`` with its password replaced by ``***`` and its query dropped."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url.partition("?")[0]
-    location, slash, path = rest.partition("/")
-    userinfo, at, hosts = location.rpartition("@")
-    if at and ":" in userinfo:
-        location = f"{userinfo.partition(':')[0]}:***@{hosts}"
-    return f"{scheme}://{location}{slash}{path}".partition("#")[0].partition("?")[0]
+    at = _user_part_end(rest)
+    if at >= 0 and ":" in rest[:at]:
+        rest = f"{rest[:at].partition(':')[0]}:***{rest[at:]}"
+    return f"{scheme}://{rest}".partition("#")[0].partition("?")[0]
+
+
+def _unencoded_password(url: str, parts: SplitResult) -> bool:
+    """Whether ``url`` has a password that holds ``/``, ``?`` or ``#`` unencoded (the
+    parsed location then stops inside it)."""
+    rest = url.partition("://")[2]
+    at = _user_part_end(rest)
+    netloc = parts.netloc
+    return (
+        at >= 0
+        and ":" in rest[:at]
+        and "@" not in netloc
+        and not netloc.rpartition(":")[2].isdigit()  # host:port: the "@" is further on
+    )
 
 
 def has_hash_tag(prefix: str) -> bool:
@@ -415,6 +463,11 @@ def parse_store_url(url: str, *, schemes: frozenset[str] = _ALL) -> StoreURL:
         forms = "; ".join(SCHEMES[s] for s in SCHEMES if s in schemes)
         raise ConfigurationError(
             f"KC_SSO_STORE={shown!r} has an unsupported scheme {parts.scheme!r}; accepted: {forms}"
+        )
+    if _unencoded_password(url, parts):
+        raise ConfigurationError(
+            f"KC_SSO_STORE={shown!r}: the password holds '/', '?' or '#'; percent-encode "
+            "it in the URL (/ as %2F, ? as %3F, # as %23)"
         )
     own = accepted(parts.scheme)
     query = parse_qs(parts.query, keep_blank_values=True)

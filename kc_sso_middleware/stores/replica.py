@@ -64,9 +64,16 @@ _VERSIONS = itertools.count(1)
 _FULL_LOG_INTERVAL = 60.0
 
 
+#: the widest bucket: the journal keeps milliseconds before a bucket's end in 32 bits
+#: (2**22 s is 48.5 days; longer lifetimes fill more buckets)
+_MAX_WIDTH_LOG2 = 22
+
+
 def _width(remaining: float) -> float:
-    """The bucket width for entries with ``remaining`` seconds to live: 2**k >= remaining/4."""
-    return float(2 ** max(0, math.ceil(math.log2(max(remaining / 4, 1.0)))))
+    """The bucket width for entries with ``remaining`` seconds to live: 2**k >= remaining/4,
+    at most 2**_MAX_WIDTH_LOG2."""
+    exponent = math.ceil(math.log2(max(remaining / 4, 1.0)))
+    return float(2 ** min(max(0, exponent), _MAX_WIDTH_LOG2))
 
 
 class Replica:
@@ -144,6 +151,19 @@ class Replica:
         return None
 
     # -- writes -----------------------------------------------------------------------
+
+    def holds(self, entry: Revocation) -> bool:
+        """Whether a session entry is held already, so that writing it again adds nothing.
+
+        A session subject names one session (a Keycloak ``sid``, one app session's token),
+        begun before its first entry was written: that entry outlives every session it can
+        match, and a later copy is redundant.  (Wide entries are never redundant this
+        way: a later one may raise the ``not_before``.)
+        """
+        if entry.kind is not RevocationKind.SESSION:
+            return False
+        subject = entry.subject
+        return any(subject in bucket for bucket in self._buckets)
 
     def check_room(self, *, authenticated: bool, store: str) -> None:
         """Refuse an unauthenticated write once ``max_entries`` are held (StoreFullError)."""
@@ -337,6 +357,9 @@ class ReplicaStore(RevocationStore):
 
     def revoked_by(self, keys: SessionKeys) -> str | None:
         return self._replica.revoked_by(keys)
+
+    def holds(self, revocation: Revocation) -> bool:
+        return self._replica.holds(revocation)
 
     @property
     def version(self) -> int:

@@ -28,16 +28,16 @@ BASE = {
 #: values each option must refuse
 BAD = {
     "max_entries": ["0", "-1", "many", "1.5", ""],
-    "ack_timeout": ["-1", "nan", "inf", "soon", ""],
-    "poll_interval": ["0", "-0.5", "nan", "inf"],
-    "busy_timeout": ["0", "-5", "1.5"],
-    "purge_interval": ["0", "nan"],
+    "ack_timeout": ["-1", "nan", "inf", "soon", "", "1e16"],
+    "poll_interval": ["0", "-0.5", "nan", "inf", "1e300"],
+    "busy_timeout": ["0", "-5", "1.5", "99999999999999999999"],
+    "purge_interval": ["0", "nan", "1e300"],
     "prefix": [""],
     "stream_maxlen": ["0", "ten"],
     "wait_replicas": ["-1", "one", "0.5"],
-    "repair_wait": ["-1", "nan", "inf"],
-    "socket_timeout": ["0", "-1", "nan"],
-    "socket_connect_timeout": ["0", "inf"],
+    "repair_wait": ["-1", "nan", "inf", "1e300"],
+    "socket_timeout": ["0", "-1", "nan", "1e300"],
+    "socket_connect_timeout": ["0", "inf", "1e300"],
     "db": ["-1", "two"],
     "ssl": ["perhaps"],
     "ssl_cert_reqs": ["maybe", "REQUIRED!"],
@@ -148,3 +148,52 @@ def test_defaults_and_given_values(tmp_path: Path) -> None:
     sentinel = parse_store_url("redis+sentinel://s1/m?ssl=yes&sentinel_password=pw")
     assert sentinel.values["ssl"] is True
     assert "sentinel_password" not in sentinel.redis_kwargs()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Generated passwords hold "/" (base64) or other reserved characters, and are
+        # easily pasted unencoded.
+        pytest.param("redis://:hunter/2@h/0?bogus=1", id="slash, option error"),
+        pytest.param("redis://:hunter/2@h/0", id="slash, path error"),
+        pytest.param("rediss://user:hunter/2@h:6380/0", id="slash, tls"),
+        pytest.param("redis+sentinel://:hunter/2@s1/m", id="slash, sentinel"),
+        pytest.param("redis+cluster://:hunter/2@n1:7000", id="slash, cluster"),
+        pytest.param("redis://:hunter#2@h:6379/0", id="hash"),
+        pytest.param("redis://user:hunter?2@h/0", id="question mark"),
+        pytest.param("redis+cluster://u:hunter?2@n1:7000", id="question mark, cluster"),
+    ],
+)
+def test_a_password_with_reserved_characters_is_never_shown(url: str) -> None:
+    """A password pasted unencoded is refused with a ConfigurationError that hides it."""
+    with pytest.raises(ConfigurationError) as raised:
+        open_store(url)
+    assert "hunter" not in str(raised.value)
+    assert "2@" not in str(raised.value)
+
+
+def test_a_store_description_never_shows_a_password_with_a_slash() -> None:
+    """The description that every log line of the store carries hides the password too."""
+    from kc_sso_middleware.stores.options import redact
+
+    for url in ["unix://:hunter/2@/run/redis.sock", "redis://u:hunter/2@h/0"]:
+        assert "hunter" not in redact(url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://h:6379?prefix=app@1:",
+        "redis://h:6379/0?prefix=app@1:",
+        "redis+sentinel://s1:26379,s2:26380?prefix=a@b:",
+        "unix:///run/redis@main.sock",
+        "redis://:p@ss@h/0",
+        "redis://:p%2Fss@h/0",
+    ],
+)
+def test_an_at_sign_elsewhere_is_no_password(url: str) -> None:
+    """An ``@`` in an option, a socket path or an encoded password is still accepted."""
+    if url.startswith("redis+sentinel"):
+        url = url.replace("?", "/m?")
+    open_store(url).close()

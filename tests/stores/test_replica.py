@@ -190,3 +190,26 @@ def test_a_snapshot_gives_back_every_live_entry_never_later_than_its_expiry() ->
     for entry in live:
         got = back[(entry.kind, entry.subject)].expires_at
         assert entry.expires_at - 0.002 <= got <= entry.expires_at
+
+
+@pytest.mark.parametrize("days", [30, 100, 200, 365, 3650])
+def test_long_session_lifetimes_are_held_and_snapshotted(days: int) -> None:
+    """KC_SSO_MAX_SESSION_LIFETIME takes any positive number of seconds (Keycloak's SSO
+    Session Max Remember Me is often months): every entry of such a lifetime is applied,
+    and a snapshot gives each back, never later than its own expiry."""
+    rng = random.Random(days)
+    clock = Clock()
+    replica = Replica(timer=clock)
+    lifetime = days * 86400.0
+    entries = []
+    for n in range(200):
+        entry = session(f"sid-{n}", clock.now + lifetime)
+        replica.apply([entry])  # one by one, as logouts come
+        entries.append(entry)
+        clock.now += rng.uniform(0, lifetime / 100)
+    for entry in entries:
+        assert replica.is_revoked(keys(entry.label))
+    back = {e.subject: e.expires_at for e in replica.snapshot()}
+    for entry in entries:
+        if entry.expires_at > clock.now:
+            assert entry.expires_at - 0.002 <= back[entry.subject] <= entry.expires_at

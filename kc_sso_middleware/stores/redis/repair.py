@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError, RedisError
 
+from .._following import FOLLOWER_STALE_AFTER
 from ..model import Revocation, StoreStatus
 from . import scripts
 
@@ -127,6 +128,7 @@ def _contact(store: RedisStore, client: redis.Redis, *, create: bool) -> tuple[s
             store.follower_name,
             int(LEASE_SECONDS * 1000),
             "1" if create else "0",
+            int(FOLLOWER_STALE_AFTER * 1000),
         ],
     )
     verdict, generation, repairers = reply

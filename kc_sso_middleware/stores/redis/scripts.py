@@ -43,6 +43,13 @@ Keys (``P`` is the prefix; for Redis Cluster it holds a hash tag, so all are in 
     A random token written once for the keyspace's history.  Each worker remembers the
     one it synced with and compares it on every (re)connection, resync and heartbeat:
     missing or different means the store lost data (see :mod:`.repair`).
+``P generation:renewed``
+    Set, with a TTL of the live window, when a worker found a loss and started a new
+    generation.  Until it expires (and while the generation is not the writer's), the
+    record script stores a write but cannot say whom it waits for: the followers' list
+    was lost with the data, and workers still current re-register only at their next
+    heartbeat.  The writer then waits (the confirm script, up to ``ack_timeout``) until
+    the marker is gone and every follower listed by then has the write.
 ``P repairers``
     Sorted set of the workers writing their replicas back, scored by when their lease
     runs out (Redis' clock, ms).  A starting worker does not load while one is listed.
@@ -53,7 +60,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-__all__ = ["CONTACT", "PUBLISH", "RECORD", "SCRIPTS", "WAITING", "WRITEBACK", "Keys", "Script"]
+__all__ = [
+    "CONFIRM",
+    "CONTACT",
+    "PUBLISH",
+    "RECORD",
+    "SCRIPTS",
+    "WAITING",
+    "WRITEBACK",
+    "Keys",
+    "Script",
+]
 
 
 @dataclass(frozen=True)
@@ -103,6 +120,10 @@ class Keys:
         return f"{self.prefix}generation"
 
     @property
+    def renewed(self) -> str:
+        return f"{self.prefix}generation:renewed"
+
+    @property
     def repairers(self) -> str:
         return f"{self.prefix}repairers"
 
@@ -134,11 +155,13 @@ RECORD = Script(
 --       (with Redis Cluster they share the slot of its hash tag, which Redis allows)
 -- ARGV: now, stream maxlen, feed payload, jti ttl ms, call token, writer's follower name,
 --       live window ms, ack ttl ms (0: nobody waits for acknowledgements), '1' when a
---       BLPOP on P acks:done:<token> follows in the pipeline,
---       then (member, not_before, expires_at) per entry
+--       BLPOP on P acks:done:<token> follows in the pipeline, the generation the
+--       writer synced with ('' for none), then (member, not_before, expires_at) per entry
 -- Returns {position, followers to wait for}: position 0 for a replay, -1 when nothing was
 -- written, else the seq of the message.  With nobody to wait for, a BLPOP that follows is
--- released at once.
+-- released at once.  Followers -1: written, but the keyspace lost data moments ago (its
+-- generation is not the writer's, or was renewed within the live window), so the list
+-- of live followers may lack some that are still current: nobody can be waited for.
 local P = string.sub(KEYS[1], 1, -8)
 local entries, not_before, seq_key = KEYS[1], P .. 'not_before', P .. 'seq'
 local wait, done = P .. 'acks:wait:' .. ARGV[5], P .. 'acks:done:' .. ARGV[5]
@@ -164,8 +187,8 @@ if KEYS[2] then
     return settled(0)
   end
 end
-if #ARGV < 10 then return settled(-1) end
-for i = 10, #ARGV, 3 do
+if #ARGV < 11 then return settled(-1) end
+for i = 11, #ARGV, 3 do
   redis.call('ZADD', entries, 'GT', ARGV[i + 2], ARGV[i])
   if string.sub(ARGV[i], 1, 4) ~= 'sid:' then
     local current = redis.call('HGET', not_before, ARGV[i])
@@ -192,6 +215,12 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZRANGE', P .. 'followers:seen', now - tonumber(ARGV[7]), '+inf',
                         'BYSCORE')
+-- A keyspace emptied (FLUSHALL, eviction, a restart) took the followers' list along, and
+-- after a repair renewed the generation, workers still current re-register only at their
+-- next heartbeat: until then the list cannot say whom to wait for.
+local unsure = ack_ttl > 0 and ARGV[10] ~= '' and
+  (redis.call('GET', P .. 'generation') ~= ARGV[10] or
+   redis.call('EXISTS', P .. 'generation:renewed') == 1)
 local waiting = 0
 for _, name in ipairs(live) do
   if name ~= ARGV[6] then
@@ -201,9 +230,13 @@ for _, name in ipairs(live) do
       redis.call('RPUSH', bell, 1)
       redis.call('PEXPIRE', bell, 60000)
     end
-    if ack_ttl > 0 then redis.call('SADD', wait, name) end
+    if ack_ttl > 0 and not unsure then redis.call('SADD', wait, name) end
     waiting = waiting + 1
   end
+end
+if unsure then
+  settled(seq)
+  return {seq, -1}
 end
 if ack_ttl <= 0 then return {seq, 0} end
 if waiting == 0 then return settled(seq) end
@@ -286,6 +319,34 @@ return lagging
 """,
 )
 
+CONFIRM = Script(
+    "confirm",
+    """
+-- KEYS: generation, generation:renewed, followers:applied hash, followers:seen zset
+-- ARGV: the generation the writer synced with, the write's seq, live window ms, the
+--       writer's follower name
+-- For a write the record script could not wait for (the keyspace lost data moments
+-- ago): returns {1 once the generation is the writer's and not renewed within the live
+-- window (0 before), then name, applied, … of the live followers below the write's seq}.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local settled = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('EXISTS', KEYS[2]) == 0 then
+  settled = 1
+end
+local reply = {settled}
+local live = redis.call('ZRANGE', KEYS[4], now - tonumber(ARGV[3]), '+inf', 'BYSCORE')
+for _, name in ipairs(live) do
+  local applied = tonumber(redis.call('HGET', KEYS[3], name) or '-1')
+  if name ~= ARGV[4] and applied < tonumber(ARGV[2]) then
+    reply[#reply + 1] = name
+    reply[#reply + 1] = applied
+  end
+end
+return reply
+""",
+)
+
 CONTACT = Script(
     "contact",
     """
@@ -293,7 +354,8 @@ CONTACT = Script(
 -- ARGV: generation this worker synced with ('' for a worker that never synced), id of the
 --       last feed message it applied ('' for none), a new random generation, its name,
 --       repair lease ms, '1' to create the generation if there is none (a new worker
---       whose wait is over)
+--       whose wait is over), the live window ms (a renewed generation is marked that
+--       long: writers do not trust the followers' list meanwhile)
 -- Returns {verdict, generation ('' for none), repairers listed}.  Verdicts: 'current'
 -- (nothing lost that this worker can tell), 'absent' (no generation: a new keyspace, or
 -- one that lost everything), or, for a worker that synced before, 'lost' (the keyspace
@@ -336,6 +398,7 @@ end
 if verdict == 'current' then return {verdict, generation, redis.call('ZCARD', KEYS[2])} end
 if verdict == 'lost' then
   redis.call('SET', KEYS[1], ARGV[3])
+  redis.call('SET', KEYS[1] .. ':renewed', 1, 'PX', ARGV[7])
   generation = ARGV[3]
 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
@@ -391,4 +454,4 @@ return #restored
 )
 
 #: every script, loaded by each follower when it (re)connects
-SCRIPTS = (RECORD, PUBLISH, WAITING, CONTACT, WRITEBACK)
+SCRIPTS = (RECORD, PUBLISH, WAITING, CONFIRM, CONTACT, WRITEBACK)

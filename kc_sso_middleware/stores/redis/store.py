@@ -66,7 +66,14 @@ from redis.exceptions import NoScriptError, RedisError
 
 from ..._flows import Effect, Flow, adrive, drive
 from ...errors import StoreUnavailableError
-from .._following import FOLLOWER_STALE_AFTER, FollowerState, FollowingStore, Write, Written
+from .._following import (
+    FOLLOWER_STALE_AFTER,
+    FollowerState,
+    FollowingStore,
+    Pause,
+    Write,
+    Written,
+)
 from ..model import Revocation, StoreStatus
 from ..options import (
     ACK_TIMEOUT,
@@ -100,6 +107,8 @@ _BLOCKING_SHARE = 0.8
 _LIVE_MS = int(FOLLOWER_STALE_AFTER * 1000)
 #: own writes remembered for the follower (far more than can be in flight)
 _OWN_WRITES = 10_000
+#: how often a write Redis could not wait for (it lost data moments ago) looks again
+_CONFIRM_POLL = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +253,7 @@ class RedisStore(FollowingStore):
             # The wait set outlives the wait; 0: nobody waits.
             int(self.ack_timeout * 1000) + ACK_DONE_TTL_MS if self.ack_timeout > 0 else 0,
             "1" if blpop else "0",
+            self._generation or "",
         ]
         for entry in write.entries:
             # repr() round-trips floats exactly; Lua only compares, Redis stores the text.
@@ -308,6 +318,8 @@ class RedisStore(FollowingStore):
                     "held by the master (set wait_replicas=0 to confirm writes without "
                     "replicas)"
                 )
+        if waiting < 0:  # Redis lost data moments ago: whom to wait for is not known
+            return (yield from self._confirm(position, deadline))
         if blpop_s > 0:
             self._others_live = waiting > 0
         if not waiting or blpop_s <= 0:
@@ -347,10 +359,38 @@ class RedisStore(FollowingStore):
             if popped is not None and not isinstance(popped, Exception):
                 return Written(position, applied=applied)
 
+    def _confirm(self, position: int, deadline: float) -> Flow[Written]:
+        """Wait, up to ``ack_timeout``, for a write the record script could not wait for:
+        Redis lost its data moments ago, and with it the list of live followers.  Done
+        once the keyspace's generation is this worker's and was not renewed within the
+        live window (every worker still current has re-registered by then, or found the
+        loss and stopped reporting current) and every follower listed has the write."""
+        keys = self.keys
+        names = [keys.generation, keys.renewed, *keys.followers]
+        pairs: list[tuple[str, int]] = [("(followers unknown: Redis lost data)", -1)]
+        while time.monotonic() < deadline:
+            args = (self._generation or "", position, _LIVE_MS, self.follower_name)
+            call = ("EVALSHA", scripts.CONFIRM.sha, len(names), *names, *args)
+            (reply,) = yield from _Pipeline((call,))
+            if _is_noscript(reply):
+                yield from _Pipeline((("SCRIPT", "LOAD", scripts.CONFIRM.text),))
+                continue
+            if isinstance(reply, Exception):
+                break
+            settled, *rest = reply
+            pairs = _pairs(rest) if int(settled) else pairs
+            if int(settled) and not pairs:
+                return Written(position, applied=True)
+            yield from Pause(_CONFIRM_POLL)
+        return Written(position, tuple(pairs), applied=True)
+
     def _perform(self, effect: Effect[Any]) -> object:
         """Perform one effect of the record flow, blocking."""
         if isinstance(effect, Write):
             return drive(self._write_flow(effect), self._perform)
+        if isinstance(effect, Pause):
+            time.sleep(effect.seconds)
+            return None
         if isinstance(effect, _Pipeline):
             try:
                 if len(effect.commands) == 1:  # no pipeline object needed
@@ -372,6 +412,9 @@ class RedisStore(FollowingStore):
         """Perform one effect of the record flow on the running loop's client."""
         if isinstance(effect, Write):
             return await adrive(self._write_flow(effect), self._aperform)
+        if isinstance(effect, Pause):
+            await asyncio.sleep(effect.seconds)
+            return None
         if isinstance(effect, _Pipeline):
             try:
                 handle = await self._async_handle()
