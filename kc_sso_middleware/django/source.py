@@ -34,7 +34,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from functools import partial
+from functools import lru_cache, partial
 from importlib import import_module
 from typing import Any
 
@@ -198,6 +198,13 @@ class DjangoSessionSource(IdentitySource):
         session = request.session
         raw = self._raw(session)
         if raw is None:
+            if _oidc_login(session):
+                # mozilla-django-oidc's backend logged this session in, yet it holds no
+                # Keycloak login (Django's login() flushed the ID token the backend had
+                # stored, when the session was another user's; or OIDC_STORE_ID_TOKEN is
+                # off): no revocation could ever reach it.  End it, as a malformed one.
+                logger.warning("a Django session logged in by OIDC holds no Keycloak login: ended")
+                return Finding(self, (), clean=Verdict(pending=self._end(request, PASS)))
             return None  # no Keycloak login in this session (anonymous, or another backend)
         key: str | None = session.session_key
         refresh_token = _string(session.get(self._settings.session_refresh_token_key))
@@ -385,16 +392,21 @@ class DjangoSessionSource(IdentitySource):
         delete = partial(self.purge_now, revocations)
         yield from BackendCall(sync=delete, aio=sync_to_async(delete), what="session purge")
 
-    def _realm_user(self, revocation: Revocation) -> int:
-        """The ``user_subject`` a user entry's sessions are indexed by: an entry scoped
-        to this app's client (``KC_SSO_SID_LOGOUT_SCOPE=user``) names the same user."""
+    def _user_match(self, revocation: Revocation) -> Any:
+        """The index rows a user entry matches: an entry scoped to this app's client (a
+        logout token without sid, ``KC_SSO_SID_LOGOUT_SCOPE=user``) names the same
+        ``user_subject``, in this client's sessions only (the request check of another
+        client sharing the table does not refuse by it)."""
+        from django.db.models import Q
+
         sub, settings = revocation.label, self._settings
         kind = RevocationKind.USER
         if sub is not None and revocation.subject == subject_of(
             kind, user_scope(settings.issuer, settings.client_id), sub
         ):
-            return subject_of(kind, settings.issuer, sub)
-        return revocation.subject
+            realm_user = subject_of(kind, settings.issuer, sub)
+            return Q(user_subject=realm_user, client_subject=self._client_subject)
+        return Q(user_subject=revocation.subject)
 
     def purge_now(self, revocations: Sequence[Revocation]) -> int:
         """Delete the Django sessions ``revocations`` match; how many (blocking)."""
@@ -409,7 +421,7 @@ class DjangoSessionSource(IdentitySource):
             if revocation.kind is RevocationKind.SESSION:
                 match |= Q(session_subject=subject) | Q(instance_subject=subject)
             elif revocation.kind is RevocationKind.USER:
-                match |= Q(user_subject=self._realm_user(revocation)) & older
+                match |= self._user_match(revocation) & older
             elif subject == self._client_subject:
                 match |= Q(client_subject=subject) & older
         if not match:
@@ -470,7 +482,34 @@ def _delete_sessions(engine: Any, keys: list[str]) -> None:
         store.delete(key)  # cache, cached_db, file: each the engine's own way
 
 
+def _oidc_login(session: Any) -> bool:
+    """Whether mozilla-django-oidc's backend (or a subclass) logged ``session`` in."""
+    from django.contrib.auth import BACKEND_SESSION_KEY
+
+    backend = session.get(BACKEND_SESSION_KEY)
+    return isinstance(backend, str) and is_oidc_backend(backend)
+
+
+@lru_cache(maxsize=64)
+def is_oidc_backend(path: str) -> bool:
+    """Whether the authentication backend at ``path`` is mozilla-django-oidc's or a subclass."""
+    from django.utils.module_loading import import_string
+
+    try:
+        from mozilla_django_oidc.auth import OIDCAuthenticationBackend
+
+        backend = import_string(path)
+    except ImportError:
+        return False
+    return isinstance(backend, type) and issubclass(backend, OIDCAuthenticationBackend)
+
+
 def _logout(request: Any) -> None:
     from django.contrib.auth import logout
 
     logout(request)
+    # logout() replaces request.user, not the users AuthenticationMiddleware's accessors
+    # cached on the request: ``await request.auser()`` would still give the old one to a
+    # view when a middleware before this one had asked for it.
+    for cached in ("_cached_user", "_acached_user"):
+        request.__dict__.pop(cached, None)
