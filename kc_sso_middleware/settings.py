@@ -96,6 +96,14 @@ class Settings:
                 "KC_SSO_SESSION_SECRET is required: it is the secret your framework signs its "
                 "session cookie with (Flask SECRET_KEY, Starlette SessionMiddleware secret_key)"
             )
+        if self.liveness_interval is not None and not self.client_secret:
+            # Keycloak refuses introspection without client authentication (401, and 403
+            # for a public client): no check could ever succeed, and under
+            # KC_SSO_LIVENESS_FAILURE=closed every session would be answered 503 for good.
+            raise ConfigurationError(
+                "KC_SSO_LIVENESS_INTERVAL needs KC_SSO_CLIENT_SECRET: Keycloak answers token "
+                "introspection only to a confidential client that authenticates"
+            )
         paths = [
             p
             for p in (

@@ -195,7 +195,7 @@ class RequestCheck:
         background = list(verdict.background)
         unconfirmed = False
         for identity in finding.identities:
-            check = self._liveness.due(identity, now)
+            check = self._liveness.due(identity, now, finding, head)
             if check is not None:
                 background.append(check)
             unconfirmed = unconfirmed or self._liveness.refuses(identity)

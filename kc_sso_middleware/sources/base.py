@@ -102,6 +102,10 @@ class IdentitySource(abc.ABC):
     #: source that only reads claims without verifying them (bearer tokens) says False:
     #: it may refuse a request, never authenticate one.
     authenticates: bool = True
+    #: whether a finding served from the source's memory may hold older tokens than the
+    #: session does now (a server-side session another worker saved since): liveness
+    #: reads :meth:`tokens` again before asking Keycloak about its refresh token
+    readings_may_lag: bool = False
 
     @abc.abstractmethod
     def find(self, head: RequestHead, now: float) -> Finding | None:

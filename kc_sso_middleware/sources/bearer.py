@@ -130,6 +130,9 @@ class BearerSource(IdentitySource):
             valid_until = numeric_date(exp, "exp") if exp is not None else float("inf")
         except ValueError:
             return None
+        if identity.auth_time is not None:
+            # Past its lifetime the session must be judged again (and refused).
+            valid_until = min(valid_until, identity.auth_time + self._settings.max_session_lifetime)
         return Finding(self, (identity,), valid_until=valid_until)
 
     def _identity(self, claims: Mapping[str, Any]) -> SessionIdentity | None:

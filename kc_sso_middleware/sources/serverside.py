@@ -170,6 +170,7 @@ class ServerSideSessionSource(IdentitySource):
     """A session whose data a backend keeps under the id in the session cookie."""
 
     name = "server-side session"
+    readings_may_lag = True
 
     def __init__(
         self,

@@ -85,8 +85,15 @@ class StandInOP:
         #: how many introspection requests came; set ``introspection_status`` to fail them
         self.introspections = 0
         self.introspection_status = 200
+        #: seconds each introspection answer takes (a Keycloak that is slow or hanging)
+        self.introspection_delay = 0.0
         #: seconds a refresh token lives (Keycloak: the client session's idle timeout)
         self.refresh_lifetime = 1800
+        #: Keycloak's realm setting "Revoke Refresh Token" (max reuse 0): a refresh token
+        #: used once is refused afterwards, and introspects as ``active: false`` while
+        #: the session lives on ("Maximum allowed refresh token reuse exceeded", "Stale
+        #: token"); off (Keycloak's default) it stays valid until its ``exp``
+        self.revoke_refresh_token = False
         self._codes: dict[str, dict[str, str]] = {}
         self._refresh: dict[str, tuple[str, str]] = {}
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -334,12 +341,35 @@ class StandInOP:
                     op_session = _Session(sid, f"sub-{username}", username, int(time.time()))
                     op.sessions[sid] = op_session
                     self._json(200, op._tokens(op_session, client_id, None))
+                elif grant == "refresh_token":
+                    token = params.get("refresh_token", "")
+                    found = op._refresh.get(token)
+                    claims = (
+                        json.loads(jws.extract_compact(token.encode()).payload) if found else {}
+                    )
+                    op_session = op.sessions.get(found[0]) if found else None
+                    if (
+                        found is None
+                        or op_session is None
+                        or found[1] != client_id
+                        or claims.get("exp", 0) < time.time()
+                    ):
+                        self._json(
+                            400,
+                            {"error": "invalid_grant", "error_description": "Token is not active"},
+                        )
+                        return
+                    if op.revoke_refresh_token:
+                        op._refresh.pop(token, None)
+                    self._json(200, op._tokens(op_session, client_id, None))
                 else:
                     self._json(400, {"error": "unsupported_grant_type"})
 
             def _introspect(self, params: dict[str, str]) -> None:
                 """Token introspection of a refresh token, as Keycloak answers it."""
                 op.introspections += 1
+                if op.introspection_delay:
+                    time.sleep(op.introspection_delay)
                 if op.introspection_status != 200:
                     self._json(op.introspection_status, {"error": "server_error"})
                     return
