@@ -84,6 +84,8 @@ class StandInOP:
         self.extra_jwks: list[dict[str, Any]] = []
         #: how many introspection requests came; set ``introspection_status`` to fail them
         self.introspections = 0
+        #: how many of them were answered ``active`` true or false (the token looked up)
+        self.introspections_answered = 0
         self.introspection_status = 200
         #: seconds each introspection answer takes (a Keycloak that is slow or hanging)
         self.introspection_delay = 0.0
@@ -386,6 +388,7 @@ class StandInOP:
                     and claims.get("exp", 0) >= time.time()
                     and found[1] == client_id
                 )
+                op.introspections_answered += 1
                 if not alive or found is None:
                     self._json(200, {"active": False})
                     return
