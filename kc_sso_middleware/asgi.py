@@ -178,10 +178,13 @@ class SSOMiddleware:
     ) -> None:
         """Call the app with the verdict's Cookie header and its cookies added to the answer
         (the response's head, or a websocket's accept)."""
-        headers = [(n, v) for n, v in scope["headers"] if n != b"cookie"]
-        if verdict.cookie:
-            headers.append((b"cookie", verdict.cookie.encode("latin-1")))
-        scope = dict(scope, headers=headers)
+        if verdict.cookie is not None:  # None keeps every Cookie header (see Verdict)
+            headers = [(n, v) for n, v in scope["headers"] if n != b"cookie"]
+            if verdict.cookie:
+                headers.append((b"cookie", verdict.cookie.encode("latin-1")))
+            scope = dict(scope, headers=headers)
+        else:
+            scope = dict(scope)
         if verdict.signed_out is not None:
             scope[SIGNED_OUT_KEY] = verdict.signed_out.as_dict()
         added = [(b"set-cookie", value.encode("latin-1")) for value in verdict.set_cookies]

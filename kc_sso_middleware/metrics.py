@@ -11,14 +11,16 @@ empty directory before the server starts (prometheus-client's multiprocess mode)
 exposition then sums every worker, and gunicorn's ``child_exit`` hook should call
 ``prometheus_client.multiprocess.mark_process_dead(worker.pid)``.
 
-Expose them where your app wants (:func:`wsgi_app`, :func:`asgi_app`, :func:`exposition`),
-or let the middleware serve them at ``KC_SSO_METRICS_PATH`` (off by default).
+They are counted when ``KC_SSO_METRICS_PATH`` is set (the middleware serves them there),
+or after :func:`install`; expose them where your app wants (:func:`wsgi_app`,
+:func:`asgi_app`, :func:`exposition`).
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from . import events as ev
@@ -82,23 +84,31 @@ def _metrics() -> dict[str, Any]:
                 "kc_sso_replica_entries",
                 "Revocations held by this worker's replica",
                 ["app"],
-                multiprocess_mode="max",
+                # live*: mark_process_dead (gunicorn's child_exit) forgets a dead worker's
+                # value; the others keep it for ever
+                multiprocess_mode="livemax",
             ),
             available=p.Gauge(
                 "kc_sso_store_available",
                 "1 when the revocation store's replica is current",
                 ["app"],
-                multiprocess_mode="min",
+                multiprocess_mode="livemin",
             ),
         )
         return _METRICS
 
 
-def install(events: Events, store: RevocationStore) -> None:
-    """Count ``events`` (and follow ``store``'s availability) in Prometheus metrics."""
+def install(events: Events, store: RevocationStore) -> Callable[[], None]:
+    """Count ``events`` (and follow ``store``'s availability) in Prometheus metrics.
+
+    Returns the function to call once the store has started (in the worker): only then is
+    the availability gauge written, so a process that never serves (a pre-forking server's
+    master that imported the app) leaves no sample that would hold the minimum at 0."""
     metrics = _metrics()
     app = events.app_name
-    metrics["available"].labels(app).set(1 if store.status().available else 0)
+
+    def started() -> None:
+        metrics["available"].labels(app).set(1 if store.status().available else 0)
 
     def record(event: Event) -> None:
         fields = event.fields
@@ -125,6 +135,7 @@ def install(events: Events, store: RevocationStore) -> None:
             metrics["available"].labels(app).set(1 if name == ev.STORE_RECOVERED else 0)
 
     events.record_with(record)
+    return started
 
 
 def _registry() -> Any:

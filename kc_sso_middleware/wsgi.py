@@ -98,7 +98,11 @@ class SSOMiddleware:
         cookie = environ.get("HTTP_COOKIE")
         authorization = environ.get("HTTP_AUTHORIZATION")
         head = RequestHead((cookie,) if cookie is not None else (), authorization)
-        responder = self.core.route(environ.get("PATH_INFO", ""))
+        path: str = environ.get("PATH_INFO", "")
+        if not path.isascii():
+            # PEP 3333: the path's bytes as latin-1 text; Werkzeug routes on them as UTF-8.
+            path = path.encode("latin-1", "replace").decode("utf-8", "replace")
+        responder = self.core.route(path)
         if responder is not None:
             return self._serve(responder, head, environ, start_response)
         verdict = self.core.check(head)

@@ -124,10 +124,12 @@ class SSOCore:
                 routes[f"{base}/{name}"] = AdminResponder(context, action)
         if settings.health_path is not None:
             routes[settings.health_path] = HealthResponder(context, store, settings)
+        self._metrics_started: Callable[[], None] | None = None
         if settings.metrics_path is not None:
             from .. import metrics
 
-            metrics.install(self.events, store)  # ConfigurationError without the extra
+            # ConfigurationError without the extra
+            self._metrics_started = metrics.install(self.events, store)
             routes[settings.metrics_path] = MetricsResponder()
         self.routes = routes
         self._max_body = settings.backchannel_max_body
@@ -137,6 +139,8 @@ class SSOCore:
         for source in self.sources:
             source.prepare()
         self.check.use_resolved_sources()
+        if self._metrics_started is not None:
+            self._metrics_started()
 
     def route(self, path: str) -> Responder | None:
         """The responder serving ``path``, if the middleware serves it."""
