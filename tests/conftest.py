@@ -6,6 +6,7 @@ with ``SessionMiddleware``) and the WSGI adapter (a Flask app), so the two canno
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -16,6 +17,7 @@ import anyio.from_thread
 import httpx
 import pytest
 from flask import Flask, jsonify, session
+from joserfc import jws
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -323,6 +325,21 @@ def direct_grant(op: StandInOP, username: str = "erin") -> dict[str, Any]:
     response.raise_for_status()
     tokens: dict[str, Any] = response.json()
     return tokens
+
+
+def session_id_of(tokens: dict[str, Any]) -> str:
+    """The ``sid`` of the ID token in a token response."""
+    sid: str = json.loads(jws.extract_compact(tokens["id_token"].encode()).payload)["sid"]
+    return sid
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail the test naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting until {what}")
+        time.sleep(0.02)
 
 
 def admin_token(op: StandInOP, kind: str, **claims: Any) -> str:

@@ -8,22 +8,20 @@ Keycloak session across workers, beside the request (never delaying it).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from kc_sso_middleware.stores import MemoryStore
 from kc_sso_middleware.testing import StandInOP, make_session_cookie
-from tests.conftest import SESSION_SECRET, Harness, HarnessFactory, direct_grant
-
-
-def _eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting until {what}")
-        time.sleep(0.02)
+from tests.conftest import (
+    SESSION_SECRET,
+    Harness,
+    HarnessFactory,
+    direct_grant,
+    session_id_of,
+    wait_until,
+)
 
 
 def _login(harness: Harness, op: StandInOP, username: str) -> tuple[str, dict[str, Any]]:
@@ -31,15 +29,6 @@ def _login(harness: Harness, op: StandInOP, username: str) -> tuple[str, dict[st
     tokens = direct_grant(op, username)
     session = {"id_token": tokens["id_token"], "refresh_token": tokens["refresh_token"]}
     return make_session_cookie(SESSION_SECRET, session, format=harness.format), tokens
-
-
-def _sid(tokens: dict[str, Any]) -> str:
-    import json
-
-    from joserfc import jws
-
-    sid: str = json.loads(jws.extract_compact(tokens["id_token"].encode()).payload)["sid"]
-    return sid
 
 
 def test_a_session_that_ended_silently_is_refused(
@@ -51,8 +40,8 @@ def test_a_session_that_ended_silently_is_refused(
     cookie, tokens = _login(harness, op, "idle-ivy")
     before = op.introspections
     assert harness.seen_session(cookie) != {}  # checked beside it: alive
-    _eventually(lambda: op.introspections > before, "the first check ran")
-    op.forget_session(_sid(tokens))
+    wait_until(lambda: op.introspections > before, "the first check ran")
+    op.forget_session(session_id_of(tokens))
     time.sleep(0.6)  # the next interval
     # Whichever worker asks next revokes for every worker sharing the store (once a
     # second answer confirms the first: a 503 meanwhile, the cookie kept).
@@ -63,7 +52,7 @@ def test_a_session_that_ended_silently_is_refused(
         worker_b.get("/", cookie)
         return response.status_code == 200 and response.json()["session"] == {}
 
-    _eventually(refused, "the session is refused")
+    wait_until(refused, "the session is refused")
     response = harness.client.get("/marker", headers={"Cookie": f"session={cookie}"})
     assert response.json()["signed_out"]["reason"] == "liveness"
 
@@ -77,7 +66,7 @@ def test_a_live_session_is_asked_once_per_interval(
     before = op.introspections
     for _ in range(20):
         assert harness.seen_session(cookie) != {}
-    _eventually(lambda: op.introspections == before + 1, "one check ran")
+    wait_until(lambda: op.introspections == before + 1, "one check ran")
     time.sleep(0.2)
     assert op.introspections == before + 1
 
@@ -92,7 +81,7 @@ def test_workers_sharing_a_store_ask_once_between_them(
     before = op.introspections
     for worker in workers:
         worker.get("/", cookie)
-    _eventually(lambda: op.introspections >= before + 1, "a check ran")
+    wait_until(lambda: op.introspections >= before + 1, "a check ran")
     time.sleep(0.3)
     assert op.introspections == before + 1
 
@@ -109,7 +98,7 @@ def test_keycloak_unreachable(
     try:
         before = op.introspections
         harness.get("/", cookie)
-        _eventually(lambda: op.introspections > before, "the check ran")
+        wait_until(lambda: op.introspections > before, "the check ran")
         time.sleep(0.2)
         response = harness.get("/", cookie)
         if refused:
@@ -135,15 +124,15 @@ def test_a_closed_refusal_lifts_once_keycloak_answers_again(
     try:
         before = op.introspections
         harness.get("/", cookie)
-        _eventually(lambda: op.introspections > before, "the failing check ran")
-        _eventually(lambda: harness.get("/", cookie).status_code == 503, "the session waits")
+        wait_until(lambda: op.introspections > before, "the failing check ran")
+        wait_until(lambda: harness.get("/", cookie).status_code == 503, "the session waits")
     finally:
         op.introspection_status = 200
     asked = op.introspections
-    _eventually(lambda: harness.get("/", cookie).status_code == 200, "the session is back")
+    wait_until(lambda: harness.get("/", cookie).status_code == 200, "the session is back")
     assert op.introspections > asked
     assert harness.seen_session(cookie) != {}
-    again = harness.session_cookie(op, sid=_sid(tokens))
+    again = harness.session_cookie(op, sid=session_id_of(tokens))
     assert harness.seen_session(again) != {}
 
 
@@ -157,9 +146,9 @@ def test_an_idle_app_session_ends_here_only(make_harness: HarnessFactory, op: St
         op.refresh_lifetime = 1800
     time.sleep(1.5)
     harness.get("/", cookie)
-    _eventually(lambda: harness.seen_session(cookie) == {}, "the app session is refused")
+    wait_until(lambda: harness.seen_session(cookie) == {}, "the app session is refused")
     # Another app session of the same, still alive, Keycloak session is not touched.
-    again = harness.session_cookie(op, sid=_sid(tokens))
+    again = harness.session_cookie(op, sid=session_id_of(tokens))
     assert harness.seen_session(again) != {}
 
 

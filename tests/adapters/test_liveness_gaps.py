@@ -3,30 +3,20 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from kc_sso_middleware.testing import StandInOP, make_session_cookie, mint_jwt
-from tests.conftest import SESSION_SECRET, Clock, Harness, HarnessFactory, direct_grant
-
-
-def _eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting until {what}")
-        time.sleep(0.02)
-
-
-def _sid(tokens: dict[str, Any]) -> str:
-    import json
-
-    from joserfc import jws
-
-    sid: str = json.loads(jws.extract_compact(tokens["id_token"].encode()).payload)["sid"]
-    return sid
+from tests.conftest import (
+    SESSION_SECRET,
+    Clock,
+    Harness,
+    HarnessFactory,
+    direct_grant,
+    session_id_of,
+    wait_until,
+)
 
 
 def _cookie(harness: Harness, tokens: dict[str, Any]) -> str:
@@ -59,9 +49,9 @@ def test_keycloak_a_little_ahead_ends_this_app_session_only(
     cookie = _cookie(harness, tokens)
     time.sleep(1.5)  # past the token's exp on Keycloak's clock
     harness.get("/", cookie)
-    _eventually(lambda: _refused(harness, cookie), "the app session is refused")
-    assert op.sessions.get(_sid(tokens)) is not None  # Keycloak's session lives on
-    again = harness.session_cookie(op, sid=_sid(tokens))
+    wait_until(lambda: _refused(harness, cookie), "the app session is refused")
+    assert op.sessions.get(session_id_of(tokens)) is not None  # Keycloak's session lives on
+    again = harness.session_cookie(op, sid=session_id_of(tokens))
     assert harness.seen_session(again) != {}
 
 
@@ -136,11 +126,11 @@ def test_failed_checks_are_not_remembered_forever(
 
         for n in range(3):  # an outage: three sessions, one request each, never seen again
             harness.get("/", session(n))
-        _eventually(lambda: op.introspections >= before + 3, "the checks ran")
+        wait_until(lambda: op.introspections >= before + 3, "the checks ran")
         clock.now += 2 * 3600  # outages later, long past the lifetime of those sessions
         for n in range(3):
             harness.get("/", session(n))
-        _eventually(lambda: op.introspections >= before + 6, "the later checks ran")
+        wait_until(lambda: op.introspections >= before + 6, "the later checks ran")
         time.sleep(0.2)
     finally:
         op.introspection_status = 200

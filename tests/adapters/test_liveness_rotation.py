@@ -11,7 +11,6 @@ revocation also refuses every new SSO login into that still-alive session: a log
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -45,24 +44,9 @@ from tests.conftest import (
     ServerLikeWSGITransport,
     direct_grant,
     make_settings,
+    session_id_of,
+    wait_until,
 )
-
-
-def _eventually(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting until {what}")
-        time.sleep(0.02)
-
-
-def _sid(tokens: dict[str, Any]) -> str:
-    import json
-
-    from joserfc import jws
-
-    sid: str = json.loads(jws.extract_compact(tokens["id_token"].encode()).payload)["sid"]
-    return sid
 
 
 def refresh(op: StandInOP, refresh_token: str) -> dict[str, Any]:
@@ -108,17 +92,17 @@ def test_a_request_still_carrying_the_rotated_token_does_not_end_the_session(
     assert harness.seen_session(old_cookie) != {}
     # The first check has its answer before the app refreshes: a refresh racing with it
     # makes Keycloak call that token inactive too (a different case, decided later).
-    _eventually(lambda: bool(alive), "the first check found the session alive")
+    wait_until(lambda: bool(alive), "the first check found the session alive")
     new_cookie = _cookie(harness, refresh(op, tokens["refresh_token"]))
     time.sleep(0.6)  # the next interval
     asked = op.introspections
     harness.get("/", old_cookie)  # in flight since before the refresh
-    _eventually(lambda: op.introspections > asked, "the check of the old token ran")
+    wait_until(lambda: op.introspections > asked, "the check of the old token ran")
     time.sleep(0.3)
     # The browser's current session, and a new SSO login into the same live Keycloak
     # session, must still be served.
     assert harness.seen_session(new_cookie) != {}
-    again = harness.session_cookie(op, sid=_sid(tokens))
+    again = harness.session_cookie(op, sid=session_id_of(tokens))
     assert harness.seen_session(again) != {}
 
 
@@ -132,20 +116,20 @@ def test_a_session_whose_token_keeps_failing_is_still_ended(
     cookie = _cookie(harness, tokens)
     before = op.introspections
     assert harness.seen_session(cookie) != {}
-    _eventually(lambda: op.introspections > before, "the first check ran")
-    op.forget_session(_sid(tokens))
+    wait_until(lambda: op.introspections > before, "the first check ran")
+    op.forget_session(session_id_of(tokens))
     time.sleep(0.4)  # the next interval
     asked = op.introspections
     assert harness.seen_session(cookie) != {}  # the request that starts the check
-    _eventually(lambda: op.introspections > asked, "the check ran")
+    wait_until(lambda: op.introspections > asked, "the check ran")
     time.sleep(0.1)
     # From Keycloak's answer on, the session is held back (never served as before) ...
     assert harness.get("/", cookie).status_code in (200, 503)
     response = harness.get("/", cookie)
     assert response.status_code == 503 or response.json()["session"] == {}
     # ... and soon refused for good, its sid revoked for every app.
-    _eventually(lambda: _refused(harness, cookie), "the session is refused")
-    again = harness.session_cookie(op, sid=_sid(tokens))
+    wait_until(lambda: _refused(harness, cookie), "the session is refused")
+    again = harness.session_cookie(op, sid=session_id_of(tokens))
     assert harness.seen_session(again) == {}
 
 
@@ -163,15 +147,15 @@ def test_old_tokens_in_turn_do_not_keep_an_ended_session(
     before = op.introspections
     for cookie in cookies:
         assert harness.seen_session(cookie) != {}
-    _eventually(lambda: op.introspections > before, "the first check ran")
+    wait_until(lambda: op.introspections > before, "the first check ran")
     time.sleep(0.1)
-    op.forget_session(_sid(tokens))
+    op.forget_session(session_id_of(tokens))
     time.sleep(0.4)
 
     def all_refused() -> bool:
         return all(_refused(harness, cookie) for cookie in cookies)
 
-    _eventually(all_refused, "every old cookie is refused", timeout=15)
+    wait_until(all_refused, "every old cookie is refused", timeout=15)
 
 
 def _refused(harness: Harness, cookie: str) -> bool:
@@ -295,12 +279,12 @@ def test_a_server_side_session_another_worker_refreshed_is_not_ended(
         before = op.introspections_answered
         assert call(worker_b, "GET", "/me").status_code == 200  # B reads the session
         # answered before the refresh (one racing with it is a different case)
-        _eventually(lambda: op.introspections_answered > before, "the first check ran")
+        wait_until(lambda: op.introspections_answered > before, "the first check ran")
         assert call(worker_a, "POST", "/refresh").status_code == 200  # A refreshes
         time.sleep(0.6)  # the next interval
         asked = op.introspections
         assert call(worker_b, "GET", "/me").status_code == 200
-        _eventually(lambda: op.introspections > asked, "the next check ran")
+        wait_until(lambda: op.introspections > asked, "the next check ran")
         time.sleep(0.3)
         assert call(worker_a, "GET", "/me").status_code == 200
         assert call(worker_b, "GET", "/me").status_code == 200
@@ -336,14 +320,14 @@ def test_a_server_side_session_the_app_refreshed_is_not_ended(
         before = op.introspections_answered
         assert me().status_code == 200
         # answered before the refresh (one racing with it is a different case)
-        _eventually(lambda: op.introspections_answered > before, "the first check ran")
+        wait_until(lambda: op.introspections_answered > before, "the first check ran")
         client.cookies.clear()
         response = client.post("/refresh", headers={"Cookie": f"session={sid_cookie}"})
         assert response.status_code == 200, response.text
         time.sleep(0.6)  # the next interval
         asked = op.introspections
         assert me().status_code == 200
-        _eventually(lambda: op.introspections > asked, "the next check ran")
+        wait_until(lambda: op.introspections > asked, "the next check ran")
         time.sleep(0.3)
         assert me().status_code == 200
     finally:
