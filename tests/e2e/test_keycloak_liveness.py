@@ -161,3 +161,57 @@ def test_a_django_session_ended_in_keycloak_is_caught(idle: Idle) -> None:
     _eventually(lambda: status() == 401, "the ended Django session is refused", 30)
     assert time.monotonic() - started < IDLE, "refused by liveness, not by idle expiry"
     assert [status() for _ in range(6)] == [401] * 6  # both workers
+
+
+def test_a_rotated_refresh_token_does_not_end_the_session(idle: Idle) -> None:
+    """With the realm's "Revoke Refresh Token" on, Keycloak introspects a refresh token the
+    app has already used as inactive while the session lives on under the newer one.  A
+    request still carrying the old cookie when a check is due must not end the session:
+    the cookie with the newer token keeps working on both workers."""
+    keycloak = idle.keycloak
+    realm = keycloak.admin_get("idle")
+    # Rotation on, and refresh tokens that live well beyond KC_SSO_CLOCK_SKEW (within it an
+    # "inactive" is taken as this client's idle end, the narrower ending).
+    rotating = {
+        **realm,
+        "revokeRefreshToken": True,
+        "refreshTokenMaxReuse": 0,
+        "ssoSessionIdleTimeout": 600,
+    }
+    keycloak.admin_request("PUT", "idle", json=rotating).raise_for_status()
+    try:
+        tokens, old_cookie = _session(idle)
+        assert _me(idle, old_cookie) == 200  # its first check: alive
+        time.sleep(1)  # that check has its answer before the app refreshes
+        fresh = keycloak.token(
+            "flask-app",
+            "flask-secret",
+            grant_type="refresh_token",
+            refresh_token=tokens["refresh_token"],
+        )
+        # The premise, as Keycloak itself answers it: the used token is inactive.
+        used = keycloak.http.post(
+            f"{keycloak.issuer()}/protocol/openid-connect/token/introspect",
+            data={
+                "token": tokens["refresh_token"],
+                "token_type_hint": "refresh_token",
+                "client_id": "flask-app",
+                "client_secret": "flask-secret",
+            },
+        )
+        assert used.json().get("active") is False, used.text
+        data = {
+            "id_token": fresh["id_token"],
+            "refresh_token": fresh["refresh_token"],
+            "user": {"sub": "alice", "sid": fresh["session_state"]},
+        }
+        new_cookie = make_session_cookie(idle.app.env["KC_SSO_SESSION_SECRET"], data)
+        time.sleep(INTERVAL + 0.5)  # a check is due again
+        for _ in range(4):  # a request still in flight with the old cookie, on each worker
+            assert _me(idle, old_cookie) in (200, 503)
+        deadline = time.monotonic() + 3 * INTERVAL + 2
+        while time.monotonic() < deadline:  # the checks and their confirmation window
+            assert _me(idle, new_cookie) == 200, "the live session was ended"
+            time.sleep(0.25)
+    finally:
+        keycloak.admin_request("PUT", "idle", json=realm).raise_for_status()
