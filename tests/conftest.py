@@ -273,6 +273,19 @@ class Harness:
         session_data = {"id_token": self.id_token(op, **claims), **extra}
         return make_session_cookie(SESSION_SECRET, session_data, format=self.format)
 
+    def tokens_cookie(self, tokens: dict[str, Any]) -> str:
+        """A signed session holding a token response's ID and refresh tokens."""
+        session_data = {"id_token": tokens["id_token"], "refresh_token": tokens["refresh_token"]}
+        return make_session_cookie(SESSION_SECRET, session_data, format=self.format)
+
+    def refused_for_good(self, cookie: str) -> bool:
+        """Whether ``cookie``'s session is refused (a 503 is a wait for confirmation)."""
+        response = self.get("/", cookie)
+        if response.status_code == 503:
+            return False
+        assert response.status_code == 200, response.text
+        return bool(response.json()["session"] == {})
+
     def get(self, path: str, cookie: str | None = None, **kwargs: Any) -> httpx.Response:
         headers = dict(kwargs.pop("headers", {}))
         if cookie is not None:
@@ -311,16 +324,19 @@ def make_harness(request: pytest.FixtureRequest, op: StandInOP) -> Iterator[Harn
 
 def direct_grant(op: StandInOP, username: str = "erin") -> dict[str, Any]:
     """Tokens of a fresh OP session from a password grant (access, ID and refresh token)."""
+    form = {"grant_type": "password", "username": username, "password": "x", "scope": "openid"}
+    return _token_request(op, form)
+
+
+def refresh_grant(op: StandInOP, refresh_token: str) -> dict[str, Any]:
+    """What an app does to keep its session alive: the refresh token grant."""
+    return _token_request(op, {"grant_type": "refresh_token", "refresh_token": refresh_token})
+
+
+def _token_request(op: StandInOP, form: dict[str, str]) -> dict[str, Any]:
     response = httpx.post(
         f"{op.issuer}/protocol/openid-connect/token",
-        data={
-            "grant_type": "password",
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-            "username": username,
-            "password": "x",
-            "scope": "openid",
-        },
+        data={**form, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET},
     )
     response.raise_for_status()
     tokens: dict[str, Any] = response.json()

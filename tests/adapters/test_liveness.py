@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 
 from kc_sso_middleware.stores import MemoryStore
-from kc_sso_middleware.testing import StandInOP, make_session_cookie
+from kc_sso_middleware.testing import StandInOP
 from tests.conftest import (
-    SESSION_SECRET,
     Harness,
     HarnessFactory,
     direct_grant,
@@ -27,8 +26,7 @@ from tests.conftest import (
 def _login(harness: Harness, op: StandInOP, username: str) -> tuple[str, dict[str, Any]]:
     """A session cookie holding the ID and refresh tokens of a fresh OP session."""
     tokens = direct_grant(op, username)
-    session = {"id_token": tokens["id_token"], "refresh_token": tokens["refresh_token"]}
-    return make_session_cookie(SESSION_SECRET, session, format=harness.format), tokens
+    return harness.tokens_cookie(tokens), tokens
 
 
 def test_a_session_that_ended_silently_is_refused(

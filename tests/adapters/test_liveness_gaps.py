@@ -7,9 +7,8 @@ from typing import Any
 
 import pytest
 
-from kc_sso_middleware.testing import StandInOP, make_session_cookie, mint_jwt
+from kc_sso_middleware.testing import StandInOP, mint_jwt
 from tests.conftest import (
-    SESSION_SECRET,
     Clock,
     Harness,
     HarnessFactory,
@@ -17,19 +16,6 @@ from tests.conftest import (
     session_id_of,
     wait_until,
 )
-
-
-def _cookie(harness: Harness, tokens: dict[str, Any]) -> str:
-    session = {"id_token": tokens["id_token"], "refresh_token": tokens["refresh_token"]}
-    return make_session_cookie(SESSION_SECRET, session, format=harness.format)
-
-
-def _refused(harness: Harness, cookie: str) -> bool:
-    response = harness.get("/", cookie)
-    if response.status_code == 503:
-        return False  # held back while an answer is confirmed
-    assert response.status_code == 200, response.text
-    return bool(response.json()["session"] == {})
 
 
 def test_keycloak_a_little_ahead_ends_this_app_session_only(
@@ -46,10 +32,10 @@ def test_keycloak_a_little_ahead_ends_this_app_session_only(
         tokens = direct_grant(op, "skewed-sam")
     finally:
         op.refresh_lifetime = 1800
-    cookie = _cookie(harness, tokens)
+    cookie = harness.tokens_cookie(tokens)
     time.sleep(1.5)  # past the token's exp on Keycloak's clock
     harness.get("/", cookie)
-    wait_until(lambda: _refused(harness, cookie), "the app session is refused")
+    wait_until(lambda: harness.refused_for_good(cookie), "the app session is refused")
     assert op.sessions.get(session_id_of(tokens)) is not None  # Keycloak's session lives on
     again = harness.session_cookie(op, sid=session_id_of(tokens))
     assert harness.seen_session(again) != {}
@@ -145,7 +131,7 @@ def test_a_hanging_keycloak_does_not_pile_up_checks(
     checks beside requests (two threads under WSGI, tasks under ASGI) grow without bound
     and Keycloak gets them all once it answers again."""
     harness = make_harness(liveness_interval=0.05, liveness_failure="closed", http_timeout=0.5)
-    cookie = _cookie(harness, direct_grant(op, "patient-pat"))
+    cookie = harness.tokens_cookie(direct_grant(op, "patient-pat"))
     op.introspection_delay = 2.0
     try:
         before = op.introspections
@@ -179,7 +165,7 @@ def test_liveness_without_a_client_secret_is_refused_at_start(
     except ConfigurationError:
         pass
     else:
-        cookie = _cookie(harness, direct_grant(op, "no-secret-nina"))
+        cookie = harness.tokens_cookie(direct_grant(op, "no-secret-nina"))
         harness.get("/", cookie)
         time.sleep(1.0)  # five intervals: a check each time, each refused by Keycloak
         assert harness.get("/", cookie).status_code == 503

@@ -32,42 +32,18 @@ from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware import events as ev
 from kc_sso_middleware import wsgi as wsgi_adapter
 from kc_sso_middleware.stores import MemoryStore
-from kc_sso_middleware.testing import StandInOP, make_session_cookie
+from kc_sso_middleware.testing import StandInOP
 from tests.adapters.test_serverside import _claims, redis_server, set_cookie_value  # noqa: F401
 from tests.conftest import (
-    CLIENT_ID,
-    CLIENT_SECRET,
-    SESSION_SECRET,
-    Harness,
     HarnessFactory,
     PortalClient,
     ServerLikeWSGITransport,
     direct_grant,
     make_settings,
+    refresh_grant,
     session_id_of,
     wait_until,
 )
-
-
-def refresh(op: StandInOP, refresh_token: str) -> dict[str, Any]:
-    """What the app does to keep its session alive (the README asks for it)."""
-    response = httpx.post(
-        f"{op.issuer}/protocol/openid-connect/token",
-        data={
-            "grant_type": "refresh_token",
-            "refresh_token": refresh_token,
-            "client_id": CLIENT_ID,
-            "client_secret": CLIENT_SECRET,
-        },
-    )
-    response.raise_for_status()
-    tokens: dict[str, Any] = response.json()
-    return tokens
-
-
-def _cookie(harness: Harness, tokens: dict[str, Any]) -> str:
-    session = {"id_token": tokens["id_token"], "refresh_token": tokens["refresh_token"]}
-    return make_session_cookie(SESSION_SECRET, session, format=harness.format)
 
 
 @pytest.fixture
@@ -86,14 +62,14 @@ def test_a_request_still_carrying_the_rotated_token_does_not_end_the_session(
     op = rotating
     harness = make_harness(liveness_interval=0.5)
     tokens = direct_grant(op, "rotating-rita")
-    old_cookie = _cookie(harness, tokens)
+    old_cookie = harness.tokens_cookie(tokens)
     alive: list[object] = []
     harness.events.subscribe(alive.append, names=[ev.LIVENESS_ALIVE])
     assert harness.seen_session(old_cookie) != {}
     # The first check has its answer before the app refreshes: a refresh racing with it
     # makes Keycloak call that token inactive too (a different case, decided later).
     wait_until(lambda: bool(alive), "the first check found the session alive")
-    new_cookie = _cookie(harness, refresh(op, tokens["refresh_token"]))
+    new_cookie = harness.tokens_cookie(refresh_grant(op, tokens["refresh_token"]))
     time.sleep(0.6)  # the next interval
     asked = op.introspections
     harness.get("/", old_cookie)  # in flight since before the refresh
@@ -113,7 +89,7 @@ def test_a_session_whose_token_keeps_failing_is_still_ended(
     (it really ended) is refused, and its sid revoked for every app."""
     harness = make_harness(liveness_interval=0.3)
     tokens = direct_grant(op, "gone-gina")
-    cookie = _cookie(harness, tokens)
+    cookie = harness.tokens_cookie(tokens)
     before = op.introspections
     assert harness.seen_session(cookie) != {}
     wait_until(lambda: op.introspections > before, "the first check ran")
@@ -128,7 +104,7 @@ def test_a_session_whose_token_keeps_failing_is_still_ended(
     response = harness.get("/", cookie)
     assert response.status_code == 503 or response.json()["session"] == {}
     # ... and soon refused for good, its sid revoked for every app.
-    wait_until(lambda: _refused(harness, cookie), "the session is refused")
+    wait_until(lambda: harness.refused_for_good(cookie), "the session is refused")
     again = harness.session_cookie(op, sid=session_id_of(tokens))
     assert harness.seen_session(again) == {}
 
@@ -140,10 +116,10 @@ def test_old_tokens_in_turn_do_not_keep_an_ended_session(
     (all inactive) in turn: each is asked about once, then the ending is recorded."""
     harness = make_harness(liveness_interval=0.3)
     tokens = direct_grant(op, "turns-tom")
-    cookies = [_cookie(harness, tokens)]
+    cookies = [harness.tokens_cookie(tokens)]
     for _ in range(2):
-        tokens = refresh(op, tokens["refresh_token"])
-        cookies.append(_cookie(harness, tokens))
+        tokens = refresh_grant(op, tokens["refresh_token"])
+        cookies.append(harness.tokens_cookie(tokens))
     before = op.introspections
     for cookie in cookies:
         assert harness.seen_session(cookie) != {}
@@ -153,18 +129,9 @@ def test_old_tokens_in_turn_do_not_keep_an_ended_session(
     time.sleep(0.4)
 
     def all_refused() -> bool:
-        return all(_refused(harness, cookie) for cookie in cookies)
+        return all(harness.refused_for_good(cookie) for cookie in cookies)
 
     wait_until(all_refused, "every old cookie is refused", timeout=15)
-
-
-def _refused(harness: Harness, cookie: str) -> bool:
-    """Whether ``cookie`` is refused for good (a 503 is the wait for confirmation)."""
-    response = harness.get("/", cookie)
-    if response.status_code == 503:
-        return False
-    assert response.status_code == 200, response.text
-    return bool(response.json()["session"] == {})
 
 
 # -- server-side sessions: the app refreshes, the middleware's reading is older ----------
@@ -192,7 +159,7 @@ def _serverside_client(kind: str, op: StandInOP, url: str, prefix: str, store: M
 
         @app.post("/refresh")
         def refreshed() -> Any:
-            tokens = refresh(op, session["refresh_token"])
+            tokens = refresh_grant(op, session["refresh_token"])
             session["id_token"] = tokens["id_token"]
             session["refresh_token"] = tokens["refresh_token"]
             return jsonify(ok=True)
@@ -215,7 +182,7 @@ def _serverside_client(kind: str, op: StandInOP, url: str, prefix: str, store: M
         return JSONResponse({"ok": True})
 
     async def arefresh(request: Request) -> JSONResponse:
-        tokens = refresh(op, request.session["refresh_token"])
+        tokens = refresh_grant(op, request.session["refresh_token"])
         request.session["id_token"] = tokens["id_token"]
         request.session["refresh_token"] = tokens["refresh_token"]
         return JSONResponse({"ok": True})
