@@ -371,18 +371,25 @@ def _status_with_cookie(stack: Stack, name: str, cookies: dict[str, str]) -> int
         return client.get(f"{stack.url(name)}/me").status_code
 
 
-def _scoped_app(
-    stack: Stack, scope: str, logs: Path, stop: contextlib.ExitStack
-) -> tuple[str, AppServer]:
-    """A client registered at runtime (a copy of flask-app) and the Flask example serving
-    it with ``KC_SSO_SID_LOGOUT_SCOPE=scope`` on its own SQLite store; (client id, app)."""
+def _runtime_app(
+    stack: Stack,
+    client_id: str,
+    stop: contextlib.ExitStack,
+    *,
+    store: str,
+    attributes: dict[str, str] | None = None,
+    **variables: str,
+) -> AppServer:
+    """A client registered at runtime (a copy of flask-app, ``attributes`` changed) and
+    the Flask example serving it on ``store`` with these ``KC_SSO_*`` ``variables``."""
     keycloak, port = stack.keycloak, free_port()
-    url, client_id = f"http://127.0.0.1:{port}", f"scope-{scope}-app"
+    url = f"http://127.0.0.1:{port}"
     (template,) = (
         c for c in json.loads(REALM_FILE.read_text())["clients"] if c["clientId"] == "flask-app"
     )
     client = json.loads(json.dumps(template).replace("${FLASK_APP_URL}", url))
     client.update(clientId=client_id, name=client_id, secret=f"{client_id}-secret")
+    client["attributes"].update(attributes or {})
     keycloak.admin_post(f"{keycloak.realm}/clients", client)
     (created,) = keycloak.admin_get(f"{keycloak.realm}/clients", clientId=client_id)
     # Gone with the test: a later "sign out all" must not reach a stopped app.
@@ -391,20 +398,17 @@ def _scoped_app(
         issuer=keycloak.issuer(),
         client_id=client_id,
         client_secret=f"{client_id}-secret",
-        cookie="scope_session",
-        store=f"sqlite:///{logs / f'{client_id}.db'}",
-        sid_logout_scope=scope,
+        cookie="runtime_session",
+        store=store,
+        **variables,
     )
-    app = stop.enter_context(AppServer("flask", env, port=port, workers=WORKERS, log_dir=logs))
-    return client_id, app
+    env["EXAMPLE_EVENT_LOG"] = "1"  # the middleware's events in the log, one JSON line each
+    log_dir = Path(store.removeprefix("sqlite:///")).parent
+    return stop.enter_context(AppServer("flask", env, port=port, workers=WORKERS, log_dir=log_dir))
 
 
-def test_log_out_user_ends_every_session_under_user_scope(stack: Stack, tmp_path: Path) -> None:
-    """Keycloak's admin "log out user" of a user with two sessions in each of two apps:
-    the app with KC_SSO_SID_LOGOUT_SCOPE=user refuses both of its sessions, whatever sid
-    Keycloak's logout tokens name (keycloak#22914: one token, one sid, before 26.7); the
-    app keeping the default ``session`` scope refuses exactly the sessions Keycloak named."""
-    keycloak = stack.keycloak
+def _runtime_user(keycloak: KeycloakServer, stop: contextlib.ExitStack) -> tuple[str, str]:
+    """A user created for one test (deleted with it): (username, password)."""
     username, password = f"sam-{uuid.uuid4().hex[:8]}", "sam-password"
     keycloak.admin_post(
         f"{keycloak.realm}/users",
@@ -418,28 +422,57 @@ def test_log_out_user_ends_every_session_under_user_scope(stack: Stack, tmp_path
             "credentials": [{"type": "password", "value": password, "temporary": False}],
         },
     )
+    stop.callback(keycloak.admin_delete, f"{keycloak.realm}/users/{keycloak.user_id(username)}")
+    return username, password
+
+
+def _granted_cookie(
+    keycloak: KeycloakServer, app: AppServer, username: str, password: str
+) -> tuple[str, str]:
+    """A new Keycloak session of ``username`` in ``app``'s client (a direct grant) and the
+    app's session cookie holding it, as the example stores a login: (sid, cookie)."""
+    client_id = app.env["KC_SSO_CLIENT_ID"]
+    tokens = keycloak.password_grant(client_id, f"{client_id}-secret", username, password)
+    claims = _claims(tokens["id_token"])
+    session = {"id_token": tokens["id_token"], "user": claims}
+    signing = app.env["KC_SSO_SESSION_SECRET"]
+    return claims["sid"], make_session_cookie(signing, session, format="flask")
+
+
+def _runtime_me(app: AppServer, cookie: str) -> int:
+    url = f"{app.url}/me"
+    return httpx.get(url, cookies={"runtime_session": cookie}, timeout=10).status_code
+
+
+def test_log_out_user_ends_every_session_under_user_scope(stack: Stack, tmp_path: Path) -> None:
+    """Keycloak's admin "log out user" of a user with two sessions in each of two apps:
+    the app with KC_SSO_SID_LOGOUT_SCOPE=user refuses both of its sessions, whatever sid
+    Keycloak's logout tokens name (keycloak#22914: one token, one sid, before 26.7); the
+    app keeping the default ``session`` scope refuses exactly the sessions Keycloak named."""
+    keycloak = stack.keycloak
     with contextlib.ExitStack() as stop:
-        user_path = f"{keycloak.realm}/users/{keycloak.user_id(username)}"
-        stop.callback(keycloak.admin_delete, user_path)
-        apps = {scope: _scoped_app(stack, scope, tmp_path, stop) for scope in ("user", "session")}
-        cookies: dict[str, list[str]] = {}
-        for scope, (client_id, app) in apps.items():
-            for _ in range(2):  # two devices: two Keycloak sessions
-                secret = f"{client_id}-secret"
-                tokens = keycloak.password_grant(client_id, secret, username, password)
-                session = {"id_token": tokens["id_token"], "user": _claims(tokens["id_token"])}
-                signing = app.env["KC_SSO_SESSION_SECRET"]
-                cookies.setdefault(scope, []).append(
-                    make_session_cookie(signing, session, format="flask")
-                )
+        username, password = _runtime_user(keycloak, stop)
+        apps = {
+            scope: _runtime_app(
+                stack,
+                f"scope-{scope}-app",
+                stop,
+                store=f"sqlite:///{tmp_path / f'scope-{scope}.db'}",
+                sid_logout_scope=scope,
+            )
+            for scope in ("user", "session")
+        }
+        cookies = {
+            scope: [_granted_cookie(keycloak, app, username, password)[1] for _ in range(2)]
+            for scope, app in apps.items()  # two devices: two Keycloak sessions per app
+        }
 
         def me(scope: str, cookie: str) -> int:
-            url = f"{apps[scope][1].url}/me"
-            return httpx.get(url, cookies={"scope_session": cookie}, timeout=10).status_code
+            return _runtime_me(apps[scope], cookie)
 
         for scope, values in cookies.items():
             assert [me(scope, cookie) for cookie in values] == [200, 200], scope
-        keycloak.admin_post(f"{user_path}/logout")
+        keycloak.admin_post(f"{keycloak.realm}/users/{keycloak.user_id(username)}/logout")
 
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and any(me("user", c) != 401 for c in cookies["user"]):
@@ -447,9 +480,52 @@ def test_log_out_user_ends_every_session_under_user_scope(stack: Stack, tmp_path
         assert [me("user", cookie) for cookie in cookies["user"]] == [401, 401]
         named = [me("session", cookie) for cookie in cookies["session"]]
         assert 401 in named, "Keycloak's logout reached the session-scoped app"
-        sent = apps["session"][1].log_text(full=True).count("POST /backchannel-logout")
+        sent = apps["session"].log_text(full=True).count("POST /backchannel-logout")
         # Each back-channel request names one sid: the session scope ends one per request.
         assert named.count(401) == min(sent, 2), (named, sent)
+
+
+def test_a_logout_token_without_sid_ends_that_clients_sessions_only(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """Keycloak leaves ``sid`` out of the logout token of a client whose "Backchannel
+    logout session required" is off (``DefaultTokenManager.initLogoutToken``), also when
+    it ends one session.  Two apps sharing one store, one such client and one with the
+    default, the user signed in to each (two Keycloak sessions, two sessions in the first
+    app): ending one session of the first app ends the user's sessions in that app (BCL
+    §2.4: every session of the user at the RP), and the other app's session lives on."""
+    keycloak = stack.keycloak
+    store = f"sqlite:///{tmp_path / 'shared.db'}"
+    with contextlib.ExitStack() as stop:
+        username, password = _runtime_user(keycloak, stop)
+        sidless = _runtime_app(
+            stack,
+            "sidless-app",
+            stop,
+            store=store,
+            attributes={"backchannel.logout.session.required": "false"},
+        )
+        other = _runtime_app(stack, "sid-app", stop, store=store)
+        (ended, first), (_, second) = (
+            _granted_cookie(keycloak, sidless, username, password) for _ in range(2)
+        )
+        _, kept = _granted_cookie(keycloak, other, username, password)
+        assert [_runtime_me(sidless, c) for c in (first, second)] == [200, 200]
+        assert _runtime_me(other, kept) == 200
+
+        keycloak.admin_delete(f"{keycloak.realm}/sessions/{ended}")
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _runtime_me(sidless, first) != 401:
+            time.sleep(0.2)
+        # Every worker of both apps: the entry is in the store they share.
+        for _ in range(4 * WORKERS):
+            assert [_runtime_me(sidless, c) for c in (first, second)] == [401, 401]
+            assert _runtime_me(other, kept) == 200
+        log = sidless.log_text(full=True)
+        assert log.count("POST /backchannel-logout") == 1, log
+        assert '"scope":"user"' in log, "the token Keycloak sent named a sid"
+        assert "POST /backchannel-logout" not in other.log_text(full=True)
 
 
 # --------------------------------------------------------------------------- browser
