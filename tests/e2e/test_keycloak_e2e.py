@@ -22,10 +22,12 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
+import http.server
 import json
 import re
 import secrets
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -893,6 +895,99 @@ def test_a_stolen_refresh_token_does_not_end_the_keycloak_session(stack: Stack) 
     sessions = keycloak.admin_get(f"{keycloak.realm}/users/{keycloak.user_id('alice')}/sessions")
     assert tokens["session_state"] in {s["id"] for s in sessions}
     assert _status_with_cookie(stack, "fastapi", cookies) == 200
+
+
+@contextlib.contextmanager
+def _client_attributes(keycloak: KeycloakServer, client_id: str, **changed: str) -> Iterator[None]:
+    """``client_id``'s attributes changed in Keycloak (``backchannel_logout_url`` for
+    ``backchannel.logout.url``), and put back afterwards."""
+    (client,) = keycloak.admin_get(f"{keycloak.realm}/clients", clientId=client_id)
+    path = f"{keycloak.realm}/clients/{client['id']}"
+    original = dict(client["attributes"])
+    client["attributes"].update({k.replace("_", "."): v for k, v in changed.items()})
+    keycloak.admin_request("PUT", path, json=client).raise_for_status()
+    try:
+        yield
+    finally:
+        client["attributes"] = original
+        keycloak.admin_request("PUT", path, json=client).raise_for_status()
+
+
+@contextlib.contextmanager
+def _logouts_swallowed(keycloak: KeycloakServer, client_id: str) -> Iterator[None]:
+    """Keycloak's logouts of ``client_id`` delivered to a loopback server that answers 200
+    and does nothing (so Keycloak logs no failure), as if the app had lost them."""
+
+    class Swallow(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Swallow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    sink = f"http://127.0.0.1:{server.server_address[1]}/lost"
+    try:
+        with _client_attributes(keycloak, client_id, backchannel_logout_url=sink):
+            yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("sid_in_token", ["true", "false"], ids=["sid", "no-sid"])
+def test_django_user_switch_over_a_stale_session_leaves_no_session_keycloak_cannot_end(
+    sid_in_token: str, stack: Stack
+) -> None:
+    """alice's Django session outlives her Keycloak session (its logout never arrived);
+    bob then logs in through Keycloak's form in the same browser.  Django's ``login()``
+    flushes a session it finds another user in, after mozilla-django-oidc stored bob's ID
+    token in it, so bob's Django session would hold no Keycloak login.  Whatever the app
+    does with that session, once Keycloak logs bob out no copy of the session cookie
+    reaches a view as bob, on any worker (also when Keycloak's logout token names no sid:
+    the client's "Backchannel logout session required" off); and bob's next login works."""
+    keycloak = stack.keycloak
+    client_id = CLIENTS["django"][0]
+    with _browser_client() as client:
+        alice = _login_app(client, stack, "django", user="alice")
+        with _logouts_swallowed(keycloak, client_id):
+            keycloak.admin_delete(f"{keycloak.realm}/sessions/{alice}")
+        assert _me_status(client, stack, "django") == 200, "alice's logout reached the app"
+
+        page = client.get(f"{stack.url('django')}/login")
+        assert "kc-form-login" in page.text, "Keycloak still had a session"
+        # The session cookie mozilla-django-oidc's callback answers with (the app may
+        # end that session on the very next request, which is one of the right answers).
+        cookie, set_by_callback = stack.cookie_name("django"), []
+
+        def remember_callback_cookie(response: httpx.Response) -> None:
+            if response.request.url.path.startswith("/oidc/callback"):
+                for header in response.headers.get_list("set-cookie"):
+                    name, _, rest = header.partition("=")
+                    if name == cookie and rest.split(";")[0]:
+                        set_by_callback.append(rest.split(";")[0])
+
+        client.event_hooks["response"].append(remember_callback_cookie)
+        landed = _submit_login_form(client, page, "bob")
+        client.event_hooks["response"].remove(remember_callback_cookie)
+        assert landed.status_code == 200, _visible_text(landed.text)
+        assert str(landed.url) == f"{stack.url('django')}/", landed.url
+        assert set_by_callback, "the callback set no session cookie"
+        copy = {cookie: set_by_callback[-1]}
+
+        required = {"backchannel_logout_session_required": sid_in_token}
+        with _client_attributes(keycloak, client_id, **required):
+            keycloak.admin_post(f"{keycloak.realm}/users/{keycloak.user_id('bob')}/logout")
+        _every_worker(stack, "django", "/me", 401, cookies=copy)
+
+        client.cookies.clear()
+        bob = _login_app(client, stack, "django", user="bob")
+        keycloak.admin_delete(f"{keycloak.realm}/sessions/{bob}")
+        _every_worker(stack, "django", "/me", 401, cookies=_app_session(client, stack, "django"))
 
 
 def test_api_logout_through_the_middleware(stack: Stack) -> None:
