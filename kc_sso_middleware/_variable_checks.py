@@ -7,7 +7,7 @@ a check looks at a field value however it was made and names what is wrong with 
 from __future__ import annotations
 
 import math
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 __all__ = ["ASYMMETRIC_ALGORITHMS"]  # and the parse_* and check_* functions
 
@@ -53,6 +53,15 @@ def parse_choice(raw: str) -> str:
 # --------------------------------------------------------------------------- checks
 
 
+def _split(value: str) -> SplitResult | None:
+    """``urlsplit(value)``, or None where it raises (``http://[::1``: a bad IPv6 host),
+    so that a bad URL is a ConfigurationError naming the variable, not a bare ValueError."""
+    try:
+        return urlsplit(value)
+    except ValueError:
+        return None
+
+
 def check_string(value: object) -> str | None:
     return None if isinstance(value, str) else f"must be a string, got {value!r}"
 
@@ -74,8 +83,8 @@ def check_strings(value: object) -> str | None:
 def check_url(value: object) -> str | None:
     if not isinstance(value, str):
         return "must be a string"
-    parts = urlsplit(value)
-    if parts.scheme not in {"http", "https"} or not parts.netloc:
+    parts = _split(value)
+    if parts is None or parts.scheme not in {"http", "https"} or not parts.netloc:
         return f"must be an absolute http(s) URL, got {value!r}"
     if value.endswith("/"):
         return f"must not end with '/' (the issuer is compared exactly), got {value!r}"
@@ -85,7 +94,8 @@ def check_url(value: object) -> str | None:
 def check_optional_url(value: object) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or urlsplit(value).scheme not in {"http", "https"}:
+    parts = _split(value) if isinstance(value, str) else None
+    if parts is None or parts.scheme not in {"http", "https"}:
         return f"must be an absolute http(s) URL, got {value!r}"
     return None
 
@@ -138,8 +148,8 @@ def check_origins(value: object) -> str | None:
     if not isinstance(value, tuple):
         return "must be a tuple of URLs"
     for entry in value:
-        parts = urlsplit(entry)
-        if parts.scheme not in {"http", "https"} or not parts.netloc:
+        parts = _split(entry)
+        if parts is None or parts.scheme not in {"http", "https"} or not parts.netloc:
             return f"has {entry!r}, which is not an absolute http(s) URL or origin"
     return None
 

@@ -46,15 +46,21 @@ def post_logout_findings(client: ClientView) -> list[Finding]:
     def allowed(uri: str) -> str | None:
         return matching_redirect(uri, patterns, client.root_url, client.server_base)
 
-    target = urls.post_logout_redirect
+    settings = client.settings
+    # With KC_SSO_POST_LOGOUT_PATH on (the default) the logout sends Keycloak the app's
+    # return path, never the final target (that one waits in the signed state cookie), so
+    # the return path is what Keycloak must allow, and other targets never reach it.
+    returns = settings.post_logout_path is not None
+    target = f"{urls.base}{settings.post_logout_path}" if returns else urls.post_logout_redirect
     details = {"patterns": patterns, "target": target}
     if allowed(target) is None:
         listed = ", ".join(patterns) if patterns else "none"
+        shown = f"{target}, the app's return path (KC_SSO_POST_LOGOUT_PATH)," if returns else target
         return [
             Finding(
                 "post-logout-uri-missing",
                 Severity.PROBLEM,
-                f"Keycloak does not allow {target} as post_logout_redirect_uri (the client "
+                f"Keycloak does not allow {shown} as post_logout_redirect_uri (the client "
                 f"allows {listed}, from {source}): every logout ends on Keycloak's error page "
                 '"Invalid redirect uri" instead of back in the app.',
                 f"Add {urls.post_logout_pattern} to 'Valid post logout redirect URIs' "
@@ -70,10 +76,10 @@ def post_logout_findings(client: ClientView) -> list[Finding]:
             f"{target} is allowed as post_logout_redirect_uri (by {allowed(target)}).",
         )
     ]
+    if returns:
+        return findings
     samples = [f"{urls.base}/kc-sso-check"]
-    samples += [
-        entry.rstrip("/") + "/kc-sso-check" for entry in client.settings.logout_redirect_allowlist
-    ]
+    samples += [entry.rstrip("/") + "/kc-sso-check" for entry in settings.logout_redirect_allowlist]
     refused = [sample.rsplit("/", 1)[0] + "/…" for sample in samples if allowed(sample) is None]
     if refused:
         findings.append(
@@ -86,7 +92,7 @@ def post_logout_findings(client: ClientView) -> list[Finding]:
                 f"Allow {urls.post_logout_pattern}"
                 + (
                     " and each KC_SSO_LOGOUT_REDIRECT_ALLOWLIST entry followed by /*"
-                    if client.settings.logout_redirect_allowlist
+                    if settings.logout_redirect_allowlist
                     else ""
                 )
                 + " as 'Valid post logout redirect URIs', if the app uses other targets.",

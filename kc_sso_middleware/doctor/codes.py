@@ -37,7 +37,7 @@ CODES: Mapping[str, Code] = {
         ("issuer-unreachable", "the discovery document could not be fetched (network)"),
         ("issuer-tls-untrusted", "Keycloak's TLS certificate is not trusted"),
         ("discovery-not-found", "no discovery document at the issuer (404): wrong realm or path"),
-        ("discovery-failed", "the discovery document answered an error status"),
+        ("discovery-failed", "the discovery document answered an error status or a redirect"),
         ("discovery-invalid", "the discovery document is not valid JSON with issuer and jwks_uri"),
         (
             "issuer-not-keycloak",

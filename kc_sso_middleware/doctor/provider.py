@@ -11,8 +11,9 @@ from collections.abc import Mapping
 
 import httpx
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
+from .._oidc import _usable_keys
+from .._tokens import candidate_keys
 from ..settings import Settings
 from .fetch import Failure, Fetched, get
 from .report import Finding, Severity
@@ -24,13 +25,6 @@ __all__ = [
     "jwks_findings",
     "transport_findings",
 ]
-
-#: the key type each accepted algorithm needs
-_KTY = {
-    **{f"{p}{n}": "RSA" for p in ("RS", "PS") for n in (256, 384, 512)},
-    **{f"ES{n}": "EC" for n in (256, 384, 512)},
-    "EdDSA": "OKP",
-}
 
 
 def transport_findings(settings: Settings) -> list[Finding]:
@@ -128,6 +122,23 @@ def discovery_findings(
                 "Check the realm name (case-sensitive) in KC_SSO_ISSUER="
                 f"{settings.issuer}; Keycloak before 17 (and later ones started with "
                 "--http-relative-path=/auth) need /auth before /realms.",
+            )
+        ], None
+    if fetched.status is not None and 300 <= fetched.status < 400:
+        # The middleware follows no redirect (anything but 200 is a DiscoveryError), so
+        # this fails for good, unlike an error status that may pass.
+        location = fetched.headers.get("location", "")
+        return [
+            Finding(
+                "discovery-failed",
+                Severity.PROBLEM,
+                f"{what} {fetched.url} answered HTTP {fetched.status}, a redirect"
+                + (f" to {location}" if location else "")
+                + ": the middleware does not follow redirects, so it never loads Keycloak's "
+                "keys and refuses every logout token.",
+                "Set KC_SSO_ISSUER to the issuer Keycloak names at the redirect's target "
+                "(often the https URL), exactly, with no trailing slash.",
+                {"status": fetched.status, "location": location},
             )
         ], None
     if fetched.status != 200:
@@ -241,13 +252,12 @@ def jwks_findings(settings: Settings, fetched: Fetched) -> list[Finding]:
         codes = ("jwks-unreachable", "jwks-tls-untrusted")
         return [_transport_failure(fetched, what, codes, settings)]
     body = fetched.json_object()
-    keys: list[Mapping[str, object]] = []
     try:
         if fetched.status != 200 or body is None:
             raise ValueError(f"HTTP {fetched.status}")
-        KeySet.import_key_set(body)  # type: ignore[arg-type]
-        raw = body.get("keys")
-        keys = [k for k in raw if isinstance(k, dict)] if isinstance(raw, list) else []
+        # Judged as the middleware judges it: each key on its own (one it cannot use is
+        # left out, RFC 7517 §5), RSA keys under 2048 bits and symmetric ones left out.
+        key_set = _usable_keys(body)
     except (ValueError, KeyError, TypeError, AttributeError, JoseError) as exc:
         return [
             Finding(
@@ -259,29 +269,21 @@ def jwks_findings(settings: Settings, fetched: Fetched) -> list[Finding]:
                 "directly, not through a proxy answering something else.",
             )
         ]
-    usable = sorted(
-        {
-            str(key.get("alg") or f"{key.get('kty')} (no alg)")
-            for key in keys
-            if key.get("use") in (None, "sig")
-            and (
-                key.get("alg") in settings.algorithms
-                or (
-                    key.get("alg") is None
-                    and key.get("kty") in {_KTY.get(a) for a in settings.algorithms}
-                )
-            )
-        }
-    )
-    offered = sorted({str(k.get("alg")) for k in keys if k.get("use") in (None, "sig")})
+    # The algorithms a logout token could be verified with: the keys the middleware would
+    # try for a token of that alg (key type, use, alg and EC curve matching).
+    usable = [alg for alg in settings.algorithms if candidate_keys(key_set, {}, alg)]
+    offered = sorted({str(k.get("alg")) for k in key_set if k.get("use") in (None, "sig")})
+    raw = body.get("keys")
+    left_out = (len(raw) if isinstance(raw, list) else 0) - len(list(key_set))
+    unused = f"; {left_out} key(s) left out as unusable" if left_out else ""
     if not usable:
         return [
             Finding(
                 "jwks-no-usable-key",
                 Severity.PROBLEM,
                 f"{what} has no signing key for KC_SSO_ALGORITHMS="
-                f"{','.join(settings.algorithms)} (it offers {', '.join(offered) or 'none'}): "
-                "every logout token would be refused.",
+                f"{','.join(settings.algorithms)} (it offers {', '.join(offered) or 'none'}"
+                f"{unused}): every logout token would be refused.",
                 "Add the realm's signature algorithm to KC_SSO_ALGORITHMS, or give the realm "
                 "an active key of an accepted algorithm (Realm settings → Keys).",
                 {"offered": offered},
