@@ -11,6 +11,7 @@ import json
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 __all__ = [
     "NO_STORE",
@@ -22,6 +23,7 @@ __all__ = [
     "Verdict",
     "html_response",
     "json_response",
+    "url_path",
 ]
 
 NO_STORE = ("Cache-Control", "no-store")
@@ -70,6 +72,7 @@ class Request:
     headers: Mapping[str, str] = field(default_factory=dict)  # lower-case names
     body: bytes = b""
     scheme: str = "http"
+    #: the app's mount path as a URL carries it (percent-encoded, see :func:`url_path`)
     root_path: str = ""
     head: RequestHead = field(default_factory=RequestHead)
 
@@ -159,3 +162,14 @@ def json_response(status: int, payload: Mapping[str, object], *extra: tuple[str,
 
 def html_response(status: int, body: str, *extra: tuple[str, str]) -> Response:
     return Response(status, (HTML_TYPE, NO_STORE, *extra), body.encode())
+
+
+def url_path(path: str | bytes) -> str:
+    """A decoded URL path (text, or its bytes) as a URL carries it: percent-encoded.
+
+    Servers hand over a mount path decoded, and a mount with a path parameter takes it
+    from the request's URL: raw, it would put CR LF into a header, a ``;`` (a new
+    attribute) into a cookie's ``Path``, or text beyond latin-1 into a header (a 500).
+    Encoded, it is the path the browser sends back, so a cookie on it still matches.
+    """
+    return quote(path, safe="/:@!$&'()*+,=")

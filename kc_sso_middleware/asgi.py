@@ -30,7 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from functools import partial
 from typing import Any
 
-from ._http import PASS, Request, RequestHead, Response, Verdict
+from ._http import PASS, Request, RequestHead, Response, Verdict, url_path
 from ._runner import AsyncRunner
 from .core import Responder, SSOCore
 from .errors import ConfigurationError
@@ -248,7 +248,7 @@ class SSOMiddleware:
             headers=headers,
             body=body,
             scheme=scope.get("scheme", "http"),
-            root_path=scope.get("root_path", ""),
+            root_path=url_path(scope.get("root_path", "")),
             head=head,
         )
         response = await self._runner.run(self.core.respond(responder, request))

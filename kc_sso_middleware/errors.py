@@ -104,6 +104,8 @@ class StoreUnavailableError(KCSSOError):
     """The shared revocation store could not be reached or did not confirm a write."""
 
     code = "store_unavailable"
+    #: headers its answer carries all the same (a front-channel page's cookie expiry)
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class StoreFullError(StoreUnavailableError):

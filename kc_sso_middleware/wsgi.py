@@ -27,7 +27,7 @@ from typing import Any
 from werkzeug.datastructures import EnvironHeaders
 from werkzeug.wsgi import get_input_stream
 
-from ._http import PASS, Request, RequestHead, Response, Verdict
+from ._http import PASS, Request, RequestHead, Response, Verdict, url_path
 from ._runner import SyncRunner
 from .core import Responder, SSOCore
 from .errors import ConfigurationError
@@ -166,7 +166,8 @@ class SSOMiddleware:
             headers=headers,
             body=body,
             scheme=environ.get("wsgi.url_scheme", "http"),
-            root_path=environ.get("SCRIPT_NAME", ""),
+            # PEP 3333: the path's bytes as latin-1 text
+            root_path=url_path(environ.get("SCRIPT_NAME", "").encode("latin-1", "replace")),
             head=head,
         )
         return _respond(self._runner.run(self.core.respond(responder, request)), start_response)

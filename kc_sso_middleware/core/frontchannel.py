@@ -4,7 +4,8 @@ Keycloak renders a page with an iframe per client pointing here, with ``iss`` an
 (§2, §3).  Nothing authenticates such a request: any site can make a browser load it (an
 ``<img>`` tag).  So the endpoint ends only what the browser itself proves it holds: the
 session in its own cookie, when ``iss`` and ``sid`` match it (or name nothing).  The
-cookie is expired and the session revoked for every worker.  Revoking a ``sid`` that is
+cookie is expired, a server-side session deleted from its backend (both even when the store
+fails: 503 then), and the session revoked for every worker.  Revoking a ``sid`` that is
 *not* the browser's own session is a separate opt-in (``KC_SSO_FRONTCHANNEL_REVOKE_OTHERS``):
 it lets anyone who learns a session id end it, so it is rate-limited and refused once the
 store holds its bound of entries.
@@ -24,7 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 from .. import events as ev
 from .._flows import Flow
 from .._http import Request, Response
-from ..errors import RequestRefusedError
+from ..errors import RequestRefusedError, StoreUnavailableError
+from ..sources.base import IdentitySource
 from ..stores.model import Revocation
 from .context import Context
 
@@ -109,6 +111,15 @@ class FrontchannelResponder:
         own = yield from context.session_of(request.head)
         if own is not None and (sid is None or own[0].sid == sid):
             identity, source = own
+            # On the path the library set the cookie on (starsessions: the root path).
+            expiries = tuple(
+                ("Set-Cookie", cookie) for cookie in source.expiry_headers(request.root_path)
+            )
+            headers = (*headers, *expiries)
+            # The session ends in this browser whatever the store answers, as on the logout
+            # path: Keycloak sends a client with front-channel logout on no back-channel
+            # request, so this page is the only word this app gets of the logout.
+            yield from _end_locally(source, request)
             # The browser's own session, vouched for by its verified cookie: the whole
             # Keycloak session when the OP named it, else this app session.
             key = sid if sid is not None else identity.instance
@@ -116,15 +127,13 @@ class FrontchannelResponder:
                 revocation = Revocation.session(
                     context.issuer, key, expires_at=expires_at, note=context.note("frontchannel")
                 )
-                yield from context.record((revocation,))
+                yield from _record(context, revocation, expiries)
                 context.events.emit(
                     ev.FRONTCHANNEL_ACCEPTED,
                     "front-channel logout of the browser's own session",
                     sid_tag=context.tagger.tag(key),
                     own=True,
                 )
-            for cookie in source.expiry_headers():
-                headers = (*headers, ("Set-Cookie", cookie))
         elif sid is not None and context.settings.frontchannel_revoke_others:
             if not self._others.take():
                 raise RequestRefusedError(
@@ -136,7 +145,7 @@ class FrontchannelResponder:
             revocation = Revocation.session(
                 context.issuer, sid, expires_at=expires_at, note=context.note("frontchannel")
             )
-            yield from context.record((revocation,), authenticated=False)
+            yield from _record(context, revocation, (), authenticated=False)
             context.events.emit(
                 ev.FRONTCHANNEL_ACCEPTED,
                 "front-channel logout of another browser's session",
@@ -144,3 +153,30 @@ class FrontchannelResponder:
                 own=False,
             )
         return Response(200, headers, _PAGE)
+
+
+def _end_locally(source: IdentitySource, request: Request) -> Flow[None]:
+    """Delete the browser's server-side session from its backend (the request names it,
+    so no revocation or index is needed for that)."""
+    try:
+        yield from source.end(request.head)
+    except Exception as exc:  # the cookie still expires; the revocation still holds
+        logger.error("frontchannel: %s source could not end the session: %s", source.name, exc)
+
+
+def _record(
+    context: Context,
+    revocation: Revocation,
+    expiries: tuple[tuple[str, str], ...],
+    *,
+    authenticated: bool = True,
+) -> Flow[None]:
+    """Record ``revocation``; a store failure is still a 503 (never a false success), but
+    one that is not cached either and that still ends the browser's cookie."""
+    try:
+        yield from context.record((revocation,), authenticated=authenticated)
+    except StoreUnavailableError as exc:
+        # A new error: the store may hand one error to several writes it batched.
+        failure = StoreUnavailableError(exc.description, code=exc.code)
+        failure.headers = (*_NO_CACHE, *expiries)
+        raise failure from exc

@@ -49,8 +49,10 @@ class RedirectGuard:
         if self.allowed(requested, origin) or (
             origin != request.origin and self.allowed(requested, request.origin)
         ):
-            # Behind a proxy the request's own origin may be an internal address.
-            return requested if "://" in requested else f"{origin}{requested}"
+            # Behind a proxy the request's own origin may be an internal address.  A path
+            # is told by its "/" (allowed() admits no "//"), not by "://", which its
+            # query may hold.
+            return f"{origin}{requested}" if requested.startswith("/") else requested
         logger.warning(
             "logout: ignoring post_logout_redirect_uri %s (not allowed)", untrusted(requested)
         )

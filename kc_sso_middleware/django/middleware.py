@@ -40,7 +40,7 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_asy
 
 from .._effects import BackendCall
 from .._flows import Flow
-from .._http import PASS, Request, RequestHead, Response, Verdict
+from .._http import PASS, Request, RequestHead, Response, Verdict, url_path
 from ..core import Responder
 from ..errors import ConfigurationError
 from .integration import Integration, integration
@@ -165,7 +165,7 @@ def _request(request: Any, head: RequestHead) -> Request:
         headers=headers,
         body=request.body if request.method == "POST" else b"",
         scheme=request.scheme,
-        root_path=request.META.get("SCRIPT_NAME", "") or "",
+        root_path=url_path(request.META.get("SCRIPT_NAME", "") or ""),  # Django's: text
         head=head,
     )
 
