@@ -291,25 +291,26 @@ class LogoutResponder:
         wanted = _unverified_sid(refresh_token)
         if own is not None and own[0].sid is not None and own[0].sid == wanted:
             return
-        bearer = yield from self._verified_bearer_sid(request)
+        token = _bearer_credential(request)
+        bearer = (yield from self._verified_bearer_sid(token)) if token is not None else None
         if bearer is not None and bearer == wanted:
             return
+        # RFC 6750 §3.1: an error code only for a request that sent a token; one that
+        # sent none gets the bare challenge.
+        challenge = 'Bearer error="invalid_token"' if token is not None else "Bearer"
         raise RequestRefusedError(
             "unauthorized",
             "a refresh token is honoured only from a request authenticated as its own "
             "session (its session cookie, or a bearer access token of the same sid)",
             status=401,
-            headers=(("WWW-Authenticate", 'Bearer error="invalid_token"'),),
+            headers=(("WWW-Authenticate", challenge),),
         )
 
-    def _verified_bearer_sid(self, request: Request) -> Flow[str | None]:
+    def _verified_bearer_sid(self, token: str) -> Flow[str | None]:
         """The ``sid`` of a bearer access token whose signature, iss and exp hold."""
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
         context = self._context
         try:
-            obj = parse_compact(token.strip())
+            obj = parse_compact(token)
             header = obj.headers()
             alg = check_header(header, context.policy, kind="access")
             claims: dict[str, Any] = yield from context.verify(obj, header, alg)
@@ -336,6 +337,14 @@ class LogoutResponder:
             return None
         sid = claims.get("sid")
         return sid if isinstance(sid, str) and sid else None
+
+
+def _bearer_credential(request: Request) -> str | None:
+    """The token of the request's ``Authorization: Bearer`` header, if it has one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
 
 
 def _op_error(body: bytes) -> tuple[str, str]:

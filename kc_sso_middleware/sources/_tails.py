@@ -10,6 +10,7 @@ answer for each other; the later one replaces the earlier.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 __all__ = ["TAIL", "TailMemory"]
@@ -29,25 +30,32 @@ class TailMemory(Generic[T]):
     reading each.
     """
 
-    __slots__ = ("_bound", "_lock", "_overhead", "entries", "size")
+    __slots__ = ("_bound", "_lock", "_overhead", "_weigh", "entries", "size")
 
-    def __init__(self, bound: int, overhead: int) -> None:
-        """``bound``: bytes of texts, counting ``overhead`` more for each entry."""
+    def __init__(self, bound: int, overhead: int, weigh: Callable[[T], int] | None = None) -> None:
+        """``bound``: bytes of texts, counting ``overhead`` more for each entry, and what
+        ``weigh`` says a reading holds beyond that (one read from a text may hold many
+        objects: a header naming many sessions)."""
         #: tail -> (the whole text, its reading)
         self.entries: dict[str | bytes, tuple[str | bytes, T]] = {}
         #: bytes counted for the entries held
         self.size = 0
         self._bound = bound
         self._overhead = overhead
+        self._weigh = weigh
         self._lock = threading.Lock()
+
+    def _cost(self, text: str | bytes, reading: T) -> int:
+        held = self._weigh(reading) if self._weigh is not None else 0
+        return len(text) + self._overhead + held
 
     def put(self, text: str | bytes, reading: T) -> None:
         key = text[-TAIL:]
-        cost = len(text) + self._overhead
+        cost = self._cost(text, reading)
         with self._lock:
             replaced = self.entries.get(key)
             if replaced is not None:  # read again, or another text with the same tail
-                self.size -= len(replaced[0]) + self._overhead
+                self.size -= self._cost(*replaced)
             if self.size + cost > self._bound:
                 self.entries.clear()
                 self.size = 0

@@ -7,14 +7,16 @@ revocations by the token's ``iat``; this client's not-before.  A revoked one is 
 
 The middleware only ever *refuses*: it never makes a token valid, so it does not verify the
 signature here (the app's own validation still must, and does).  An opaque token, one of
-another issuer or one that does not decode passes untouched: the app decides.  Readings are
-cached by token, until the token's ``exp``, within a byte bound.
+another issuer or one that does not decode passes untouched: the app decides.  Every JWT in
+the header is read, whatever scheme or separator precedes it (see :func:`jwt_payloads`).
+Readings are cached by header, until the tokens' ``exp``, within a byte bound.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,30 +32,33 @@ __all__ = ["BearerSource"]
 #: bytes of token readings kept per worker
 CACHE_BYTES = 16 * 1024 * 1024
 _ENTRY_OVERHEAD = 512
+#: bytes each session a reading names holds beyond its sid and sub (a SessionIdentity and
+#: its SessionKeys with their digests: about 400)
+_SESSION_OVERHEAD = 512
 
 
-def bearer_tokens(header: str | bytes | None) -> list[str]:
-    """Every ``Bearer …`` credential of an ``Authorization`` header (scheme
-    case-insensitive), in order.
+#: a JWS payload wherever it stands: a run of base64url characters between two dots
+_PAYLOAD = re.compile(r"(?<=\.)[A-Za-z0-9_-]+(?=\.)")
 
-    The middleware only ever refuses, so reading more forms than any one app does is
-    safe, and reading fewer is a hole: a comma-separated list is read part by part
-    (flask-jwt-extended takes the Bearer one out of ``Basic x, Bearer y``, and Django's
-    ASGI handler joins several headers with ","), and each part is split at any run of
-    whitespace (Authlib, DRF and simplejwt read ``Bearer<TAB><token>`` as the token).  A
-    JWT holds no comma, so no token is cut in two.
+
+def jwt_payloads(header: str | bytes | None) -> list[str]:
+    """The payload segment of every JWT an ``Authorization`` header may carry, in order.
+
+    Whatever scheme or separator precedes a token: the app may read ``Bearer <token>``,
+    ``DPoP <token>`` (RFC 9449 §7.1, which Keycloak issues), ``JWT <token>`` (a prefix
+    simplejwt and flask-jwt-extended may be configured with), a bare token, a
+    comma-separated list (flask-jwt-extended takes one out of ``Basic x, Bearer y``;
+    Django's ASGI handler joins several headers with ","), or slice the header by hand.
+    Whichever token it reads, the signature it verifies covers ``header.payload``
+    exactly, so that payload stands in the header between two dots: reading each such
+    run reads every token the app can accept.  The middleware only ever refuses, so
+    reading more than any one app does is safe, and reading fewer is a hole.  A Basic
+    credential (base64, RFC 7617) holds no dot.
     """
     if not header:
         return []
     text = header if isinstance(header, str) else header.decode("latin-1")
-    found = []
-    for part in text.split(","):
-        words = part.split(None, 1)
-        if len(words) == 2 and words[0].lower() == "bearer":
-            token = words[1].strip()
-            if token:
-                found.append(token)
-    return found
+    return _PAYLOAD.findall(text)
 
 
 def unverified_claims(token: str) -> dict[str, Any] | None:
@@ -61,7 +66,11 @@ def unverified_claims(token: str) -> dict[str, Any] | None:
     parts = token.split(".")
     if len(parts) != 3:
         return None
-    payload = parts[1]
+    return _payload_claims(parts[1])
+
+
+def _payload_claims(payload: str) -> dict[str, Any] | None:
+    """A JWS payload segment as a JSON object; ``None`` when it is none."""
     try:
         claims = strict_json(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (ValueError, binascii.Error):
@@ -79,6 +88,10 @@ class BearerSource(IdentitySource):
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._issuer = settings.issuer
+        # The base64url of the shortest JSON naming this issuer, {"iss":"<issuer>"}: a
+        # shorter payload cannot be ours, and needs no decoding (a header of many short
+        # dotted runs would otherwise cost a failed decoding each).
+        self._shortest_payload = -(-4 * (len(settings.issuer.encode()) + 10) // 3)
         self._refused = Verdict(
             response=json_response(
                 401,
@@ -89,7 +102,7 @@ class BearerSource(IdentitySource):
                 ),
             )
         )
-        self._cache: TailMemory[Finding] = TailMemory(CACHE_BYTES, _ENTRY_OVERHEAD)
+        self._cache: TailMemory[Finding] = TailMemory(CACHE_BYTES, _ENTRY_OVERHEAD, _held)
 
     def find(self, head: RequestHead, now: float) -> Finding | None:
         header = head.authorization
@@ -101,7 +114,7 @@ class BearerSource(IdentitySource):
         entry = self._cache.entries.get(header[-TAIL:])
         if entry is not None and entry[0] == header and now < entry[1].valid_until:
             return entry[1]
-        findings = [f for f in map(self._read, bearer_tokens(header)) if f is not None]
+        findings = [f for f in map(self._read, jwt_payloads(header)) if f is not None]
         if not findings:
             return None
         if len(findings) == 1:
@@ -115,8 +128,10 @@ class BearerSource(IdentitySource):
     def refuse(self, finding: Finding, head: RequestHead, signed_out: SignOut) -> Verdict:
         return self._refused
 
-    def _read(self, token: str) -> Finding | None:
-        claims = unverified_claims(token)
+    def _read(self, payload: str) -> Finding | None:
+        if len(payload) < self._shortest_payload:
+            return None
+        claims = _payload_claims(payload)
         if claims is None or claims.get("iss") != self._issuer:
             return None  # not ours to judge: the app's validation decides
         try:
@@ -158,6 +173,13 @@ class BearerSource(IdentitySource):
             None,
             keys,
         )
+
+
+def _held(finding: Finding) -> int:
+    """Bytes a reading holds beyond its header and its entry: each session it names.  A
+    header of many short tokens holds several times its own length, which counted by the
+    header alone would exceed the bound as many times over."""
+    return sum(_SESSION_OVERHEAD + len(i.sid or "") + len(i.sub or "") for i in finding.identities)
 
 
 def _date(claims: Mapping[str, Any], name: str) -> float | None:

@@ -10,7 +10,7 @@ import pytest
 
 from kc_sso_middleware import Settings
 from kc_sso_middleware._http import RequestHead
-from kc_sso_middleware.sources.bearer import _ENTRY_OVERHEAD, BearerSource, bearer_tokens
+from kc_sso_middleware.sources.bearer import _ENTRY_OVERHEAD, BearerSource, _held, jwt_payloads
 
 ISSUER = "http://op.test/realms/r"
 
@@ -23,23 +23,25 @@ def _token(**claims: object) -> str:
 
 
 @pytest.mark.parametrize(
-    ("header", "tokens"),
+    ("header", "payloads"),
     [
-        ("Bearer abc", ["abc"]),
-        ("bearer\tabc", ["abc"]),
-        ("  BEARER   abc  ", ["abc"]),
+        ("Bearer h.abc.s", ["abc"]),
+        ("bearer\th.abc.s", ["abc"]),
+        ("  BEARER   h.abc.s  ", ["abc"]),
         ("Bearer", []),
+        ("Bearer abc", []),
         ("Basic abc", []),
-        ("Bearerabc", []),
-        (b"Bearer\tabc", ["abc"]),
-        ("Basic dXNlcg==, Bearer abc", ["abc"]),
-        ("Bearer abc,Bearer def", ["abc", "def"]),
-        (b"Bearer abc, , Basic x", ["abc"]),
+        ("Bearerh.abc.s", ["abc"]),
+        (b"Bearer\th.abc.s", ["abc"]),
+        ("Basic dXNlcg==, Bearer h.abc.s", ["abc"]),
+        ("Bearer h.abc.s,Bearer h.def.", ["abc", "def"]),
+        (b"Bearer h.abc.s, , Basic x", ["abc"]),
     ],
 )
-def test_every_bearer_credential_is_read(header: str | bytes, tokens: list[str]) -> None:
-    """After any whitespace, in every part of a comma-separated list."""
-    assert bearer_tokens(header) == tokens
+def test_every_jwt_payload_is_read(header: str | bytes, payloads: list[str]) -> None:
+    """After any whitespace, in every part of a comma-separated list, whatever the
+    scheme: every run between two dots."""
+    assert jwt_payloads(header) == payloads
 
 
 def test_a_header_carrying_two_tokens_names_both_sessions() -> None:
@@ -61,7 +63,8 @@ def test_a_reading_made_again_is_counted_once() -> None:
         finding = source.find(RequestHead((), header), time.time())
         assert finding is not None
     assert len(source._cache.entries) == 1
-    assert source._cache.size == len(header) + _ENTRY_OVERHEAD
+    assert finding is not None
+    assert source._cache.size == len(header) + _ENTRY_OVERHEAD + _held(finding)
 
 
 def test_headers_with_the_same_tail_read_as_what_they_hold() -> None:
@@ -80,4 +83,4 @@ def test_headers_with_the_same_tail_read_as_what_they_hold() -> None:
                 assert [i.sid for i in finding.identities] == [sid]
     assert len(source._cache.entries) == 2  # one str and one bytes key
     held = source._cache.entries.values()
-    assert source._cache.size == sum(len(h) + _ENTRY_OVERHEAD for h, _ in held)
+    assert source._cache.size == sum(len(h) + _ENTRY_OVERHEAD + _held(f) for h, f in held)
