@@ -7,7 +7,13 @@ The single sign-out middleware only ever *refuses* a token (a revoked session's 
   discovery document unless given), the algorithm on an allow-list (RS256 by default;
   never ``none`` or HMAC);
 * ``iss`` exactly the issuer, ``exp`` present and in the future (60 s leeway), ``nbf`` and
-  ``iat`` not in the future.
+  ``iat`` not in the future;
+* an *access* token: typed ``at+jwt`` (RFC 9068) or carrying Keycloak's ``"typ": "Bearer"``
+  claim, so that an ID token or a refresh token of the same realm is refused (RFC 8725
+  §3.11, token confusion);
+* with ``audiences``, ``aud`` or ``azp`` naming one of them (RFC 9068 §4).  The demo's apps
+  accept each other's tokens (one realm, the same users), so they pass none; an API of
+  your own should name its client id (with an audience mapper in Keycloak).
 
 The keys are cached for an hour; a token naming an unknown ``kid`` refetches them at most once per
 10 seconds (a key rotation works at once, a flood of made-up ``kid`` values does not
@@ -69,6 +75,7 @@ class BearerValidator:
         *,
         jwks_uri: str | None = None,
         algorithms: Collection[str] = ("RS256",),
+        audiences: Collection[str] | None = None,
         leeway: int = 60,
         timeout: float = 5.0,
         verify: ssl.SSLContext | bool = True,
@@ -77,6 +84,7 @@ class BearerValidator:
         self.issuer = issuer
         self._jwks_uri = jwks_uri
         self._algorithms = [a for a in algorithms if a != "none" and not a.startswith("HS")]
+        self._audiences = frozenset(audiences) if audiences is not None else None
         self._leeway = leeway
         self._http = httpx.Client(timeout=timeout, verify=verify)
         self._clock = clock
@@ -119,6 +127,15 @@ class BearerValidator:
             registry.validate(claims)
         except JoseError as exc:
             raise InvalidToken(f"{exc.error}: {exc.description}") from None
+        typ = str(decoded.header.get("typ", "")).lower()
+        if typ not in ("at+jwt", "application/at+jwt") and claims.get("typ") != "Bearer":
+            raise InvalidToken("not an access token (an ID or a refresh token?)")
+        if self._audiences is not None:
+            aud = claims.get("aud")
+            named = {aud} if isinstance(aud, str) else set(aud if isinstance(aud, list) else ())
+            named.add(claims.get("azp"))
+            if not named & self._audiences:
+                raise InvalidToken("the token is not meant for this API (aud, azp)")
         return claims
 
     # -- keys ----------------------------------------------------------------------
