@@ -7,7 +7,9 @@ What it measures
     * ``examples/fastapi_app.py`` under uvicorn, and
     * ``examples/flask_app.py`` under gunicorn (sync workers, as the examples run),
 
-    and three identity sources:
+    (with ``--apps flask-plain starlette-plain``: hello-world apps with no session handling,
+    ``bench/_app_plain.py``, on ``GET /`` carrying no session: source ``none``, the lightest
+    request the middleware can slow) and three identity sources:
 
     * ``cookie``: ``GET /me`` with the signed cookie session the example stores at login;
     * ``serverside``: ``GET /me`` with the session id of a server-side session
@@ -73,9 +75,21 @@ from kc_sso_middleware.stores import Revocation, RevocationStore, open_store
 from kc_sso_middleware.testing import StandInOP, mint_jwt
 
 COOKIE = "session"
-DEFAULT_TARGETS = {"flask": "examples.flask_app:app", "fastapi": "examples.fastapi_app:app"}
-BENCH_TARGETS = {"flask": "bench._app_flask:app", "fastapi": "bench._app_fastapi:app"}
-SERVERS = {"flask": "gunicorn (sync)", "fastapi": "uvicorn"}
+#: per app: its server's kind (gunicorn or uvicorn) and the bench entry point it serves
+APPS = {
+    "flask": ("flask", "bench._app_flask:app"),
+    "fastapi": ("fastapi", "bench._app_fastapi:app"),
+    "flask-plain": ("flask", "bench._app_plain:flask_app"),
+    "starlette-plain": ("fastapi", "bench._app_plain:starlette_app"),
+}
+#: the hello-world apps: no session of their own, a request carries none (source "none")
+PLAIN = frozenset({"flask-plain", "starlette-plain"})
+SERVERS = {
+    "flask": "gunicorn (sync)",
+    "fastapi": "uvicorn",
+    "flask-plain": "gunicorn (sync)",
+    "starlette-plain": "uvicorn",
+}
 SOURCES = ("cookie", "serverside", "bearer")
 STORES = ("sqlite", "redis", "cluster")
 TARGET = 0.98
@@ -86,15 +100,13 @@ class BenchServer(AppServer):
     """An example app under its server, through a bench entry point, without access logs,
     pinned to one core."""
 
-    def __init__(self, kind: str, env: dict[str, str], core: int, **kwargs: Any) -> None:
-        super().__init__(kind, env, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, app: str, env: dict[str, str], core: int, **kwargs: Any) -> None:
+        kind, module = APPS[app]
+        super().__init__(kind, env, module=module, **kwargs)  # type: ignore[arg-type]
         self.core = core
 
     def command(self) -> list[str]:
-        command = [
-            BENCH_TARGETS[self.kind] if part == DEFAULT_TARGETS[self.kind] else part
-            for part in super().command()
-        ]
+        command = super().command()
         if "--access-logfile" in command:  # gunicorn: no access log at all
             at = command.index("--access-logfile")
             del command[at : at + 2]
@@ -208,7 +220,11 @@ def check(variant: Variant) -> None:
     """The request answers 200 as the user; the middleware is there exactly when it should be."""
     url = variant.server.url
     answer = httpx.get(variant.url, headers=variant.headers, timeout=10)
-    if answer.status_code != 200 or answer.json().get("preferred_username") != "alice":
+    if variant.app in PLAIN:
+        expected = answer.status_code == 200 and answer.text == "hello"
+    else:
+        expected = answer.status_code == 200 and answer.json().get("preferred_username") == "alice"
+    if not expected:
         raise RuntimeError(f"{variant.url} ({variant.store}) answered {answer.status_code}")
     probe = httpx.post(f"{url}/backchannel-logout", data={"logout_token": "x"}, timeout=10)
     served_by_middleware = probe.status_code == 400 and "invalid_request" in probe.text
@@ -255,6 +271,8 @@ def deployment(args: argparse.Namespace, log_dir: Path) -> Iterator[list[Variant
             kinds = ["serverside"] if args.sources == ["serverside"] else ["cookie"]
             if "serverside" in args.sources and kinds != ["serverside"]:
                 kinds.append("serverside")
+            if app in PLAIN:
+                kinds = ["none"]
             for kind in kinds:  # one server per session kind; bearer shares the cookie one
                 for store in ["bare", *args.stores]:
                     name = f"{app}-{kind}-{store}"
@@ -282,6 +300,9 @@ def deployment(args: argparse.Namespace, log_dir: Path) -> Iterator[list[Variant
         variants: list[Variant] = []
         for app, kind, store, server in planned:  # one at a time: the machine has few cores
             stack.enter_context(server)
+            if app in PLAIN:
+                variants.append(Variant(app, "none", store, server, "/", {}))
+                continue
             others = [source for source in args.sources if source != "serverside"]
             sources = [kind] if kind == "serverside" else others
             for source in sources:
@@ -388,7 +409,9 @@ def report(variants: list[Variant], args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
-    parser.add_argument("--apps", nargs="+", choices=sorted(SERVERS), default=sorted(SERVERS))
+    parser.add_argument(
+        "--apps", nargs="+", choices=sorted(APPS), default=sorted(set(APPS) - PLAIN)
+    )
     parser.add_argument("--sources", nargs="+", choices=SOURCES, default=list(SOURCES))
     parser.add_argument("--stores", nargs="+", choices=STORES, default=["sqlite", "redis"])
     parser.add_argument("--rounds", type=int, default=5, help="rounds (default 5)")

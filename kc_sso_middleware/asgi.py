@@ -126,7 +126,11 @@ class SSOMiddleware:
             if responder is not None:
                 await self._serve(responder, _head(scope["headers"]), scope, receive, send)
                 return
-        verdict = self._check(_head(scope["headers"]))
+        head = _head(scope["headers"])
+        if head is _BARE and not self._check.reads_bare_requests:
+            await self.app(scope, receive, send)  # no session to look at
+            return
+        verdict = self._check(head)
         if verdict is PASS:
             await self.app(scope, receive, send)
             return
@@ -255,9 +259,15 @@ class SSOMiddleware:
         await _respond(response, send=send)
 
 
+#: the head of a request with neither a Cookie nor an Authorization header
+_BARE = RequestHead()
+
+
 def _head(raw_headers: Any) -> RequestHead:
     """The Cookie headers (all, in order) and the Authorization header(s), several joined
     with "," as Django's ASGI handler joins them (an app may read any of them)."""
+    # A plain loop: every request comes through here, and comparing each name beats
+    # building a dict of them (hashing every name) by a third.
     cookies: tuple[bytes, ...] | None = None
     authorization: bytes | None = None
     for name, value in raw_headers:
@@ -265,7 +275,9 @@ def _head(raw_headers: Any) -> RequestHead:
             cookies = (value,) if cookies is None else (*cookies, value)
         elif name == b"authorization":
             authorization = value if authorization is None else b"%b,%b" % (authorization, value)
-    return RequestHead(cookies or (), authorization)
+    if cookies is None:
+        return _BARE if authorization is None else RequestHead((), authorization)
+    return RequestHead(cookies, authorization)
 
 
 def _raw_headers(response: Response) -> list[tuple[bytes, bytes]]:

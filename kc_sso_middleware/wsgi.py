@@ -75,6 +75,8 @@ class SSOMiddleware:
         #: the events of this middleware: subscribe callbacks here (see events.Events)
         self.events = self.core.events
         self._runner = SyncRunner(self.settings, self.store)
+        self._routes = self.core.routes
+        self._check = self.core.check
         self._started = False
         self._start_lock = threading.Lock()
 
@@ -97,15 +99,18 @@ class SSOMiddleware:
             self.startup()
         cookie = environ.get("HTTP_COOKIE")
         authorization = environ.get("HTTP_AUTHORIZATION")
-        head = RequestHead((cookie,) if cookie is not None else (), authorization)
         path: str = environ.get("PATH_INFO", "")
         if not path.isascii():
             # PEP 3333: the path's bytes as latin-1 text; Werkzeug routes on them as UTF-8.
             path = path.encode("latin-1", "replace").decode("utf-8", "replace")
-        responder = self.core.route(path)
+        responder = self._routes.get(path)
+        bare = responder is None and cookie is None and authorization is None
+        if bare and not self._check.reads_bare_requests:
+            return self.app(environ, start_response)  # no session to look at
+        head = RequestHead((cookie,) if cookie is not None else (), authorization)
         if responder is not None:
             return self._serve(responder, head, environ, start_response)
-        verdict = self.core.check(head)
+        verdict = self._check(head)
         while verdict.pending is not None:  # a source needed I/O to decide
             verdict = self._runner.run(verdict.pending)
         if verdict.background:

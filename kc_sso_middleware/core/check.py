@@ -79,6 +79,10 @@ class RequestCheck:
         self._without_authorization = tuple(s for s in sources if s.reads != "authorization")
         self._without_cookies = tuple(s for s in sources if s.reads != "cookies")
         self._native_only = tuple(s for s in sources if s.reads == "native")
+        #: whether a request with no Cookie and no Authorization header needs the check
+        #: at all (only a source reading the framework's own request could find anything):
+        #: the adapters pass every other such request straight on
+        self.reads_bare_requests = bool(self._native_only)
 
     def use_resolved_sources(self) -> None:
         """Ask the sources a detecting source chose directly (once they are prepared)."""

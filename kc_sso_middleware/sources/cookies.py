@@ -170,7 +170,10 @@ class SignedCookieSource(IdentitySource):
         seen = self._headers.get(raw[-_TAIL:])
         if seen is not None and seen.value == raw and now < seen.finding.valid_until:
             return seen.finding
-        span = plain_span(raw, self._cookie if type(raw) is str else self._cookie_bytes)
+        name = self._cookie if type(raw) is str else self._cookie_bytes
+        if raw.find(name) < 0:  # type: ignore[arg-type]  # str in str, bytes in bytes
+            return None  # other cookies only (plain_span's ABSENT, without the call)
+        span = plain_span(raw, name)
         if span is None:
             return self._unusual(cookies, now)
         start, end = span
