@@ -134,35 +134,37 @@ class _Readings:
     """Session id → finding, bounded in bytes; only ids that had stored data go in."""
 
     def __init__(self) -> None:
-        self._entries: dict[str, SessionFinding] = {}
+        #: read directly on the request path (a dict look-up is atomic under the GIL);
+        #: changed only through put() and drop()
+        self.entries: dict[str, SessionFinding] = {}
         self.size = 0
         self._lock = threading.Lock()
 
     def get(self, value: str) -> SessionFinding | None:
-        return self._entries.get(value)  # a dict look-up: atomic under the GIL, no lock
+        return self.entries.get(value)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def __iter__(self) -> Iterator[str]:
-        return iter(list(self._entries))
+        return iter(list(self.entries))
 
     def put(self, value: str, finding: SessionFinding) -> None:
         with self._lock:
-            if self._entries.pop(value, None) is not None:
+            if self.entries.pop(value, None) is not None:
                 self.size -= len(value) + _ENTRY_OVERHEAD
             cost = len(value) + _ENTRY_OVERHEAD
             if self.size + cost > CACHE_BYTES:
                 # As the cookie cache: a plain dict, cleared when full; live browsers
                 # refill it with one backend read each.
-                self._entries.clear()
+                self.entries.clear()
                 self.size = 0
-            self._entries[value] = finding
+            self.entries[value] = finding
             self.size += cost
 
     def drop(self, value: str) -> None:
         with self._lock:
-            if self._entries.pop(value, None) is not None:
+            if self.entries.pop(value, None) is not None:
                 self.size -= len(value) + _ENTRY_OVERHEAD
 
 
@@ -187,6 +189,12 @@ class ServerSideSessionSource(IdentitySource):
         lets a refusal judge a new login found under a reused id at once (see
         :meth:`refuse`); ``index`` is the Redis index, for backends that have one."""
         self._settings = settings
+        #: the session keys :func:`login_values` reads
+        self._login_keys = (
+            settings.session_id_token_key,
+            settings.session_claims_key,
+            settings.session_refresh_token_key,
+        )
         self._cookie = cookie_name
         self._cookie_bytes = cookie_name.encode("latin-1")
         self._view = view
@@ -224,7 +232,7 @@ class ServerSideSessionSource(IdentitySource):
         value = self._value(head.cookies)
         if not value:
             return None  # no session id: the library starts a new session
-        hit = self._cache.get(value)
+        hit = self._cache.entries.get(value)  # every request: no method call between
         if hit is not None and now < hit.valid_until and self._current(hit):
             return hit
         return Finding(self, (), load=self._load(head, value, now))
@@ -456,8 +464,12 @@ class ServerSideSessionSource(IdentitySource):
         if not data:
             self._cache.drop(value)
             return None
-        login = login_values(data, self._settings)
-        known = self._cache.get(value)
+        # login_values(), inlined: starsessions saves the session on every response
+        id_token_key, claims_key, refresh_key = self._login_keys
+        id_token = data.get(id_token_key)
+        claims = data.get(claims_key) if id_token is None else None
+        login = (id_token, claims, data.get(refresh_key))
+        known = self._cache.entries.get(value)
         if known is not None and known.login == login:
             return None  # the login this reading was made from, saved again
         now = self._clock()
@@ -477,7 +489,8 @@ class ServerSideSessionSource(IdentitySource):
 
 def login_values(data: Data, settings: Settings) -> tuple[Any, ...]:
     """What of a session's data its Keycloak login is read from (the ID token, else the
-    claims; the refresh token): equal values, equal login."""
+    claims; the refresh token): equal values, equal login.  (Inlined in
+    ``ServerSideSessionSource.observed``, run on every response: keep the two alike.)"""
     id_token = data.get(settings.session_id_token_key)
     claims = data.get(settings.session_claims_key) if id_token is None else None
     return (id_token, claims, data.get(settings.session_refresh_token_key))
