@@ -1,4 +1,4 @@
-"""The one HTML page the example apps show at ``/``.
+"""The HTML pages of the example apps: ``/``, and a failed login.
 
 It says which app this is, who is logged in and with which Keycloak session, links to the
 other apps of the demo (``EXAMPLE_OTHER_APPS``: ``name=url,name=url``), and, on the request
@@ -91,4 +91,18 @@ def index_page(
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(app_name)}</title>"
         f"</head><body><h1>{escape(app_name)}</h1>{body}</body></html>"
+    )
+
+
+def login_failed_page(app_name: str) -> str:
+    """What a login callback that is no login answers (with status 400): Keycloak's error
+    (the user cancelled, access denied), a state this browser did not start (a forged,
+    stale or replayed callback), a code or ID token that does not verify (a nonce of
+    another login).  Nothing of the request is shown: ``error_description`` and the like
+    are the sender's words, not Keycloak's; the app logs the reason."""
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(app_name)}</title>"
+        f"</head><body><h1>{escape(app_name)}</h1>"
+        '<p id="status">The login did not complete.</p>'
+        '<p><a id="login" href="/login">Log in with Keycloak</a></p></body></html>'
     )

@@ -9,20 +9,24 @@ middleware's one line.
 
 from __future__ import annotations
 
+import logging
 import os
 
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.starlette_client import OAuth
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from joserfc.errors import JoseError
 from starlette.middleware.sessions import SessionMiddleware
 
 from examples._bearer import BearerValidator
 from examples._logging import log_events
-from examples._page import index_page
+from examples._page import index_page, login_failed_page
 from kc_sso_middleware import Settings
 from kc_sso_middleware.asgi import SSOMiddleware
 
 settings = Settings.from_env()
+log = logging.getLogger(__name__)
 log_events("FastAPI app")  # the demo's live lines (EXAMPLE_EVENT_LOG=1)
 
 app = FastAPI(title="FastAPI app")
@@ -31,7 +35,7 @@ if session_store:
     # Server-side sessions (starsessions' RedisStore): the browser holds only the id.  The
     # middleware finds starsessions on its own, reads and deletes sessions through it.
     from redis.asyncio import Redis
-    from starsessions import SessionAutoloadMiddleware
+    from starsessions import SessionAutoloadMiddleware, regenerate_session_id
     from starsessions import SessionMiddleware as ServerSessionMiddleware
     from starsessions.stores.redis import RedisStore
 
@@ -45,11 +49,14 @@ if session_store:
         cookie_https_only=settings.session_cookie_secure,
     )
 else:
+    # HttpOnly is Starlette's default.  Secure off keeps the http://127.0.0.1 demo working;
+    # an https deployment sets KC_SSO_SESSION_COOKIE_SECURE=true.
     app.add_middleware(
         SessionMiddleware,
         secret_key=settings.session_secret or "",
         session_cookie=settings.session_cookie,
         same_site="lax",
+        https_only=settings.session_cookie_secure,
     )
 # Added last, so it is the outermost: it sees the session cookie before either session
 # middleware.
@@ -61,7 +68,8 @@ oauth.register(
     client_id=settings.client_id,
     client_secret=settings.client_secret,
     server_metadata_url=f"{settings.issuer}/.well-known/openid-configuration",
-    client_kwargs={"scope": "openid"},
+    # PKCE (RFC 9700 §2.1.1) besides state and nonce, which Authlib adds on its own.
+    client_kwargs={"scope": "openid", "code_challenge_method": "S256"},
 )
 
 
@@ -84,7 +92,13 @@ async def login(request: Request) -> Response:
 
 @app.get("/auth/callback", name="callback")
 async def callback(request: Request) -> Response:
-    token = await oauth.keycloak.authorize_access_token(request)
+    try:
+        token = await oauth.keycloak.authorize_access_token(request)
+    except (AuthlibBaseError, JoseError) as exc:
+        # Keycloak's error, a state this browser did not start, an ID token that does not
+        # verify (its nonce, signature, iss, aud): no login, and a page, not a 500.
+        log.warning("login callback refused: %s", exc)
+        return HTMLResponse(login_failed_page("FastAPI app"), status_code=400)
     request.session.clear()
     # What the middleware reads: the raw ID token (id_token_hint, sid, auth_time) and its
     # claims; the refresh token lets it ask Keycloak whether the session is still alive
@@ -92,6 +106,10 @@ async def callback(request: Request) -> Response:
     request.session["id_token"] = token["id_token"]
     request.session["user"] = dict(token["userinfo"])
     request.session["refresh_token"] = token.get("refresh_token")
+    if session_store:
+        # A new server-side session id for the login (session fixation): an id planted or
+        # read before it stays anonymous.
+        regenerate_session_id(request)
     return RedirectResponse(request.url_for("index"), status_code=303)
 
 

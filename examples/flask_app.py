@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from authlib.common.errors import AuthlibBaseError
 from authlib.integrations.flask_client import OAuth
 from flask import Flask, jsonify, redirect, request, session, url_for
+from joserfc.errors import JoseError
 
 from examples._bearer import BearerValidator
 from examples._logging import log_events
-from examples._page import index_page
+from examples._page import index_page, login_failed_page
 from kc_sso_middleware import Settings
 from kc_sso_middleware.wsgi import SSOMiddleware
 
@@ -27,6 +29,10 @@ log_events("Flask app")  # the demo's live lines (EXAMPLE_EVENT_LOG=1)
 app = Flask(__name__)
 app.secret_key = settings.session_secret
 app.config["SESSION_COOKIE_NAME"] = settings.session_cookie
+# HttpOnly is Flask's default.  Secure off keeps the http://127.0.0.1 demo working; an
+# https deployment sets KC_SSO_SESSION_COOKIE_SECURE=true (and the middleware expires the
+# cookie with the flags read from here).
+app.config["SESSION_COOKIE_SECURE"] = settings.session_cookie_secure
 app.config["SESSION_COOKIE_SAMESITE"] = "Lax"
 
 session_store = os.environ.get("EXAMPLE_SESSION_STORE")
@@ -46,7 +52,8 @@ oauth.register(
     client_id=settings.client_id,
     client_secret=settings.client_secret,
     server_metadata_url=f"{settings.issuer}/.well-known/openid-configuration",
-    client_kwargs={"scope": "openid"},
+    # PKCE (RFC 9700 §2.1.1) besides state and nonce, which Authlib adds on its own.
+    client_kwargs={"scope": "openid", "code_challenge_method": "S256"},
 )
 
 
@@ -66,7 +73,13 @@ def login() -> Any:
 
 @app.get("/auth/callback")
 def callback() -> Any:
-    token = oauth.keycloak.authorize_access_token()
+    try:
+        token = oauth.keycloak.authorize_access_token()
+    except (AuthlibBaseError, JoseError) as exc:
+        # Keycloak's error, a state this browser did not start, an ID token that does not
+        # verify (its nonce, signature, iss, aud): no login, and a page, not a 500.
+        app.logger.warning("login callback refused: %s", exc)
+        return login_failed_page("Flask app"), 400
     session.clear()
     # What the middleware reads: the raw ID token (id_token_hint, sid, auth_time) and its
     # claims; the refresh token lets it ask Keycloak whether the session is still alive
@@ -74,6 +87,10 @@ def callback() -> Any:
     session["id_token"] = token["id_token"]
     session["user"] = dict(token["userinfo"])
     session["refresh_token"] = token.get("refresh_token")
+    if session_store:
+        # A new server-side session id for the login (session fixation): an id planted or
+        # read before it stays anonymous.  After the keys: regenerate() skips an empty one.
+        app.session_interface.regenerate(session)  # type: ignore[attr-defined]
     return redirect(url_for("index"))
 
 

@@ -10,16 +10,28 @@ and the API logout.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import requests
+from django.core.exceptions import PermissionDenied
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
 from kc_sso_middleware.django.integration import integration
 
+log = logging.getLogger(__name__)
+
 
 class KeycloakBackend(OIDCAuthenticationBackend):  # type: ignore[misc]
     def get_token(self, payload: dict[str, Any]) -> Any:
-        token_info = super().get_token(payload)
+        try:
+            token_info = super().get_token(payload)
+        except requests.RequestException as exc:
+            # Keycloak refused the code (used already, expired) or could not be reached:
+            # a failed login (Django's authenticate() takes PermissionDenied so, and
+            # mozilla-django-oidc sends the browser to LOGIN_REDIRECT_URL_FAILURE), not a 500.
+            log.warning("login callback refused: the token request failed: %s", exc)
+            raise PermissionDenied("the token request failed") from exc
         refresh_token = token_info.get("refresh_token")
         if refresh_token:
             # The one line at login: under KC_SSO_SESSION_REFRESH_TOKEN_KEY.
