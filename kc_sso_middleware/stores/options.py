@@ -418,13 +418,20 @@ def _user_part_end(rest: str) -> int:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` and its query dropped."""
+    """``url`` with its password replaced by ``***`` and its query dropped.
+
+    A user part without a ``:`` is redacted whole: redis-py reads it as a user name, but
+    it is as often a password written without the ``:`` before it (``redis://s3cret@h``),
+    which an error message about the failing login would otherwise show.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url.partition("?")[0]
     at = _user_part_end(rest)
     if at >= 0 and ":" in rest[:at]:
         rest = f"{rest[:at].partition(':')[0]}:***{rest[at:]}"
+    elif at >= 0:
+        rest = f"***{rest[at:]}"
     return f"{scheme}://{rest}".partition("#")[0].partition("?")[0]
 
 

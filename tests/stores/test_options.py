@@ -181,6 +181,14 @@ def test_a_store_description_never_shows_a_password_with_a_slash() -> None:
         assert "hunter" not in redact(url)
 
 
+def test_a_user_part_without_a_colon_is_redacted_whole() -> None:
+    """``redis://s3cret@host``: a password written without its ``:`` is not shown."""
+    from kc_sso_middleware.stores.options import redact
+
+    assert redact("redis://hunter2@h:6379/0?prefix=a:") == "redis://***@h:6379/0"
+    assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
 @pytest.mark.parametrize(
     "url",
     [
