@@ -17,7 +17,9 @@ import hmac
 
 __all__ = ["Tagger", "log_safe", "untrusted"]
 
-_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, 0x85)}
+# C0, DEL and every C1 control: NEL (U+0085) ends a line, and CSI (U+009B) is ANSI's one-
+# character escape, which terminals and log viewers act on like ESC [.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 _ESCAPES.update({0x2028: "\\u2028", 0x2029: "\\u2029", ord("\\"): "\\\\"})
 _LIMIT = 120
 

@@ -19,6 +19,7 @@ The names are the table in README.rst ("Events").
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -62,7 +63,10 @@ REVOCATION_APPLIED = "revocation.applied"
 #: every event name, with what it means (README's table is this)
 EVENT_NAMES: Mapping[str, str] = {
     LOCAL_LOGOUT: "a browser logged out at the logout path (this app session revoked)",
-    API_LOGOUT: "an API client logged out; op_ended says whether Keycloak ended the session",
+    API_LOGOUT: (
+        "an API client logged out; op_ended says whether Keycloak ended the session (false:"
+        " at WARNING, with code and op_error)"
+    ),
     LOGOUT_REFUSED: "a logout request was refused (code: cross_site_request, unauthorized, …)",
     LOGOUT_RETURN: "the browser came back from Keycloak's logout (verified: true or false)",
     BACKCHANNEL_ACCEPTED: "a back-channel logout token was accepted and its revocation stored",
@@ -93,6 +97,9 @@ REJECTIONS = (
     FRONTCHANNEL_REJECTED,
     LOGOUT_REFUSED,
 )
+#: the events of a request refused because something it needs failed, whichever path it
+#: came to (the core names them by the failure, with the request's ``code``)
+_FAILURES = (STORE_FAILED, JWKS_FAILED, JWKS_THROTTLED)
 _QUEUE_SIZE = 10_000
 
 
@@ -149,8 +156,18 @@ class Events:
 
     def on_rejected(self, callback: Callback) -> None:
         """Call ``callback`` with every rejected logout request (back-channel, admin URL,
-        front-channel, logout path), with its ``code`` and ``description``."""
-        self.subscribe(callback, names=REJECTIONS)
+        front-channel, logout path), with its ``code`` and ``description``: a rule that
+        failed, and a request answered 503 because the store could not record it or the
+        OP's keys could not be had (Keycloak never retries a back-channel request)."""
+
+        @functools.wraps(callback)
+        def rejected(event: Event) -> None:
+            # jwks.failed is also the fetch's own event, which no request carries: only
+            # the core's refusal of a request has a code.
+            if event.name in REJECTIONS or "code" in event.fields:
+                callback(event)
+
+        self.subscribe(rejected, names=(*REJECTIONS, *_FAILURES))
 
     def record_with(self, recorder: Callback) -> None:
         """Call ``recorder`` synchronously with every event (metrics; must be quick)."""
@@ -170,18 +187,27 @@ class Events:
         """Log, count and dispatch one event; never raises."""
         try:
             event = Event(name, time.time(), fields)
-            if logger.isEnabledFor(level):
-                logger.log(
-                    level,
-                    "%s [%s]%s",
-                    message,
-                    name,
-                    # Fields may carry signed but untrusted text (a logout token's sid).
-                    "".join(f" {k}={log_safe(v)}" for k, v in fields.items() if v is not None),
-                    extra={"event": name, "kc_sso": {"app": self.app_name, **fields}},
-                )
+            # Each consumer on its own: one that fails (a log handler, a metrics backend,
+            # the app's recorder) must not keep the event from the others, least of all
+            # from the callbacks (an on_revocation closing a revoked session's websockets).
+            try:
+                if logger.isEnabledFor(level):
+                    logger.log(
+                        level,
+                        "%s [%s]%s",
+                        message,
+                        name,
+                        # Fields may carry signed but untrusted text (a logout token's sid).
+                        "".join(f" {k}={log_safe(v)}" for k, v in fields.items() if v is not None),
+                        extra={"event": name, "kc_sso": {"app": self.app_name, **fields}},
+                    )
+            except Exception:
+                logger.exception("could not log event %s", name)
             for recorder in self._recorders:
-                recorder(event)
+                try:
+                    recorder(event)
+                except Exception:
+                    logger.exception("event recorder %r failed on %s", recorder, name)
             if self._callbacks:
                 self._dispatch(event)
         except Exception:  # observability must never break what it observes

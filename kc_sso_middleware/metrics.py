@@ -115,9 +115,15 @@ def install(events: Events, store: RevocationStore) -> Callable[[], None]:
         metrics["events"].labels(app, event.name, str(fields.get("code") or "")).inc()
         name = event.name
         if name == ev.REQUEST_REFUSED:
-            metrics["refused"].labels(app, fields.get("reason"), fields.get("source")).inc()
+            # Only the check's refusals carry a reason: a wrong method or an oversized body
+            # at the health or metrics path, which anyone can send, is no session refused
+            # (it is counted above, by event and code).
+            if fields.get("reason") is not None:
+                metrics["refused"].labels(app, fields["reason"], fields.get("source")).inc()
         elif name == ev.STORE_FAILED:
             metrics["store_errors"].labels(app).inc()
+        elif name == ev.JWKS_FAILED and "code" in fields:
+            pass  # the request a failed fetch refused: that fetch was counted, by its reason
         elif name in (ev.JWKS_FETCHED, ev.JWKS_FAILED, ev.JWKS_THROTTLED):
             result = {ev.JWKS_FETCHED: "ok", ev.JWKS_FAILED: "failed"}.get(name, "throttled")
             metrics["jwks"].labels(app, str(fields.get("reason") or "unknown_kid"), result).inc()

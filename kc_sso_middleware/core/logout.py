@@ -34,6 +34,7 @@ from .. import events as ev
 from .._effects import HttpCall
 from .._flows import Flow
 from .._http import NO_STORE, Request, Response, html_response, json_response
+from .._logs import untrusted
 from .._tokens import ACCESS_TYPES, check_header, parse_compact, strict_json
 from ..errors import DiscoveryError, LogoutTokenError, RequestRefusedError, StoreUnavailableError
 from ..sources.base import IdentitySource, LoginTokens, SessionIdentity
@@ -265,12 +266,12 @@ class LogoutResponder:
         except DiscoveryError as exc:
             error = ProviderRefusedError(str(exc), op_error="unreachable", op_status=None)
             error.code = "op_unreachable"
+            self._op_session_kept(error)
             return answer(error, *expiries)
         if result.status in (200, 204):
             context.events.emit(ev.API_LOGOUT, "API logout", op_ended=True)
             return json_response(200, {"logged_out": True, "op_session_ended": True}, *expiries)
         op_error, op_description = _op_error(result.body)
-        logger.warning("logout: Keycloak refused the server-side logout: %s", op_error)
         hint = ""
         if op_error in {"unauthorized_client", "invalid_client"}:
             hint = " (is KC_SSO_CLIENT_SECRET set to the client's secret?)"
@@ -279,7 +280,21 @@ class LogoutResponder:
             op_error=op_error,
             op_status=result.status,
         )
+        self._op_session_kept(refused)
         return answer(refused, *expiries)
+
+    def _op_session_kept(self, error: ProviderRefusedError) -> None:
+        """The event of an API logout that ended this app session but not Keycloak's: an
+        outcome like the others, so logs, metrics and callbacks see it."""
+        self._context.events.emit(
+            ev.API_LOGOUT,
+            "API logout: Keycloak did not end the session",
+            level=logging.WARNING,
+            op_ended=False,
+            code=error.code,
+            # the OP's own words: bounded and escaped, never a metrics label
+            op_error=untrusted(error.op_error),
+        )
 
     def _authenticate(
         self,
