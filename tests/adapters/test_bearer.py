@@ -123,6 +123,9 @@ def test_sign_out_all_refuses_earlier_tokens(make_harness: HarnessFactory, op: S
         pytest.param("Bearer !!!.@@@.###", id="not base64"),
         pytest.param("Basic dXNlcjpwYXNz", id="another scheme"),
         pytest.param("Bearer", id="no credentials"),
+        # Every JWT of the header is read, whatever its scheme: these hold none of ours.
+        pytest.param("DPoP opaque-value", id="opaque DPoP"),
+        pytest.param('Digest username="a.b", uri="/x.y.z"', id="Digest with dots"),
     ],
 )
 def test_what_is_not_ours_passes_untouched(

@@ -68,24 +68,6 @@ def test_a_revoked_token_under_any_scheme_is_refused(
     assert refused.json()["error"] == "invalid_token"
 
 
-@pytest.mark.parametrize(
-    "authorization",
-    [
-        pytest.param("Basic dXNlcjpwdw==", id="Basic"),
-        pytest.param("DPoP opaque-value", id="opaque DPoP"),
-        pytest.param('Digest username="a.b", uri="/x.y.z"', id="Digest with dots"),
-    ],
-)
-def test_other_credentials_still_pass_untouched(
-    authorization: str, make_harness: HarnessFactory
-) -> None:
-    """Reading every scheme refuses nothing that holds no token of this issuer."""
-    harness = make_harness()
-    response = harness.client.get("/api", headers={"Authorization": authorization})
-    assert response.status_code == 200
-    assert response.json() == {"authorization": authorization}
-
-
 def test_the_api_logout_challenge_names_no_error_without_a_token(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:

@@ -26,7 +26,7 @@ from starlette.routing import Mount, Route
 from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware.stores import MemoryStore
 from kc_sso_middleware.testing import StandInOP
-from tests.adapters.test_logout_leaves_nothing import WriteFailingStore
+from tests.adapters.test_logout_leaves_nothing import WriteFailingStore, serverside_worker
 from tests.conftest import SESSION_SECRET, Harness, HarnessFactory, PortalClient, make_settings
 
 FRONT = {"frontchannel_path": "/frontchannel-logout"}
@@ -90,30 +90,10 @@ def test_frontchannel_deletes_its_own_server_side_session(
     front-channel page is the only word this app gets.  Like the logout path, it deletes
     the browser's server-side session from its backend (no Redis index here) and expires
     its cookie, even when the revocation cannot be recorded (then it says 503)."""
-    from cachelib import SimpleCache
-    from starsessions import InMemoryStore
+    from tests.adapters.test_serverside import _sid, id_token
 
-    from tests.adapters.test_serverside import Worker, _sid, id_token
-
-    cache = SimpleCache()
-    memory = InMemoryStore()
-    worker = Worker(
-        kind,  # type: ignore[arg-type]
-        make_settings(op, **FRONT),
-        "redis://unused",
-        "t-fc:",
-        MemoryStore() if store == "working" else WriteFailingStore(),
-        session_store=memory,
-        SESSION_TYPE="cachelib",
-        SESSION_CACHELIB=cache,
-    )
-    try:
-
-        def stored(cookie: str) -> bool:
-            if kind == "flask-session":
-                return cache.get(f"t-fc:{cookie}") is not None
-            return cookie in memory.data
-
+    settings = make_settings(op, **FRONT)
+    with serverside_worker(kind, settings, store, "t-fc:") as (worker, stored):
         sid = _sid()
         cookie = worker.login(id_token(op, sid))
         assert worker.me(cookie).status_code == 200
@@ -128,8 +108,6 @@ def test_frontchannel_deletes_its_own_server_side_session(
         assert expiries, response.headers
         assert not stored(cookie), "the session is still in the backend after the logout"
         assert worker.me(cookie).status_code == 401
-    finally:
-        worker.close()
 
 
 def test_frontchannel_expires_the_cookie_even_when_the_store_fails(

@@ -8,7 +8,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -24,6 +25,7 @@ from starlette.routing import Route
 from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware import wsgi as wsgi_adapter
 from kc_sso_middleware.errors import StoreUnavailableError
+from kc_sso_middleware.settings import Settings
 from kc_sso_middleware.stores import MemoryStore
 from kc_sso_middleware.stores.model import Revocation
 from kc_sso_middleware.testing import StandInOP
@@ -124,36 +126,51 @@ class WriteFailingStore(MemoryStore):
         raise StoreUnavailableError("the write was not confirmed")
 
 
+@contextlib.contextmanager
+def serverside_worker(
+    kind: str, settings: Settings, store: str, prefix: str
+) -> Iterator[tuple[Any, Callable[[str], bool]]]:
+    """A Flask-Session (cachelib) or starsessions (in-memory) app with no Redis index,
+    its revocation store working or failing every write; (the worker, whether the
+    backend still holds a session id)."""
+    from cachelib import SimpleCache
+    from starsessions import InMemoryStore
+
+    from tests.adapters.test_serverside import Worker
+
+    cache = SimpleCache()
+    memory = InMemoryStore()
+    worker = Worker(
+        kind,  # type: ignore[arg-type]
+        settings,
+        "redis://unused",
+        prefix,
+        MemoryStore() if store == "working" else WriteFailingStore(),
+        session_store=memory,
+        SESSION_TYPE="cachelib",
+        SESSION_CACHELIB=cache,
+    )
+
+    def stored(cookie: str) -> bool:
+        if kind == "flask-session":
+            return cache.get(f"{prefix}{cookie}") is not None
+        return cookie in memory.data
+
+    try:
+        yield worker, stored
+    finally:
+        worker.close()
+
+
 @pytest.mark.parametrize("kind", ["flask-session", "starsessions"])
 @pytest.mark.parametrize("store", ["working", "write-failing"])
 def test_logout_deletes_its_own_server_side_session(kind: str, store: str, op: StandInOP) -> None:
     """The logout path ends this browser's server-side session in its backend, whatever
     the backend (no Redis index here) and even when the revocation cannot be recorded:
     a copy of the session id must not log in again afterwards."""
-    from cachelib import SimpleCache
-    from starsessions import InMemoryStore
+    from tests.adapters.test_serverside import _sid, id_token
 
-    from tests.adapters.test_serverside import Worker, _sid, id_token
-
-    cache = SimpleCache()
-    memory = InMemoryStore()
-    worker = Worker(
-        kind,  # type: ignore[arg-type]
-        make_settings(op),
-        "redis://unused",
-        "t-logout:",
-        MemoryStore() if store == "working" else WriteFailingStore(),
-        session_store=memory,
-        SESSION_TYPE="cachelib",
-        SESSION_CACHELIB=cache,
-    )
-    try:
-
-        def stored(cookie: str) -> bool:
-            if kind == "flask-session":
-                return cache.get(f"t-logout:{cookie}") is not None
-            return cookie in memory.data
-
+    with serverside_worker(kind, make_settings(op), store, "t-logout:") as (worker, stored):
         cookie = worker.login(id_token(op, _sid()))
         assert worker.me(cookie).status_code == 200
 
@@ -162,8 +179,6 @@ def test_logout_deletes_its_own_server_side_session(kind: str, store: str, op: S
         assert response.status_code == 302
         assert not stored(cookie), "the session is still in the backend after the logout"
         assert worker.me(cookie).status_code == 401
-    finally:
-        worker.close()
 
 
 # ------------------------------------------------------------ a mount prefix from the URL

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from kc_sso_middleware.events import Event
 from kc_sso_middleware.stores import MemoryStore
 from kc_sso_middleware.stores.model import Revocation
 from kc_sso_middleware.testing import StandInOP
+from tests.adapters.test_observe import _eventually
 from tests.conftest import CLIENT_ID, HarnessFactory, direct_grant
 
 BACKCHANNEL = "/backchannel-logout"
@@ -33,15 +33,6 @@ class _WriteFailingStore(MemoryStore):
 
     async def arecord(self, revocations: Sequence[Revocation], **kwargs: Any) -> bool:
         raise StoreUnavailableError("the write was not confirmed")
-
-
-def _eventually(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return condition()
 
 
 def _total(text: str, metric: str, **labels: str) -> float:
