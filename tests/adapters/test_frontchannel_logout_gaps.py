@@ -10,23 +10,22 @@
 
 from __future__ import annotations
 
-from functools import partial
 from urllib.parse import parse_qs, urlsplit
 
-import anyio.from_thread
-import httpx
 import pytest
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 
 from kc_sso_middleware import asgi as asgi_adapter
 from kc_sso_middleware.stores import MemoryStore
 from kc_sso_middleware.testing import StandInOP
-from tests.adapters.test_logout_leaves_nothing import WriteFailingStore, serverside_worker
+from tests.adapters.test_logout_leaves_nothing import (
+    WriteFailingStore,
+    serverside_worker,
+    starsessions_cookies_left,
+)
 from tests.conftest import SESSION_SECRET, Harness, HarnessFactory, PortalClient, make_settings
 
 FRONT = {"frontchannel_path": "/frontchannel-logout"}
@@ -43,41 +42,11 @@ def test_frontchannel_ends_the_starsessions_cookie_under_a_root_path(op: StandIn
     """starsessions sets its cookie on the root path when no ``cookie_path`` is given;
     the front-channel page must expire it there, as the logout path does, or the browser
     keeps the cookie of a session the OP just ended."""
-    from starsessions import InMemoryStore, SessionAutoloadMiddleware
-    from starsessions import SessionMiddleware as StarsessionsMiddleware
-
     token = Harness("asgi", make_settings(op)).id_token(op, sid="fc-root-path")
-
-    async def login(request: Request) -> JSONResponse:
-        request.session["id_token"] = token
-        return JSONResponse({"ok": True})
-
-    app = Starlette(
-        routes=[Route("/login", login)],
-        middleware=[
-            Middleware(StarsessionsMiddleware, store=InMemoryStore(), cookie_https_only=False),
-            Middleware(SessionAutoloadMiddleware),
-        ],
-    )
-    app.add_middleware(
-        asgi_adapter.SSOMiddleware, settings=make_settings(op, **FRONT), store=MemoryStore()
-    )
-    transport = httpx.ASGITransport(app=app, root_path="/app")
-    with anyio.from_thread.start_blocking_portal() as portal:
-        client = httpx.AsyncClient(transport=transport, base_url="http://app.test")
-        try:
-            assert portal.call(client.get, "/app/login").status_code == 200
-            assert [c.path for c in client.cookies.jar if c.name == "session"] == ["/app"]
-            logout = partial(
-                client.get,
-                "/app/frontchannel-logout",
-                params={"iss": op.issuer, "sid": "fc-root-path"},
-            )
-            response = portal.call(logout)
-            assert response.status_code == 200
-            left = [c for c in client.cookies.jar if c.name == "session"]
-        finally:
-            portal.call(client.aclose)
+    params = {"iss": op.issuer, "sid": "fc-root-path"}
+    settings = make_settings(op, **FRONT)
+    left, response = starsessions_cookies_left(settings, token, "/frontchannel-logout", params)
+    assert response.status_code == 200
     assert left == [], response.headers.get_list("set-cookie")
 
 

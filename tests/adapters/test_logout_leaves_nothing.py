@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import httpx
@@ -205,15 +206,15 @@ def test_the_unconfirmed_return_page_escapes_the_mount_prefix(op: StandInOP) -> 
     assert "'onmouseover='" not in response.text, response.text
 
 
-def test_logout_ends_the_starsessions_cookie_under_a_root_path(op: StandInOP) -> None:
-    """starsessions sets its cookie with ``path=<root_path>`` when no ``cookie_path`` is
-    given (``SessionMiddleware``: ``self.cookie_path or scope["root_path"] or "/"``); the
-    logout's expiry must name that path, or the browser keeps the cookie."""
+def starsessions_cookies_left(
+    settings: Settings, token: str, path: str, params: dict[str, str] | None = None
+) -> tuple[list[Any], httpx.Response]:
+    """A starsessions app (no ``cookie_path``) served under the root path ``/app``, logged
+    in with ``token``, then ``GET /app<path>``: the session cookies the browser holds
+    afterwards, and that answer."""
     import anyio.from_thread
     from starsessions import InMemoryStore, SessionAutoloadMiddleware
     from starsessions import SessionMiddleware as StarsessionsMiddleware
-
-    token = Harness("asgi", make_settings(op)).id_token(op, sid="starsessions-root-path")
 
     async def login(request: Request) -> JSONResponse:
         request.session["id_token"] = token
@@ -226,16 +227,24 @@ def test_logout_ends_the_starsessions_cookie_under_a_root_path(op: StandInOP) ->
             Middleware(SessionAutoloadMiddleware),
         ],
     )
-    app.add_middleware(asgi_adapter.SSOMiddleware, settings=make_settings(op), store=MemoryStore())
+    app.add_middleware(asgi_adapter.SSOMiddleware, settings=settings, store=MemoryStore())
     transport = httpx.ASGITransport(app=app, root_path="/app")
     with anyio.from_thread.start_blocking_portal() as portal:
         client = httpx.AsyncClient(transport=transport, base_url="http://app.test")
         try:
             assert portal.call(client.get, "/app/login").status_code == 200
             assert [c.path for c in client.cookies.jar if c.name == "session"] == ["/app"]
-            logout = portal.call(client.get, "/app/logout")
-            assert logout.status_code == 302
-            left = [c for c in client.cookies.jar if c.name == "session"]
+            response = portal.call(partial(client.get, f"/app{path}", params=params))
+            return [c for c in client.cookies.jar if c.name == "session"], response
         finally:
             portal.call(client.aclose)
+
+
+def test_logout_ends_the_starsessions_cookie_under_a_root_path(op: StandInOP) -> None:
+    """starsessions sets its cookie with ``path=<root_path>`` when no ``cookie_path`` is
+    given (``SessionMiddleware``: ``self.cookie_path or scope["root_path"] or "/"``); the
+    logout's expiry must name that path, or the browser keeps the cookie."""
+    token = Harness("asgi", make_settings(op)).id_token(op, sid="starsessions-root-path")
+    left, logout = starsessions_cookies_left(make_settings(op), token, "/logout")
+    assert logout.status_code == 302
     assert left == [], logout.headers.get_list("set-cookie")
