@@ -9,7 +9,12 @@ from __future__ import annotations
 import math
 from urllib.parse import SplitResult, urlsplit
 
-__all__ = ["ASYMMETRIC_ALGORITHMS"]  # and the parse_* and check_* functions
+__all__ = ["ADMIN_ACTION_NAMES", "ASYMMETRIC_ALGORITHMS"]  # and the parse_* and check_* functions
+
+#: the legacy admin protocol's paths below ``KC_SSO_ADMIN_PATH`` (the keys of
+#: ``core.admin.ADMIN_ACTIONS``, which a test keeps equal): Settings refuses a served
+#: path equal to one of them
+ADMIN_ACTION_NAMES = ("k_logout", "k_push_not_before", "k_test_available")
 
 #: Signature algorithms a logout token may use.  Asymmetric only: an OP's JWKS holds public
 #: keys, and accepting HMAC would let anyone holding the public key forge tokens (RFC 8725 §3.1).
@@ -80,24 +85,50 @@ def check_strings(value: object) -> str | None:
     return None
 
 
-def check_url(value: object) -> str | None:
+def _url_problem(value: object, what: str) -> str | None:
+    """What keeps ``value`` from being an absolute http(s) URL of ``what`` kind, or None.
+
+    Credentials are refused and never echoed: the URL would reach ``repr(settings)``,
+    logs and Keycloak.  A fragment is never sent to a server, a bad port or a blank makes
+    every request fail: each would be a setting that silently cannot work.
+    """
     if not isinstance(value, str):
         return "must be a string"
+    # anything with an '@' may hold a password: never shown
+    got = "" if "@" in value else f", got {value!r}"
     parts = _split(value)
-    if parts is None or parts.scheme not in {"http", "https"} or not parts.netloc:
-        return f"must be an absolute http(s) URL, got {value!r}"
+    if parts is None or parts.scheme not in {"http", "https"} or not parts.hostname:
+        return f"must be an absolute http(s) URL{got}"
+    if "@" in parts.netloc:
+        return "must not hold credentials (user:password@)"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return f"has a bad port{got}"
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+        return f"must not hold blanks or control characters{got}"
+    if "#" in value:
+        return f"must not have a fragment ({what}){got}"
+    return None
+
+
+def check_url(value: object) -> str | None:
+    problem = _url_problem(value, "the issuer is compared exactly")
+    if problem is not None:
+        return problem
+    assert isinstance(value, str)
+    if "?" in value:
+        # discovery is {issuer}/.well-known/openid-configuration: a query would swallow it
+        return f"must not have a query (the issuer is compared exactly), got {value!r}"
     if value.endswith("/"):
         return f"must not end with '/' (the issuer is compared exactly), got {value!r}"
     return None
 
 
 def check_optional_url(value: object) -> str | None:
-    if value is None:
-        return None
-    parts = _split(value) if isinstance(value, str) else None
-    if parts is None or parts.scheme not in {"http", "https"}:
-        return f"must be an absolute http(s) URL, got {value!r}"
-    return None
+    # Its origin is the app's public origin (RedirectGuard.public_origin): it needs a host;
+    # Keycloak compares it with the client's redirect URIs, which carry no fragment.
+    return None if value is None else _url_problem(value, "a redirect URI has none")
 
 
 def check_nonempty(value: object) -> str | None:
@@ -105,11 +136,60 @@ def check_nonempty(value: object) -> str | None:
 
 
 def check_path(value: object) -> str | None:
+    """A path the middleware serves: compared exactly with the request's decoded path
+    (ASGI ``path``, WSGI ``PATH_INFO``), so one no request path can equal is refused
+    rather than left as a route that silently never answers."""
     if value is None:
         return None
     if not isinstance(value, str) or not value.startswith("/"):
         return f"must start with '/', got {value!r}"
+    if any(ch.isspace() or ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or ch in "?#%" for ch in value):
+        # A query or fragment is not part of a request's path; the path is compared
+        # decoded, so '%' escapes never match.  Text beyond ASCII is fine: both adapters
+        # compare it decoded as UTF-8, as the frameworks route it.
+        return (
+            "must be a plain decoded path: no '?', '#', '%' escapes, blanks or control "
+            f"characters, got {value!r}"
+        )
+    if "//" in value or any(segment in (".", "..") for segment in value.split("/")):
+        # browsers and proxies resolve dot segments and often merge '//' before the
+        # request reaches the app
+        return f"must have no '//', '.' or '..' segment, got {value!r}"
     return None
+
+
+#: RFC 6265 §4.1.1: a cookie name is an RFC 2616 token
+_TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def check_cookie_name(value: object) -> str | None:
+    # A name with a blank, '=', ';' or ',' could never be read back from a Cookie header:
+    # no session would ever be found, so none ever revoked.
+    if not isinstance(value, str) or not value or not set(value) <= _TOKEN:
+        return f"must be an RFC 6265 cookie name (letters, digits, !#$%&'*+-.^_`|~), got {value!r}"
+    return None
+
+
+def _cookie_attribute_problem(value: str) -> str | None:
+    # Written verbatim into the expiring Set-Cookie header: a ';' would add attributes,
+    # CR/LF would split the header.
+    if not value.isascii() or any(ch.isspace() or ord(ch) < 0x20 or ch in ";," for ch in value):
+        return f"must hold no ';', ',', blanks, control or non-ASCII characters, got {value!r}"
+    return None
+
+
+def check_cookie_path(value: object) -> str | None:
+    if not isinstance(value, str) or not value.startswith("/"):
+        return f"must start with '/', got {value!r}"
+    return _cookie_attribute_problem(value)
+
+
+def check_cookie_domain(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        return f"must be a domain, got {value!r}"
+    return _cookie_attribute_problem(value)
 
 
 def is_number(value: object) -> bool:
@@ -148,15 +228,24 @@ def check_origins(value: object) -> str | None:
     if not isinstance(value, tuple):
         return "must be a tuple of URLs"
     for entry in value:
-        parts = _split(entry)
-        if parts is None or parts.scheme not in {"http", "https"} or not parts.netloc:
-            return f"has {entry!r}, which is not an absolute http(s) URL or origin"
+        if not isinstance(entry, str):
+            return f"has {entry!r}, which is not a URL"
+        problem = _url_problem(entry, "it would be ignored")
+        if problem is None and "?" in entry:
+            # RedirectGuard compares scheme, host and path: https://a.example?x would
+            # allow every path of a.example, not what it says
+            problem = "must not have a query (entries are origins or path prefixes)"
+        if problem is not None:
+            shown = f"{entry!r}, which" if "@" not in entry else "an entry that"
+            return f"has {shown} is not an origin or URL prefix: {problem}"
     return None
 
 
 def check_store(value: object) -> str | None:
     if not isinstance(value, str) or "://" not in value:
-        return f"must be a store URL, got {value!r}"
+        # not echoed: a typo before "://" keeps the password from being recognised and
+        # redacted (stores.options.redact), e.g. redis//:password@host
+        return "must be a store URL (scheme://...)"
     scheme = value.split("://", 1)[0]
     if scheme not in {
         "memory",

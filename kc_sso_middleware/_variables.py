@@ -19,6 +19,9 @@ from ._variable_checks import (
     ASYMMETRIC_ALGORITHMS,
     check_algorithms,
     check_bool,
+    check_cookie_domain,
+    check_cookie_name,
+    check_cookie_path,
     check_non_negative,
     check_nonempty,
     check_optional_positive,
@@ -177,7 +180,7 @@ VARIABLES: tuple[Variable, ...] = (
         "session cookie name",
         "cookie name",
         default="session",
-        check=check_nonempty,
+        check=check_cookie_name,
     ),
     Variable(
         "KC_SSO_SESSION_FORMAT",
@@ -209,7 +212,7 @@ VARIABLES: tuple[Variable, ...] = (
         " is not read (Flask's and Starlette SessionMiddleware's are)",
         "path",
         default="/",
-        check=check_path,
+        check=check_cookie_path,
     ),
     Variable(
         "KC_SSO_SESSION_COOKIE_DOMAIN",
@@ -217,6 +220,7 @@ VARIABLES: tuple[Variable, ...] = (
         "Domain attribute used when expiring the session cookie, where the app's own"
         " is not read (Flask's and Starlette SessionMiddleware's are)",
         "domain",
+        check=check_cookie_domain,
     ),
     Variable(
         "KC_SSO_SESSION_COOKIE_SECURE",

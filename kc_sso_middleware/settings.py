@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from ._variable_checks import ADMIN_ACTION_NAMES
 from ._variables import VARIABLES, Variable, default_store_url
 from .errors import ConfigurationError
 
@@ -91,7 +92,7 @@ class Settings:
                     f"{variable.name} (Settings.{variable.field}) {shown}; "
                     f"accepted: {variable.accepted}"
                 )
-        if self.session_secret is None:
+        if not self.session_secret:  # "" too, as from the environment: a forgeable key
             raise ConfigurationError(
                 "KC_SSO_SESSION_SECRET is required: it is the secret your framework signs its "
                 "session cookie with (Flask SECRET_KEY, Starlette SessionMiddleware secret_key)"
@@ -103,6 +104,23 @@ class Settings:
             raise ConfigurationError(
                 "KC_SSO_LIVENESS_INTERVAL needs KC_SSO_CLIENT_SECRET: Keycloak answers token "
                 "introspection only to a confidential client that authenticates"
+            )
+        if self.frontchannel_revoke_others and self.frontchannel_path is None:
+            raise ConfigurationError(
+                "KC_SSO_FRONTCHANNEL_REVOKE_OTHERS needs KC_SSO_FRONTCHANNEL_PATH: with "
+                "front-channel logout off it would be silently ignored"
+            )
+        if self.liveness_failure == "closed" and self.liveness_interval is None:
+            raise ConfigurationError(
+                "KC_SSO_LIVENESS_FAILURE=closed needs KC_SSO_LIVENESS_INTERVAL: with liveness "
+                "checks off it would be silently ignored"
+            )
+        if self.session_cookie_samesite == "none" and not self.session_cookie_secure:
+            # browsers drop a SameSite=None cookie without Secure: the expiring Set-Cookie
+            # would be ignored and a revoked session's cookie kept
+            raise ConfigurationError(
+                "KC_SSO_SESSION_COOKIE_SAMESITE=none needs KC_SSO_SESSION_COOKIE_SECURE=true: "
+                "browsers ignore a SameSite=None cookie without Secure"
             )
         paths = [
             p
@@ -116,11 +134,17 @@ class Settings:
             )
             if p is not None
         ]
+        if self.admin_path is not None:
+            # the facade serves these below KC_SSO_ADMIN_PATH in the same route table: an
+            # equal path would silently replace one of the two routes
+            base = self.admin_path.rstrip("/")
+            paths += [f"{base}/{name}" for name in ADMIN_ACTION_NAMES]
         if len(set(paths)) != len(paths):
             raise ConfigurationError(
                 "the paths the middleware serves (KC_SSO_LOGOUT_PATH, KC_SSO_BACKCHANNEL_PATH, "
                 "KC_SSO_FRONTCHANNEL_PATH, KC_SSO_POST_LOGOUT_PATH, KC_SSO_HEALTH_PATH, "
-                f"KC_SSO_METRICS_PATH) must differ; got {paths}"
+                "KC_SSO_METRICS_PATH, and the admin protocol's below KC_SSO_ADMIN_PATH) must "
+                f"differ; got {paths}"
             )
 
     @classmethod
