@@ -126,9 +126,14 @@ def check_url(value: object) -> str | None:
 
 
 def check_optional_url(value: object) -> str | None:
-    # Its origin is the app's public origin (RedirectGuard.public_origin): it needs a host;
-    # Keycloak compares it with the client's redirect URIs, which carry no fragment.
-    return None if value is None else _url_problem(value, "a redirect URI has none")
+    # Its origin is the app's public origin (RedirectGuard.public_origin): it needs a host.
+    # A fragment may stay (a single-page app's route, e.g. https://app/#/logged-out): the
+    # browser keeps it across the redirect, and no server ever compares it.
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return "must be a string"
+    return _url_problem(value.partition("#")[0], "")
 
 
 def check_nonempty(value: object) -> str | None:

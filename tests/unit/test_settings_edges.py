@@ -116,14 +116,20 @@ def test_an_issuer_with_credentials_is_refused_without_echoing_them() -> None:
     [
         pytest.param("https:///bye", id="no host"),
         pytest.param("http:bye", id="no authority"),
-        pytest.param("https://app.example/bye#x", id="fragment"),
         pytest.param("https://u:hunter2@app.example/bye", id="credentials"),
     ],
 )
 def test_a_post_logout_redirect_uri_without_an_origin_is_refused(uri: str) -> None:
-    """Its origin is the app's public origin, and OAuth redirect URIs carry no fragment."""
+    """Its origin is the app's public origin: it needs a host, and holds no credentials."""
     message = refused({"KC_SSO_POST_LOGOUT_REDIRECT_URI": uri}, "KC_SSO_POST_LOGOUT_REDIRECT_URI")
     assert "hunter2" not in message
+
+
+def test_a_post_logout_redirect_uri_may_name_a_single_page_apps_route() -> None:
+    """A fragment is the browser's: ``https://app/#/logged-out`` is a target like any."""
+    uri = "https://app.example/#/logged-out"
+    settings = Settings.from_env({**BASE, "KC_SSO_POST_LOGOUT_REDIRECT_URI": uri})
+    assert settings.post_logout_redirect_uri == uri
 
 
 @pytest.mark.parametrize(
