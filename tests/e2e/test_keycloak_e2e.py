@@ -380,10 +380,12 @@ def _runtime_app(
     *,
     store: str,
     attributes: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
     **variables: str,
 ) -> AppServer:
-    """A client registered at runtime (a copy of flask-app, ``attributes`` changed) and
-    the Flask example serving it on ``store`` with these ``KC_SSO_*`` ``variables``."""
+    """A client registered at runtime (a copy of flask-app, ``attributes`` and top-level
+    ``fields`` changed; ``{url}`` in an attribute is the app's URL) and the Flask example
+    serving it on ``store`` with these ``KC_SSO_*`` ``variables``."""
     keycloak, port = stack.keycloak, free_port()
     url = f"http://127.0.0.1:{port}"
     (template,) = (
@@ -391,7 +393,8 @@ def _runtime_app(
     )
     client = json.loads(json.dumps(template).replace("${FLASK_APP_URL}", url))
     client.update(clientId=client_id, name=client_id, secret=f"{client_id}-secret")
-    client["attributes"].update(attributes or {})
+    client["attributes"].update({k: v.format(url=url) for k, v in (attributes or {}).items()})
+    client.update(fields or {})
     keycloak.admin_post(f"{keycloak.realm}/clients", client)
     (created,) = keycloak.admin_get(f"{keycloak.realm}/clients", clientId=client_id)
     # Gone with the test: a later "sign out all" must not reach a stopped app.
@@ -624,6 +627,69 @@ def test_browser_single_sign_out(
         raise
     finally:
         context.close()
+
+
+@pytest.mark.browser
+def test_front_channel_logout_through_keycloaks_iframes(
+    stack: Stack, browser: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A client with front-channel logout on gets its logouts only through the browser:
+    Keycloak's logout page frames the app's ``KC_SSO_FRONTCHANNEL_PATH`` with ``iss`` and
+    ``sid``.  In Chromium, logged in to such an app, logged out at Keycloak's end-session
+    endpoint: the page was loaded (no back-channel request), the browser's session cookie
+    is expired, and a copy of it is refused by the app's workers (the sid revoked)."""
+    context = browser.new_context()
+    page = context.new_page()
+    with contextlib.ExitStack() as stop:
+        app = _runtime_app(
+            stack,
+            "front-app",
+            stop,
+            store=f"sqlite:///{tmp_path / 'front.db'}",
+            attributes={
+                "frontchannel.logout.url": "{url}/frontchannel-logout",
+                "frontchannel.logout.session.required": "true",
+                "backchannel.logout.url": "",
+            },
+            fields={"frontchannelLogout": True},
+            frontchannel_path="/frontchannel-logout",
+        )
+        try:
+            page.goto(f"{app.url}/login")
+            page.fill("#username", "bob")
+            page.fill("#password", USERS["bob"])
+            page.click("#kc-login")
+            page.wait_for_url(f"{app.url}/")
+            assert "Logged in as" in page.inner_text("#status")
+            (cookie,) = (c for c in context.cookies() if c["name"] == "runtime_session")
+            assert _runtime_me(app, cookie["value"]) == 200
+
+            page.goto(f"{stack.keycloak.issuer()}/protocol/openid-connect/logout")
+            with page.expect_response(lambda r: "/frontchannel-logout?" in r.url) as framed:
+                page.click("#kc-logout")  # Keycloak's "Do you want to log out?"
+            assert framed.value.status == 200, framed.value.url
+            query = parse_qs(urlsplit(framed.value.url).query)
+            assert query["iss"] == [stack.keycloak.issuer()], query
+
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(
+                c["name"] == "runtime_session" for c in context.cookies()
+            ):
+                time.sleep(0.1)
+            assert not [c for c in context.cookies() if c["name"] == "runtime_session"]
+            for _ in range(4 * WORKERS):
+                assert _runtime_me(app, cookie["value"]) == 401
+            log = app.log_text(full=True)
+            assert "GET /frontchannel-logout?" in log, log[-2000:]
+            assert "POST /backchannel-logout" not in log
+        except BaseException:
+            ARTIFACTS.mkdir(exist_ok=True)
+            shot = ARTIFACTS / f"{request.node.name.replace('/', '_')}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"screenshot saved to {shot}")
+            raise
+        finally:
+            context.close()
 
 
 # --------------------------------------------------------------------------- HTTP level
