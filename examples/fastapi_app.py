@@ -39,10 +39,11 @@ if session_store:
     from starsessions import SessionMiddleware as ServerSessionMiddleware
     from starsessions.stores.redis import RedisStore
 
+    session_redis = Redis.from_url(session_store)
     app.add_middleware(SessionAutoloadMiddleware)
     app.add_middleware(
         ServerSessionMiddleware,
-        store=RedisStore(connection=Redis.from_url(session_store)),
+        store=RedisStore(connection=session_redis),
         lifetime=14 * 24 * 3600,
         cookie_name=settings.session_cookie,
         cookie_same_site="lax",

@@ -11,30 +11,13 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import pytest
 
 from kc_sso_middleware import Revocation
-from kc_sso_middleware.testing import StandInOP, mint_jwt
+from kc_sso_middleware.testing import StandInOP
+from tests.adapters.test_bearer import _access_token
 from tests.conftest import HarnessFactory, direct_grant
-
-
-def _access_token(op: StandInOP, sid: str, **claims: Any) -> str:
-    now = int(time.time())
-    payload = {
-        "iss": op.issuer,
-        "aud": "account",
-        "azp": "spa",
-        "sub": "user-1",
-        "sid": sid,
-        "iat": now,
-        "exp": now + 300,
-        "typ": "Bearer",
-        **claims,
-    }
-    return mint_jwt(op.key, payload, {"typ": "JWT"})
-
 
 #: Authorization forms an app may read a token from that are not ``Bearer <token>``
 _FORMS = [
@@ -57,7 +40,7 @@ def test_a_revoked_token_under_any_scheme_is_refused(
     what it reads, not the middleware's."""
     harness = make_harness()
     sid = f"scheme-{form}"
-    header = form.format(_access_token(op, sid, typ="DPoP" if "DPoP" in form else "Bearer"))
+    header = form.format(_access_token(op, sid=sid, typ="DPoP" if "DPoP" in form else "Bearer"))
     live = harness.client.get("/api", headers={"Authorization": header})
     assert live.status_code == 200  # not revoked: untouched
     assert live.json() == {"authorization": header}
@@ -80,7 +63,7 @@ def test_the_api_logout_challenge_names_no_error_without_a_token(
     bare = harness.client.post("/logout", data=form, headers={"Accept": "application/json"})
     assert bare.status_code == 401
     assert bare.headers["www-authenticate"] == "Bearer"
-    other = _access_token(op, "someone-else")
+    other = _access_token(op, sid="someone-else")
     wrong = harness.client.post(
         "/logout",
         data=form,

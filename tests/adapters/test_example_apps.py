@@ -76,8 +76,16 @@ class ExampleApp:
             middleware = _asgi_middleware(self.module.app)
             if middleware is not None:
                 self.client.run(middleware.aclose)
+            # the example's starsessions Redis client (its sockets, else left to the GC,
+            # which warns in whichever later test it happens to run)
+            session_redis = getattr(self.module, "session_redis", None)
+            if session_redis is not None:
+                self.client.run(session_redis.aclose)
         else:
             self.module.app.wsgi_app.close()
+            session_redis = self.module.app.config.get("SESSION_REDIS")
+            if session_redis is not None:
+                session_redis.close()
         self.client.close()
         self.op_browser.close()
         self.module.bearer.close()

@@ -24,6 +24,7 @@ import contextlib
 import html
 import http.server
 import json
+import math
 import re
 import secrets
 import shutil
@@ -546,6 +547,23 @@ def browser() -> Iterator[Any]:
         chromium.close()
 
 
+@contextlib.contextmanager
+def _browser_page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A page in a fresh browser context; a screenshot in test-artifacts/ if the test fails."""
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        yield page
+    except BaseException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / f"{request.node.name.replace('/', '_')}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot saved to {shot}")
+        raise
+    finally:
+        context.close()
+
+
 def _redirect_chain(response: Any) -> list[tuple[str, int]]:
     """The (URL, status) of every hop that led to ``response``, the first first."""
     hops = []
@@ -571,10 +589,8 @@ def test_browser_single_sign_out(
 ) -> None:
     """One password at one app, SSO into the other two, logout in one: through Keycloak and
     the verified return back to its root, and the other two show why they logged you out."""
-    context = browser.new_context()
-    page = context.new_page()
     others = [name for name in BROWSER_APPS if name != leaver]
-    try:
+    with _browser_page(browser, request) as page:
         page.goto(f"{stack.url(first)}/")
         assert page.inner_text("#status") == "Not logged in."
         page.click("#login")
@@ -619,14 +635,6 @@ def test_browser_single_sign_out(
             response = page.goto(f"{stack.url(name)}/me")
             assert response is not None
             assert response.status == 401, name
-    except BaseException:
-        ARTIFACTS.mkdir(exist_ok=True)
-        shot = ARTIFACTS / f"{request.node.name.replace('/', '_')}.png"
-        page.screenshot(path=str(shot), full_page=True)
-        print(f"screenshot saved to {shot}")
-        raise
-    finally:
-        context.close()
 
 
 @pytest.mark.browser
@@ -638,8 +646,6 @@ def test_front_channel_logout_through_keycloaks_iframes(
     ``sid``.  In Chromium, logged in to such an app, logged out at Keycloak's end-session
     endpoint: the page was loaded (no back-channel request), the browser's session cookie
     is expired, and a copy of it is refused by the app's workers (the sid revoked)."""
-    context = browser.new_context()
-    page = context.new_page()
     with contextlib.ExitStack() as stop:
         app = _runtime_app(
             stack,
@@ -654,42 +660,34 @@ def test_front_channel_logout_through_keycloaks_iframes(
             fields={"frontchannelLogout": True},
             frontchannel_path="/frontchannel-logout",
         )
-        try:
-            page.goto(f"{app.url}/login")
-            page.fill("#username", "bob")
-            page.fill("#password", USERS["bob"])
-            page.click("#kc-login")
-            page.wait_for_url(f"{app.url}/")
-            assert "Logged in as" in page.inner_text("#status")
-            (cookie,) = (c for c in context.cookies() if c["name"] == "runtime_session")
-            assert _runtime_me(app, cookie["value"]) == 200
+        page = stop.enter_context(_browser_page(browser, request))
+        page.goto(f"{app.url}/login")
+        page.fill("#username", "bob")
+        page.fill("#password", USERS["bob"])
+        page.click("#kc-login")
+        page.wait_for_url(f"{app.url}/")
+        assert "Logged in as" in page.inner_text("#status")
+        (cookie,) = (c for c in page.context.cookies() if c["name"] == "runtime_session")
+        assert _runtime_me(app, cookie["value"]) == 200
 
-            page.goto(f"{stack.keycloak.issuer()}/protocol/openid-connect/logout")
-            with page.expect_response(lambda r: "/frontchannel-logout?" in r.url) as framed:
-                page.click("#kc-logout")  # Keycloak's "Do you want to log out?"
-            assert framed.value.status == 200, framed.value.url
-            query = parse_qs(urlsplit(framed.value.url).query)
-            assert query["iss"] == [stack.keycloak.issuer()], query
+        page.goto(f"{stack.keycloak.issuer()}/protocol/openid-connect/logout")
+        with page.expect_response(lambda r: "/frontchannel-logout?" in r.url) as framed:
+            page.click("#kc-logout")  # Keycloak's "Do you want to log out?"
+        assert framed.value.status == 200, framed.value.url
+        query = parse_qs(urlsplit(framed.value.url).query)
+        assert query["iss"] == [stack.keycloak.issuer()], query
 
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and any(
-                c["name"] == "runtime_session" for c in context.cookies()
-            ):
-                time.sleep(0.1)
-            assert not [c for c in context.cookies() if c["name"] == "runtime_session"]
-            for _ in range(4 * WORKERS):
-                assert _runtime_me(app, cookie["value"]) == 401
-            log = app.log_text(full=True)
-            assert "GET /frontchannel-logout?" in log, log[-2000:]
-            assert "POST /backchannel-logout" not in log
-        except BaseException:
-            ARTIFACTS.mkdir(exist_ok=True)
-            shot = ARTIFACTS / f"{request.node.name.replace('/', '_')}.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"screenshot saved to {shot}")
-            raise
-        finally:
-            context.close()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(
+            c["name"] == "runtime_session" for c in page.context.cookies()
+        ):
+            time.sleep(0.1)
+        assert not [c for c in page.context.cookies() if c["name"] == "runtime_session"]
+        for _ in range(4 * WORKERS):
+            assert _runtime_me(app, cookie["value"]) == 401
+        log = app.log_text(full=True)
+        assert "GET /frontchannel-logout?" in log, log[-2000:]
+        assert "POST /backchannel-logout" not in log
 
 
 # --------------------------------------------------------------------------- HTTP level
@@ -1048,8 +1046,13 @@ def test_django_user_switch_over_a_stale_session_leaves_no_session_keycloak_cann
         required = {"backchannel_logout_session_required": sid_in_token}
         with _client_attributes(keycloak, client_id, **required):
             keycloak.admin_post(f"{keycloak.realm}/users/{keycloak.user_id('bob')}/logout")
+            logged_out_by = time.time()  # the tokens' iat is no later (Keycloak's clock is ours)
         _every_worker(stack, "django", "/me", 401, cookies=copy)
 
+        # A token without sid ends the user's sessions begun up to its iat's second (whole
+        # seconds: one begun in that very second cannot be told apart, so it counts as
+        # earlier).  A new login in that second would be refused too, as it should be.
+        time.sleep(max(0.0, math.floor(logged_out_by) + 1.1 - time.time()))
         client.cookies.clear()
         bob = _login_app(client, stack, "django", user="bob")
         keycloak.admin_delete(f"{keycloak.realm}/sessions/{bob}")
