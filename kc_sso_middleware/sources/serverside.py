@@ -189,7 +189,7 @@ class ServerSideSessionSource(IdentitySource):
         lets a refusal judge a new login found under a reused id at once (see
         :meth:`refuse`); ``index`` is the Redis index, for backends that have one."""
         self._settings = settings
-        #: the session keys :func:`login_values` reads
+        #: the session keys :func:`login_values` reads (the settings' names, once)
         self._login_keys = (
             settings.session_id_token_key,
             settings.session_claims_key,
@@ -333,7 +333,7 @@ class ServerSideSessionSource(IdentitySource):
         finding = SessionFinding(
             self, identities, value=value, session_id=session_id, valid_until=valid_until
         )
-        finding.login = login_values(data, self._settings)
+        finding.login = login_values(data, self._login_keys)
         finding.read_at = read_at
         return finding
 
@@ -464,11 +464,7 @@ class ServerSideSessionSource(IdentitySource):
         if not data:
             self._cache.drop(value)
             return None
-        # login_values(), inlined: starsessions saves the session on every response
-        id_token_key, claims_key, refresh_key = self._login_keys
-        id_token = data.get(id_token_key)
-        claims = data.get(claims_key) if id_token is None else None
-        login = (id_token, claims, data.get(refresh_key))
+        login = login_values(data, self._login_keys)
         known = self._cache.entries.get(value)
         if known is not None and known.login == login:
             return None  # the login this reading was made from, saved again
@@ -487,10 +483,11 @@ class ServerSideSessionSource(IdentitySource):
         return self._index.add(session_id, finding.identities[0], now)
 
 
-def login_values(data: Data, settings: Settings) -> tuple[Any, ...]:
+def login_values(data: Data, keys: tuple[str, str, str]) -> tuple[Any, ...]:
     """What of a session's data its Keycloak login is read from (the ID token, else the
-    claims; the refresh token): equal values, equal login.  (Inlined in
-    ``ServerSideSessionSource.observed``, run on every response: keep the two alike.)"""
-    id_token = data.get(settings.session_id_token_key)
-    claims = data.get(settings.session_claims_key) if id_token is None else None
-    return (id_token, claims, data.get(settings.session_refresh_token_key))
+    claims; the refresh token), under ``keys`` (the ID token's, the claims', the refresh
+    token's session key): equal values, equal login."""
+    id_token_key, claims_key, refresh_key = keys
+    id_token = data.get(id_token_key)
+    claims = data.get(claims_key) if id_token is None else None
+    return (id_token, claims, data.get(refresh_key))
