@@ -163,7 +163,7 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
     try:
-        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        mode = _into_wal(conn, busy_timeout)
         if str(mode).lower() != "wal":
             raise sqlite3.OperationalError(
                 f"WAL journal mode is unavailable (got {mode!r}); the file must be on a "
@@ -176,6 +176,24 @@ def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
         conn.close()
         raise
     return conn
+
+
+def _into_wal(conn: sqlite3.Connection, busy_timeout: float) -> object:
+    """``PRAGMA journal_mode=WAL``, retried while another connection holds the lock.
+
+    Two workers opening a new file (the first start, or after the file was lost) both
+    read it, then both ask for the write lock to switch it to WAL; SQLite refuses one of
+    them at once, without waiting on the busy timeout (either waiting would deadlock).
+    The refused one tries again: the other has switched the file by then.
+    """
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            return conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.005)
 
 
 def ensure_schema(conn: sqlite3.Connection, path: str) -> None:

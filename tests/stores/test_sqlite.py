@@ -56,6 +56,31 @@ def test_sqlite_creates_missing_parent_directories(tmp_path: Path) -> None:
         store.close()
 
 
+def test_a_worker_opening_a_new_file_another_is_writing_waits_for_it(tmp_path: Path) -> None:
+    """Two workers creating the same new file (the first start, or after the file was
+    lost): SQLite refuses the switch to WAL at once, without the busy timeout, to
+    whichever finds the other holding the write lock.  The store must wait its turn, not
+    fail: after a loss that failure was a write answered 503, a logout Keycloak never
+    sends again."""
+    import threading
+
+    path = tmp_path / "revocations.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE t (x)")  # a new file, not in WAL mode yet
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("INSERT INTO t VALUES (1)")
+    released = threading.Timer(0.3, other.execute, ("COMMIT",))
+    released.start()
+    store = SQLiteStore(path, busy_timeout_ms=5000)
+    try:
+        assert store.record([session("while-another-wrote", time.time() + LONG)])
+        assert revoked(store, "while-another-wrote")
+    finally:
+        released.join()
+        store.close()
+        other.close()
+
+
 def test_sqlite_unusable_directory_is_a_configuration_error(tmp_path: Path) -> None:
     """A directory that cannot be created fails start() with the path in the message."""
     blocker = tmp_path / "not-a-directory"
