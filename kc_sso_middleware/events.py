@@ -77,7 +77,10 @@ EVENT_NAMES: Mapping[str, str] = {
     FRONTCHANNEL_ACCEPTED: "a front-channel logout ended a session",
     FRONTCHANNEL_REJECTED: "a front-channel request was rejected (code)",
     REQUEST_REFUSED: "a request's session was taken out or refused (reason: why; source)",
-    STORE_UNAVAILABLE: "the revocation store cannot confirm its replica is current",
+    STORE_UNAVAILABLE: (
+        "the revocation store cannot confirm its replica is current (not sent when the app "
+        "closes it at shutdown)"
+    ),
     STORE_RECOVERED: "the revocation store is current again",
     STORE_FAILED: "a revocation could not be stored (the request answered 503)",
     JWKS_FETCHED: "the OP's keys were fetched (reason: load, refresh or unknown_kid)",

@@ -240,7 +240,7 @@ class SSOCore:
     def _status_changed(self, status: StoreStatus) -> None:
         if status.available:
             self.events.emit(ev.STORE_RECOVERED, "revocation store current")
-        else:
+        elif not status.closed:  # a shutdown is no outage: no warning, no failure counted
             self.events.emit(
                 ev.STORE_UNAVAILABLE,
                 "revocation store unavailable",

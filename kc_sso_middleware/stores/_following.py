@@ -407,7 +407,7 @@ class FollowingStore(ReplicaStore):
             while not _joined(thread, WAKE_AGAIN):
                 self._wake()
         # After the join, so that no last heartbeat of the follower brings it back.
-        self._status = StoreStatus(available=False, detail="closed")
+        self._status = StoreStatus(available=False, detail="closed", closed=True)
         self._unregister()
         self._release()
         _LIVE_STORES.discard(self)

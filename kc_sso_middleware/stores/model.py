@@ -209,3 +209,6 @@ class StoreStatus:
     available: bool
     #: why not, in plain words (for logs and the health endpoint); empty when available
     detail: str = ""
+    #: not available because the store was closed on purpose (the app shutting down):
+    #: requests still fail as the policy says, but nothing failed, so nothing is reported
+    closed: bool = False

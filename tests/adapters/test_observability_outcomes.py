@@ -169,3 +169,41 @@ def test_log_lines_escape_c1_controls(
     assert any("forged" in message for message in messages), messages
     for message in messages:
         assert not any(0x80 <= ord(ch) < 0xA0 for ch in message), ascii(message)
+
+
+def test_closing_the_store_at_shutdown_reports_no_outage(
+    make_harness: HarnessFactory, tmp_path: Any
+) -> None:
+    """Every graceful shutdown (``worker_exit``, lifespan shutdown) closes the store; a
+    warning "revocation store unavailable" and a ``store.unavailable`` event then would
+    page an operator, and count an outage in the metrics, for every deploy."""
+    from kc_sso_middleware.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "revocations.db"))
+    harness = make_harness(store=store)
+    assert harness.client.get("/").status_code == 200  # the store starts
+    assert store.status().available
+    harness.events.drain()  # its store.recovered
+    heard: list[Event] = []
+    harness.events.subscribe(heard.append)
+    store.close()
+    harness.events.drain()
+    assert not store.status().available  # still refused as the policy says ...
+    assert [e.name for e in heard if e.name.startswith("store.")] == []  # ... but no outage
+
+
+def test_a_store_outage_is_still_reported(make_harness: HarnessFactory, tmp_path: Any) -> None:
+    """The other side of the shutdown case: a store that fails is reported."""
+    from kc_sso_middleware.stores.sqlite import SQLiteStore
+
+    store = SQLiteStore(str(tmp_path / "revocations.db"), poll_interval=0.01)
+    harness = make_harness(store=store)
+    assert harness.client.get("/").status_code == 200
+    harness.events.drain()
+    heard: list[Event] = []
+    harness.events.subscribe(heard.append)
+    (tmp_path / "revocations.db").unlink()  # the file is gone: the replica is not current
+    (tmp_path / "revocations.db").mkdir()  # and a directory stands in its way
+    # The follower notices at its next poll (status() may know sooner): wait for the event.
+    assert _eventually(lambda: "store.unavailable" in [e.name for e in heard], timeout=30)
+    store.close()
