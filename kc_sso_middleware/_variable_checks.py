@@ -7,6 +7,7 @@ a check looks at a field value however it was made and names what is wrong with 
 from __future__ import annotations
 
 import math
+import re
 from urllib.parse import SplitResult, urlsplit
 
 __all__ = ["ADMIN_ACTION_NAMES", "ASYMMETRIC_ALGORITHMS"]  # and the parse_* and check_* functions
@@ -34,11 +35,22 @@ def parse_bool(raw: str) -> bool:
     raise ValueError("not a boolean")
 
 
+# Plain ASCII decimals only: Python's int() and float() also take "1_000", digits of other
+# scripts ("١٢") and, for floats, "nan" and "infinity", none of which a reader of the
+# setting would take for the number the middleware then uses.
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def parse_int(raw: str) -> int:
+    if not _INTEGER.fullmatch(raw):
+        raise ValueError("not a decimal integer")
     return int(raw)
 
 
 def parse_float(raw: str) -> float:
+    if not _DECIMAL.fullmatch(raw):
+        raise ValueError("not a decimal number")
     return float(raw)
 
 

@@ -5,9 +5,12 @@ sees the session cookie before the session middleware decodes it and can take a 
 cookie out.  With ``add_middleware`` the last one added is the outermost, so add
 ``SSOMiddleware`` *after* ``SessionMiddleware``::
 
-    app.add_middleware(SessionMiddleware, secret_key=os.environ["KC_SSO_SESSION_SECRET"])
-    app.add_middleware(SSOMiddleware)
+    settings = Settings.from_env()
+    app.add_middleware(SessionMiddleware, secret_key=settings.session_secret)
+    app.add_middleware(SSOMiddleware, settings=settings)
 
+(The parsed secret for both: ``from_env`` drops blanks around a value, so the raw
+variable would differ from it when it ends in a newline, and no cookie would verify.)
 Placed inside it, every request raises :class:`~kc_sso_middleware.ConfigurationError`
 saying so.  A websocket handshake is checked as a request is (Starlette gives websockets
 the session too); ``lifespan`` is followed for the store's start and close.

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 from urllib.parse import SplitResult, parse_qs, urlsplit
 
+from .._variable_checks import parse_float, parse_int
 from ..errors import ConfigurationError
 
 __all__ = [
@@ -83,11 +84,11 @@ class Option(Generic[T]):
 
 
 def _integer(raw: str) -> int:
-    return int(raw.strip())
+    return parse_int(raw.strip())
 
 
 def _number(raw: str) -> float:
-    return float(raw.strip())
+    return parse_float(raw.strip())
 
 
 def _text(raw: str) -> str:

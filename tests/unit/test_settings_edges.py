@@ -229,3 +229,38 @@ def test_the_admin_names_settings_checks_are_the_ones_served() -> None:
     from kc_sso_middleware.core.admin import ADMIN_ACTIONS
 
     assert set(ADMIN_ACTION_NAMES) == set(ADMIN_ACTIONS)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("KC_SSO_CLOCK_SKEW", "1_0"),  # int() reads 10
+        ("KC_SSO_CLOCK_SKEW", "\u0661\u0662"),  # int() reads Arabic-Indic digits as 12
+        ("KC_SSO_MAX_SESSION_LIFETIME", "0x10"),
+        ("KC_SSO_HTTP_TIMEOUT", "1_0.5"),  # float() reads 10.5
+        ("KC_SSO_HTTP_TIMEOUT", "\u0661.\u0665"),
+        ("KC_SSO_HTTP_TIMEOUT", "infinity"),
+    ],
+)
+def test_a_number_is_plain_ascii_decimal(name: str, value: str) -> None:
+    """What Python's int() and float() take beyond plain decimals is refused, not read as a
+    number its reader would not see in it."""
+    assert "not a decimal" in refused({name: value}, name)
+
+
+@pytest.mark.parametrize(
+    "option", ["busy_timeout=1_000", "poll_interval=\u0661", "ack_timeout=0_5"]
+)
+def test_a_store_url_number_is_plain_ascii_decimal(option: str) -> None:
+    from kc_sso_middleware.stores import open_store
+
+    with pytest.raises(ConfigurationError, match=option.partition("=")[0]):
+        open_store(f"sqlite:///revocations.db?{option}")
+
+
+def test_plain_decimals_stay_accepted() -> None:
+    settings = Settings.from_env(
+        {**BASE, "KC_SSO_CLOCK_SKEW": " 30 ", "KC_SSO_HTTP_TIMEOUT": "2.5"}
+    )
+    assert (settings.clock_skew, settings.http_timeout) == (30, 2.5)
+    assert Settings.from_env({**BASE, "KC_SSO_HTTP_TIMEOUT": ".5"}).http_timeout == 0.5
