@@ -153,3 +153,26 @@ def test_a_logged_out_session_does_not_open_a_websocket(deployment: Deployment) 
     for _ in range(4):  # both workers
         # The app saw no session and closed before accepting: uvicorn answers 403.
         assert _websocket_user(app, saved) == 403
+
+
+@pytest.mark.parametrize("kind", ["flask", "fastapi"])
+def test_a_graceful_shutdown_reports_no_store_outage(kind: str, tmp_path: Path) -> None:
+    """Every deploy stops the workers, and each closes its store: a "revocation store
+    unavailable" warning (and ``store.unavailable`` event) then would page an operator,
+    and count an outage, once per worker per deploy."""
+    with StandInOP() as op:
+        op.register_client(f"{kind}-app", "secret")
+        env = app_env(
+            issuer=op.issuer,
+            client_id=f"{kind}-app",
+            client_secret="secret",
+            cookie="session",
+            store=f"sqlite:///{tmp_path / 'revocations.db'}",
+        )
+        server = AppServer(kind, env, workers=2, log_dir=tmp_path)
+        with server:
+            assert httpx.get(f"{server.url}/", timeout=10).status_code == 200
+        log = server.log_text(full=True)
+    if kind == "fastapi":  # the lifespan shutdown (which closes the store) ran in each worker
+        assert log.count("Application shutdown complete") == 2, log
+    assert "revocation store unavailable" not in log, log
