@@ -87,11 +87,17 @@ class FrontchannelResponder:
     def respond(self, request: Request) -> Flow[Response]:
         context = self._context
         try:
-            params = parse_qs(request.query_string, max_num_fields=20)
+            # Blank values kept: "sid=" is a sid that names nothing, not an absent one.
+            params = parse_qs(request.query_string, keep_blank_values=True, max_num_fields=20)
         except ValueError:  # more fields than that
             raise RequestRefusedError(
                 "bad_request", "too many query parameters", headers=_NO_CACHE
             ) from None
+        if len(params.get("iss", ())) > 1 or len(params.get("sid", ())) > 1:
+            # Which of two would count is a guess (as for a repeated logout_token).
+            raise RequestRefusedError(
+                "bad_request", "iss and sid may each be given once", headers=_NO_CACHE
+            )
         iss = params.get("iss", [None])[0]
         sid = params.get("sid", [None])[0]
         if (iss is None) != (sid is None):
@@ -100,10 +106,10 @@ class FrontchannelResponder:
             )
         if iss is not None and iss != context.issuer:
             raise RequestRefusedError("bad_iss", "iss is not this app's issuer", headers=_NO_CACHE)
-        if sid is not None and (len(sid) > MAX_SID or not sid.isprintable()):
+        if sid is not None and (not sid or len(sid) > MAX_SID or not sid.isprintable()):
             raise RequestRefusedError(
                 "bad_sid",
-                f"sid is not a session id (printable, at most {MAX_SID} characters)",
+                f"sid is not a session id (printable, 1 to {MAX_SID} characters)",
                 headers=_NO_CACHE,
             )
         headers: tuple[tuple[str, str], ...] = self._headers

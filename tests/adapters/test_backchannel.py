@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -756,6 +757,12 @@ def test_admin_token_rules(
         pytest.param(
             "iss=x&sid=y&" + "&".join(["a=1"] * 200), "bad_request", id="220 fields (was a 500)"
         ),
+        # Two values: which one counts would be a guess (was: the first).
+        pytest.param("iss={iss}&iss={iss}&sid=fc-mine", "bad_request", id="iss twice"),
+        pytest.param("iss={iss}&sid=fc-mine&sid=fc-mine", "bad_request", id="sid twice"),
+        pytest.param("iss={iss}&sid=&sid=fc-mine", "bad_request", id="blank sid, then sid"),
+        pytest.param("iss={iss}&sid=", "bad_sid", id="blank sid (was: no sid at all)"),
+        pytest.param("iss=&sid=", "bad_iss", id="blank iss and sid (was: neither)"),
     ],
 )
 def test_frontchannel_query_rules(
@@ -764,6 +771,7 @@ def test_frontchannel_query_rules(
     """A front-channel query the page refuses is a 400 naming the rule, never a 500."""
     harness = make_harness(frontchannel_path="/frontchannel-logout")
     cookie = harness.session_cookie(op, sid="fc-mine")
+    query = query.replace("{iss}", quote(op.issuer, safe=""))
     response = harness.get(f"/frontchannel-logout?{query}", cookie)
     assert response.status_code == 400, response.text
     assert response.json()["error_description"].startswith(f"{error}:")

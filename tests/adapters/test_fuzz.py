@@ -1318,16 +1318,18 @@ def judge_frontchannel(
     if raw.method != "GET":
         return refused("method_not_allowed", status=405)
     try:
-        params = parse_qs(raw.query.decode("latin-1"), max_num_fields=20)
+        params = parse_qs(raw.query.decode("latin-1"), keep_blank_values=True, max_num_fields=20)
     except ValueError:
         return refused("bad_request")
+    if len(params.get("iss", ())) > 1 or len(params.get("sid", ())) > 1:
+        return refused("bad_request")  # which value counts would be a guess
     iss = params.get("iss", [None])[0]
     sid = params.get("sid", [None])[0]
     if (iss is None) != (sid is None):
         return refused("bad_request")
     if iss is not None and iss != issuer:
         return refused("bad_iss")
-    if sid is not None and (len(sid) > 255 or not sid.isprintable()):
+    if sid is not None and (not sid or len(sid) > 255 or not sid.isprintable()):
         return refused("bad_sid")  # not a session id: bounded, as it is not authenticated
     cookies = [v for n, v in raw.headers if n == b"cookie"]
     own = sid_of.get(cookies[0]) if len(cookies) == 1 else None
