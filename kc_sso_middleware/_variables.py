@@ -412,7 +412,7 @@ VARIABLES: tuple[Variable, ...] = (
         "store",
         "revocation store URL",
         "memory://, sqlite:///path/file.db, redis://[:password@]host:port/db[?prefix=p], "
-        "rediss://…, redis+sentinel://host:port/service_name, "
+        "rediss://…, unix:///path/redis.sock[?db=N], redis+sentinel://host:port/service_name, "
         "redis+cluster://host:port[,host:port]",
         default=(
             "sqlite:///$STATE_DIRECTORY/kc-sso-revocations.db (systemd StateDirectory=), "
