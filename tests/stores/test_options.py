@@ -205,3 +205,13 @@ def test_an_at_sign_elsewhere_is_no_password(url: str) -> None:
     if url.startswith("redis+sentinel"):
         url = url.replace("?", "/m?")
     open_store(url).close()
+
+
+@pytest.mark.parametrize(
+    "option", ["busy_timeout=1_000", "poll_interval=\u0661", "ack_timeout=0_5"]
+)
+def test_a_number_option_is_plain_ascii_decimal(option: str) -> None:
+    """As for the KC_SSO_* numbers: what int() and float() take beyond plain decimals
+    ("1_000", other scripts' digits) is refused, naming the option."""
+    with pytest.raises(ConfigurationError, match=option.partition("=")[0]):
+        parse_store_url(f"sqlite:///revocations.db?{option}")

@@ -248,16 +248,6 @@ def test_a_number_is_plain_ascii_decimal(name: str, value: str) -> None:
     assert "not a decimal" in refused({name: value}, name)
 
 
-@pytest.mark.parametrize(
-    "option", ["busy_timeout=1_000", "poll_interval=\u0661", "ack_timeout=0_5"]
-)
-def test_a_store_url_number_is_plain_ascii_decimal(option: str) -> None:
-    from kc_sso_middleware.stores import open_store
-
-    with pytest.raises(ConfigurationError, match=option.partition("=")[0]):
-        open_store(f"sqlite:///revocations.db?{option}")
-
-
 def test_plain_decimals_stay_accepted() -> None:
     settings = Settings.from_env(
         {**BASE, "KC_SSO_CLOCK_SKEW": " 30 ", "KC_SSO_HTTP_TIMEOUT": "2.5"}
