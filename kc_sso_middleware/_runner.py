@@ -139,8 +139,10 @@ class SyncRunner:
             flight.done.set()
 
     def close(self) -> None:
+        # Checks not started yet are dropped; running ones end within the HTTP timeout and
+        # are waited for: their client closed under them, they would only fail noisily.
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown(wait=True, cancel_futures=True)
         self.http.close()
 
 
@@ -207,4 +209,11 @@ class AsyncRunner:
         return await asyncio.shield(flight)
 
     async def aclose(self) -> None:
+        # Checks still running beside requests are cancelled and awaited before the client
+        # closes: left pending, the loop's end would drop their half-open connections
+        # unclosed, and a check whose client closed under it only fails noisily.
+        pending: list[asyncio.Future[Any]] = [*self._background, *self._flights.values()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
         await self.http.aclose()

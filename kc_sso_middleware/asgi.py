@@ -16,10 +16,11 @@ saying so.  A websocket handshake is checked as a request is (Starlette gives we
 the session too); ``lifespan`` is followed for the store's start and close.
 
 Lifecycle: at ``lifespan`` startup the store starts (its schema, its first load, its
-follower) in a worker thread, so the event loop never blocks on it; at shutdown the store
-and the HTTP client close.  Under a server that sends no lifespan events the store starts
-on the first request, also in a thread.  :meth:`SSOMiddleware.aclose` is the same shutdown
-for your own hooks and tests.
+follower) in a worker thread, so the event loop never blocks on it; at shutdown the checks
+still running beside requests are cancelled, then the store and the HTTP client close.
+Under a server that sends no lifespan events the store starts on the first request, also
+in a thread.  :meth:`SSOMiddleware.aclose` is the same shutdown for your own hooks and
+tests.
 
 A request whose session was just taken out carries ``scope["kc_sso.signed_out"]``: a dict
 with ``reason``, ``at``, ``sid`` and ``origin`` (see :class:`~kc_sso_middleware.SignOut`).

@@ -89,7 +89,8 @@ class SSOMiddleware:
                 self._started = True
 
     def close(self) -> None:
-        """Release the HTTP client and the store's background work."""
+        """Release the HTTP client and the store's background work, once the checks
+        running beside requests ended (within ``KC_SSO_HTTP_TIMEOUT``)."""
         self._runner.close()
         self.store.close()
 

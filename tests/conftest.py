@@ -10,8 +10,8 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 import anyio.from_thread
 import httpx
@@ -166,6 +166,16 @@ class ServerLikeWSGITransport(httpx.WSGITransport):
         return super().handle_request(request)
 
 
+T = TypeVar("T")
+
+
+def sso_middleware(node: Any) -> asgi_adapter.SSOMiddleware:
+    """The SSO middleware inside a built Starlette middleware stack."""
+    while not isinstance(node, asgi_adapter.SSOMiddleware):
+        node = node.app
+    return node
+
+
 class PortalClient:
     """A blocking facade over ``httpx.AsyncClient`` on one event loop kept for its lifetime.
 
@@ -192,6 +202,10 @@ class PortalClient:
 
     def post(self, url: str, **kwargs: Any) -> httpx.Response:
         return self.request("POST", url, **kwargs)
+
+    def call(self, function: Callable[[], Awaitable[T]]) -> T:
+        """Run ``function`` on this client's event loop."""
+        return self._portal.call(function)
 
     def close(self) -> None:
         self._portal.call(self._client.aclose)
@@ -240,6 +254,11 @@ class Harness:
             )
 
     def close(self) -> None:
+        """Shut down as a server does: the middleware's HTTP client and checks first (the
+        ASGI one on its own loop, before the loop ends), then the client driving it."""
+        built = getattr(self.app, "middleware_stack", None)  # None before a first request
+        if isinstance(self.client, PortalClient) and built is not None:
+            self.client.call(sso_middleware(built)._runner.aclose)
         self.client.close()
 
     def id_token(

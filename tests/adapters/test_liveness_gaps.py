@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
@@ -12,8 +12,11 @@ from tests.conftest import (
     Clock,
     Harness,
     HarnessFactory,
+    PortalClient,
     direct_grant,
+    make_settings,
     session_id_of,
+    sso_middleware,
     wait_until,
 )
 
@@ -145,6 +148,43 @@ def test_a_hanging_keycloak_does_not_pile_up_checks(
     # One check in flight at a time for the session: in 1.5 s, with a 0.5 s timeout, at
     # most a handful of attempts, never one per request.
     assert asked <= 4, f"{asked} introspections of one session in 1.5 s"
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_shutdown_ends_the_checks_beside_requests_quietly(
+    kind: Literal["asgi", "wsgi"], op: StandInOP
+) -> None:
+    """At shutdown a check beside a request may still wait for Keycloak.  Closing the
+    HTTP client under it made it fail: a false ``liveness.failed`` warning (and its event,
+    its metric) from every worker that stopped mid-check.  Under ASGI the check is
+    cancelled before the client closes (also before the event loop ends, which would drop
+    its socket unclosed); under WSGI its thread is waited for (it ends within
+    KC_SSO_HTTP_TIMEOUT), checks not started yet are dropped."""
+    harness = Harness(kind, make_settings(op, liveness_interval=0.2))
+    seen: list[str] = []  # this middleware's events (the log has other tests' late ones)
+    harness.events.subscribe(lambda event: seen.append(event.name))
+    cookie = harness.tokens_cookie(direct_grant(op, "leaving-lou"))
+    op.introspection_delay = 5.0 if kind == "asgi" else 0.5
+    try:
+        harness.seen_session(cookie)  # the session is known; its first check is due later
+        asked = op.introspections
+        time.sleep(0.3)
+        harness.seen_session(cookie)  # past the interval: a check starts beside it
+        wait_until(lambda: op.introspections > asked, "Keycloak is asked")
+        if isinstance(harness.client, PortalClient):
+            middleware = sso_middleware(harness.app.middleware_stack)
+            assert middleware._runner._background, "a check waits for Keycloak"
+            harness.client.call(middleware.aclose)
+            assert not middleware._runner._background
+            assert not middleware._runner.http._transport._pool.connections  # type: ignore[attr-defined]
+        else:
+            harness.app.wsgi_app.close()
+            assert op.introspections_answered > 0  # the check ran to its end
+    finally:
+        op.introspection_delay = 0.0
+        harness.client.close()
+    harness.events.drain()
+    assert "liveness.failed" not in seen, seen
 
 
 def test_liveness_without_a_client_secret_is_refused_at_start(
