@@ -131,26 +131,27 @@ class RedisConnector:
         probe.update(sentinel_kwargs or {})
 
         def sync_client(dedicated: bool, stack: contextlib.ExitStack[bool | None]) -> redis.Redis:
-            # redis-py's Sentinel classes are unannotated, hence the ignores.
-            manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            # Older redis-py releases leave their Sentinel classes unannotated, hence the ignores
+            # (unused since redis-py annotates them, as 8.2 does).
+            manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 sentinels, sentinel_kwargs=probe, **common, **_sync_retry(dedicated)
             )
             for sentinel in manager.sentinels:
                 stack.callback(sentinel.close)
             client: redis.Redis
             if dedicated:
-                pool = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call]
+                pool = redis.sentinel.SentinelConnectionPool(  # type: ignore[no-untyped-call, unused-ignore]
                     service_name, manager, **manager.connection_kwargs, **_one(dedicated)
                 )
                 stack.callback(pool.disconnect)
                 client = redis.Redis(connection_pool=pool)
             else:
-                client = manager.master_for(service_name)  # type: ignore[no-untyped-call]
+                client = manager.master_for(service_name)  # type: ignore[no-untyped-call, unused-ignore]
             stack.callback(client.close)
             return client
 
         def async_client(stack: contextlib.AsyncExitStack[bool | None]) -> redis.asyncio.Redis:
-            manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            manager = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
                 sentinels, sentinel_kwargs=probe, **common, **_async_retry()
             )
             for sentinel in manager.sentinels:
@@ -237,7 +238,7 @@ class SlotMaster:
                         # redis-py's connection and cluster classes are partly unannotated,
                         # hence the ignores in this module.
                         startup = [
-                            redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call]
+                            redis.cluster.ClusterNode(h, p)  # type: ignore[no-untyped-call, unused-ignore]
                             for h, p in self.nodes
                         ]
                         self._cluster = redis.cluster.RedisCluster(
@@ -270,12 +271,12 @@ class SlotMasterConnection(redis.connection.Connection):
 
     def __init__(self, *, slot_master: SlotMaster, **kwargs: Any) -> None:
         self.slot_master = slot_master
-        super().__init__(**kwargs)  # type: ignore[no-untyped-call]
+        super().__init__(**kwargs)  # type: ignore[no-untyped-call, unused-ignore]
 
     def _connect(self) -> Any:
         self.host, self.port = self.slot_master.address()
         try:
-            return super()._connect()  # type: ignore[no-untyped-call]
+            return super()._connect()  # type: ignore[no-untyped-call, unused-ignore]
         except OSError:
             self.slot_master.forget()
             raise
@@ -285,7 +286,7 @@ class SlotMasterConnection(redis.connection.Connection):
             return super().read_response(*args, **kwargs)
         except _NOT_HERE as exc:
             self.slot_master.forget()
-            self.disconnect()  # type: ignore[no-untyped-call]
+            self.disconnect()  # type: ignore[no-untyped-call, unused-ignore]
             raise redis.ConnectionError(
                 f"{self.host}:{self.port} does not serve slot {self.slot_master.slot} now: {exc}"
             ) from exc
@@ -307,7 +308,7 @@ class AsyncSlotMasterConnection(redis.asyncio.connection.Connection):
             address = await asyncio.to_thread(self.slot_master.address)
         self.host, self.port = address
         try:
-            await super()._connect()  # type: ignore[no-untyped-call]
+            await super()._connect()  # type: ignore[no-untyped-call, unused-ignore]
         except OSError:
             self.slot_master.forget()
             raise
