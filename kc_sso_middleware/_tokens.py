@@ -6,7 +6,9 @@ Pure functions over bytes, keys and an injected ``now``; no I/O.  Each failure r
 Signature rules (RFC 8725 §3.1-3.2, §3.10): the algorithm must be on the configured
 allow-list of asymmetric algorithms (never ``none``, never HMAC); the key comes only from the
 OP's JWKS, matched by ``kid`` and by key type; keys named inside the token (``jwk``, ``jku``,
-``x5u``, ``x5c``) are ignored; a ``crit`` header is rejected since we implement no extension.
+``x5u``, ``x5c``) are ignored; a ``crit`` header is rejected since we implement no extension;
+a ``cty`` of ``JWT`` (a nested token, RFC 7519 §5.2) is rejected, since its claims would be
+those of a token inside that we never verified (RFC 8725 §2.8: one token, one meaning).
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ def parse_compact(token: str) -> CompactSignature:
 def check_header(
     header: Mapping[str, Any], policy: TokenPolicy, *, kind: TokenKind = "logout"
 ) -> str:
-    """Check ``alg``, ``crit`` and ``typ`` for a token of ``kind``; return the algorithm.
+    """Check ``alg``, ``crit``, ``cty`` and ``typ`` for a token of ``kind``; return the algorithm.
 
     Each kind has its own ``typ`` values (RFC 8725 §3.11), so that no token is taken for
     another kind by its header: a logout token ``logout+jwt`` (``JWT`` or none unless
@@ -200,6 +202,11 @@ def check_header(
         )
     if "crit" in header:
         raise _fail("unsupported_crit", f"crit {header['crit']!r} names an unsupported extension")
+    cty = header.get("cty")
+    if isinstance(cty, str) and cty.lower() in LEGACY_TYPES:
+        # RFC 7519 §5.2/§7.2: the payload of a JWS with cty JWT is itself a token; nothing
+        # Keycloak sends is nested, and we never unwrap one.
+        raise _fail("nested_token", f"cty {cty!r} marks a nested token, which is not accepted")
     typ = header.get("typ")
     if typ is not None and not isinstance(typ, str):
         raise _fail("bad_typ", "typ must be a string")

@@ -245,6 +245,14 @@ CASES = [
         id="x5u is not followed",
     ),
     pytest.param(Case(unknown_crit, 400, "unsupported_crit"), id="unknown crit"),
+    pytest.param(
+        Case(token(header={"cty": "JWT"}), 400, "nested_token"), id="cty JWT: a nested token"
+    ),
+    pytest.param(
+        Case(token(header={"cty": "application/JWT"}), 400, "nested_token"),
+        id="cty application/jwt in other case",
+    ),
+    pytest.param(Case(token(header={"cty": "json"}), 200), id="cty other than JWT is no nesting"),
     pytest.param(Case(token(header={"typ": "at+jwt"}), 400, "bad_typ"), id="typ at+jwt"),
     pytest.param(
         Case(token(header={"typ": "secevent+jwt"}), 400, "bad_typ"), id="typ secevent+jwt"
@@ -747,6 +755,28 @@ def test_admin_token_rules(
     )
     assert response.status_code == 400, response.text
     assert response.json()["error_description"].startswith(f"{error}:")
+    assert harness.seen_session(cookie) != {}
+
+
+def test_a_nested_admin_token_is_refused(make_harness: HarnessFactory, op: StandInOP) -> None:
+    """An admin action whose header says ``cty: JWT`` carries another token as its payload
+    (RFC 7519 §5.2): 400, and nobody is logged out by what it seems to say."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="adm-nested", auth_time=time.time() - 60)
+    payload = {
+        "id": str(uuid.uuid4()),
+        "expiration": int(time.time()) + 30,
+        "resource": CLIENT_ID,
+        "action": "LOGOUT",
+        "notBefore": 0,
+        "keycloakSessionIds": ["adm-nested"],
+    }
+    nested = mint_jwt(op.key, payload, {"typ": "JWT", "cty": "JWT"})
+    response = harness.client.post(
+        "/k_logout", content=nested, headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error_description"].startswith("nested_token:")
     assert harness.seen_session(cookie) != {}
 
 

@@ -380,6 +380,10 @@ def judge_jws(token: str, keys: Keys, *, admin: bool) -> Expect | dict[str, Any]
         rules.add("unsupported_alg")
     if "crit" in header:
         rules.add("unsupported_crit")
+    # RFC 7519 §5.2: cty JWT marks a nested token, whose claims are another token's
+    cty = header.get("cty")
+    if isinstance(cty, str) and cty.lower() in LEGACY_TYPES:
+        rules.add("nested_token")
     # RFC 8725 §3.11 explicit typing; Keycloak's admin tokens and older logout tokens say JWT
     typ = header.get("typ")
     types = LEGACY_TYPES if admin else LOGOUT_TYPES | LEGACY_TYPES
@@ -784,6 +788,7 @@ def header_variants(kid: str, admin: bool) -> list[tuple[str, bytes]]:
     out += [("x5c", v) for v in (J(["MIIBfake"]), b"[1]", J("MIIB"), b"[]")]
     out += [("x5c", J(["A" * 9_000]))]  # a header over the 8 KiB bound
     out += [("x5t", J("abc")), ("x5t#S256", b"5"), ("cty", J("JWT")), ("cty", b"[]")]
+    out += [("cty", J(c)) for c in ("application/JWT", "jwt", "json", "JWT ")]
     out += [("zip", J("DEF")), ("enc", J("A256GCM")), ("exp", J(0)), ("x-extra", b"NaN")]
     if admin:
         out += [("typ", J("JWT"))] * 6

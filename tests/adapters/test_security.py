@@ -546,6 +546,20 @@ def test_an_rfc9068_typed_access_token_authenticates_a_refresh_token(
     assert response.json()["op_session_ended"] is True
 
 
+def test_a_nested_access_token_does_not_authenticate_a_refresh_token(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """``cty: JWT`` says the payload is another token (RFC 7519 §5.2), so the claims read
+    are not those the OP signed as this token's: 401, the OP not asked."""
+    harness = make_harness()
+    tokens = direct_grant(op, "nested")
+    before = len(op.end_session_requests)
+    nested = mint_jwt(op.key, _claims_of(tokens["access_token"]), {"typ": "JWT", "cty": "JWT"})
+    response = _api_logout(harness, tokens["refresh_token"], nested)
+    assert response.status_code == 401, response.text
+    assert len(op.end_session_requests) == before
+
+
 # ------------------------------------------------------------------ hostile input to own paths
 
 
