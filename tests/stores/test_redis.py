@@ -47,6 +47,17 @@ def _xreads(raw: redis.Redis) -> int:
     return int(stats.get("calls", 0))
 
 
+def _idle(raw: redis.Redis, bells: list[str]) -> bool:
+    """Whether every follower of ``bells`` waits on its bell, with none left ringing and
+    no read for longer than a follower leaves its own writes to their writer (it reads
+    every millisecond meanwhile, and would look blocked in between)."""
+    reads = _xreads(raw)
+    time.sleep(2 * redis_follower._DEFER_SECONDS)
+    blocked = sum("b" in client["flags"] for client in raw.client_list())
+    ringing = any(raw.llen(bell) for bell in bells)
+    return blocked >= len(bells) and not ringing and _xreads(raw) == reads
+
+
 def _store(url: str, timer: Clock | None = None) -> RedisStore:
     from kc_sso_middleware.stores.redis import RedisStore
 
@@ -301,6 +312,11 @@ def test_redis_a_write_wakes_the_other_followers_and_not_its_own(
         there.start()
         assert there.record([session("settle", t + LONG)])  # both followers past start-up
         assert revoked(here, "settle")
+        # Both idle before counting: a follower still starting up may read a write in its
+        # resync and then hear that write's bell, or read its own write before its writer
+        # applied it and read again until then; either is a read more after the count began.
+        bells = [s.keys.wake(s.follower_name) for s in (here, there)]
+        assert eventually(lambda: _idle(raw, bells))
         before = _xreads(raw)
         with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
             for n in range(writes):
