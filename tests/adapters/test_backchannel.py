@@ -711,7 +711,7 @@ def test_concurrent_unknown_kids_share_one_refetch(make_harness: HarnessFactory)
 # Rules of the other two logout receivers that test_fuzz.py found broken.
 
 
-def admin_token(op: StandInOP, **claims: Any) -> str:
+def admin_token(op: StandInOP, header: dict[str, Any] | None = None, **claims: Any) -> str:
     payload = {
         "id": str(uuid.uuid4()),
         "expiration": int(time.time()) + 30,
@@ -721,7 +721,7 @@ def admin_token(op: StandInOP, **claims: Any) -> str:
         "keycloakSessionIds": ["adm-other"],
     }
     payload.update(claims)
-    return mint_jwt(op.key, payload, {"typ": "JWT"})
+    return mint_jwt(op.key, payload, {"typ": "JWT", **(header or {})})
 
 
 @pytest.mark.parametrize(
@@ -763,15 +763,7 @@ def test_a_nested_admin_token_is_refused(make_harness: HarnessFactory, op: Stand
     (RFC 7519 §5.2): 400, and nobody is logged out by what it seems to say."""
     harness = make_harness()
     cookie = harness.session_cookie(op, sid="adm-nested", auth_time=time.time() - 60)
-    payload = {
-        "id": str(uuid.uuid4()),
-        "expiration": int(time.time()) + 30,
-        "resource": CLIENT_ID,
-        "action": "LOGOUT",
-        "notBefore": 0,
-        "keycloakSessionIds": ["adm-nested"],
-    }
-    nested = mint_jwt(op.key, payload, {"typ": "JWT", "cty": "JWT"})
+    nested = admin_token(op, {"cty": "JWT"}, keycloakSessionIds=["adm-nested"])
     response = harness.client.post(
         "/k_logout", content=nested, headers={"Content-Type": "text/plain"}
     )
