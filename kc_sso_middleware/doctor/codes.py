@@ -139,6 +139,10 @@ CODES: Mapping[str, Code] = {
             "logout-token-alg",
             "logout tokens are signed with an algorithm KC_SSO_ALGORITHMS refuses",
         ),
+        (
+            "admin-token-alg",
+            "admin-URL requests are signed with an algorithm KC_SSO_ALGORITHMS refuses",
+        ),
         ("session-lifetime", "Keycloak keeps sessions longer than KC_SSO_MAX_SESSION_LIFETIME"),
         ("legacy-redirect-uri", "KC_SSO_LEGACY_REDIRECT_URI is on for a Keycloak that refuses it"),
         ("typ-policy-strict", "KC_SSO_TYP_POLICY=strict with a Keycloak that sends typ JWT"),

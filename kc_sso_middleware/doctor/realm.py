@@ -107,7 +107,8 @@ def _positive(value: object) -> int | None:
 def realm_findings(
     realm: Mapping[str, object], client: Mapping[str, object], settings: Settings
 ) -> list[Finding]:
-    """The logout token's signature algorithm, and how long Keycloak keeps sessions."""
+    """The logout and admin-URL tokens' signature algorithms, and how long Keycloak keeps
+    sessions."""
     findings = []
     attributes = client.get("attributes")
     attributes = attributes if isinstance(attributes, dict) else {}
@@ -129,6 +130,24 @@ def realm_findings(
                 "refused.",
                 f"Add {alg} to KC_SSO_ALGORITHMS (if it is asymmetric), or change {source}.",
                 {"algorithm": alg},
+            )
+        )
+    # Admin-URL tokens (k_logout, k_push_not_before) are Keycloak's AdminAction tokens,
+    # signed with the realm's default algorithm whatever the client's ID-token setting
+    # (DefaultTokenManager: TokenCategory.ADMIN), and checked against the same setting.
+    admin_alg = str(realm_alg or "RS256")
+    if client.get("adminUrl") and admin_alg not in settings.algorithms:
+        findings.append(
+            Finding(
+                "admin-token-alg",
+                Severity.PROBLEM,
+                f'Keycloak signs the admin URL\'s requests ("Sign out all active sessions", '
+                f'"Push" of a not-before) with {admin_alg}, the realm\'s default signature '
+                f"algorithm, but KC_SSO_ALGORITHMS={','.join(settings.algorithms)}: every one "
+                "of them is refused.",
+                f"Add {admin_alg} to KC_SSO_ALGORITHMS, or set the realm's default signature "
+                "algorithm to one it lists.",
+                {"algorithm": admin_alg},
             )
         )
     sso_max = _positive(realm.get("ssoSessionMaxLifespan")) or _DEFAULT_SSO_MAX

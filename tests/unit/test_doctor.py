@@ -777,6 +777,31 @@ def test_realm_signature_algorithm_and_lifetime() -> None:
     assert "session-lifetime" in codes(realm_findings(remember, GOOD_CLIENT, settings()))
 
 
+def test_admin_url_tokens_use_the_realms_default_algorithm() -> None:
+    """Keycloak signs k_logout / k_push_not_before with the realm's default algorithm, not
+    the client's ID-token algorithm that its logout tokens use."""
+    realm = {"defaultSignatureAlgorithm": "RS256"}
+    es256_client = client(attributes={"id.token.signed.response.alg": "ES256"})
+    findings = realm_findings(realm, es256_client, settings(algorithms=("ES256",)))
+    admin = only(findings, "admin-token-alg")
+    assert admin.severity is Severity.PROBLEM
+    assert "RS256" in admin.message
+    assert "Add RS256 to KC_SSO_ALGORITHMS" in admin.fix
+    assert "logout-token-alg" not in codes(findings)
+    # No admin URL: Keycloak sends no admin-URL requests, nothing to say.
+    no_admin = client(adminUrl=None, attributes={"id.token.signed.response.alg": "ES256"})
+    assert "admin-token-alg" not in codes(
+        realm_findings(realm, no_admin, settings(algorithms=("ES256",)))
+    )
+    # Both algorithms allowed: nothing refused.
+    both = settings(algorithms=("ES256", "RS256"))
+    assert "admin-token-alg" not in codes(realm_findings(realm, es256_client, both))
+    # The realm's default unset is RS256, Keycloak's own default.
+    assert "admin-token-alg" in codes(
+        realm_findings({}, es256_client, settings(algorithms=("ES256",)))
+    )
+
+
 @pytest.mark.parametrize(
     ("version", "overrides", "code", "severity"),
     [
