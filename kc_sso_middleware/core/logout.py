@@ -155,6 +155,15 @@ class LogoutResponder:
     def _params(self, request: Request) -> dict[str, str]:
         try:
             query = parse_qs(request.query_string, max_num_fields=100)
+            if "refresh_token" in query:
+                # A URL lands in access and proxy logs: a refresh token must travel in
+                # the form body only (RFC 6749 §10.4, RFC 7009 §2.1; Keycloak reads it
+                # from the form too).  Refused before anything is ended or sent.
+                raise RequestRefusedError(
+                    "bad_request",
+                    "refresh_token belongs in the POST body "
+                    "(application/x-www-form-urlencoded), never in the URL",
+                )
             params = {k: v[0] for k, v in query.items()}
             content_type = request.headers.get("content-type", "")
             if request.method == "POST" and content_type.split(";")[0].strip() == FORM_CONTENT_TYPE:

@@ -397,6 +397,30 @@ def test_api_client_logout_surfaces_keycloak_error(
     assert "KC_SSO_CLIENT_SECRET" in body["error_description"]
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_api_client_logout_refuses_a_refresh_token_in_the_url(
+    make_harness: HarnessFactory, op: StandInOP, method: str
+) -> None:
+    """A refresh token in the query string (logged by every proxy) is refused: nothing is
+    ended, locally or at Keycloak."""
+    harness = make_harness()
+    tokens = direct_grant(op)
+    before = len(op.end_session_requests)
+    response = harness.client.request(
+        method,
+        "/logout",
+        params={"refresh_token": tokens["refresh_token"]},
+        headers={
+            "Accept": "application/json",
+            "Authorization": f"Bearer {tokens['access_token']}",
+        },
+    )
+    assert response.status_code == 400, response.text
+    assert "never in the URL" in response.json()["error_description"]
+    assert len(op.end_session_requests) == before
+    assert "set-cookie" not in response.headers
+
+
 def test_api_client_logout_without_refresh_token(make_harness: HarnessFactory) -> None:
     """A JSON client without a refresh token is logged out locally and told where to go."""
     harness = make_harness()
