@@ -204,7 +204,11 @@ class SignedCookieSource(IdentitySource):
         chosen = self._view.chosen(cookies, self._cookie)
         # Every verified value counts: frameworks disagree on which duplicate wins, and a
         # revoked cookie must not ride next to a harmless one.
-        readings = {value: self._verify(value, now) for value in dict.fromkeys(values)}
+        # The value the app reads comes first: the logout and front-channel paths act on
+        # the first identity as the browser's own session (Starlette keeps the last of
+        # duplicates, Werkzeug the first).
+        ordered = dict.fromkeys((chosen, *values) if chosen in values else values)
+        readings = {value: self._verify(value, now) for value in ordered}
         identities = tuple(
             identity
             for reading in readings.values()

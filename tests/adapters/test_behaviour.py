@@ -468,6 +468,25 @@ def test_frontchannel_logout_ends_the_browsers_own_session(
     assert harness.seen_session(cookie) == {}
 
 
+def test_frontchannel_logout_of_duplicate_cookies_ends_the_one_the_app_reads(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Two valid session cookies (set on two paths, say): the framework reads one of them
+    (Starlette the last, Werkzeug the first), and Keycloak's front-channel call for that
+    session ends it, whichever of the two stood first in the header."""
+    harness = make_harness(**FRONT)
+    first, second = harness.session_cookie(op, sid="dup-1"), harness.session_cookie(op, sid="dup-2")
+    both = {"Cookie": f"session={first}; session={second}"}
+    read = harness.client.get("/", headers=both).json()["session"]
+    used, sid = (first, "dup-1") if read == harness.seen_session(first) else (second, "dup-2")
+    response = harness.client.get(
+        "/frontchannel-logout", params={"iss": op.issuer, "sid": sid}, headers=both
+    )
+    assert response.status_code == 200
+    assert "Max-Age=0" in response.headers["set-cookie"]
+    assert harness.seen_session(used) == {}
+
+
 def test_frontchannel_logout_with_own_cookie(make_harness: HarnessFactory, op: StandInOP) -> None:
     """Without parameters the browser's own session is ended and its cookie expired."""
     harness = make_harness(**FRONT)
