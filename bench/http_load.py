@@ -179,7 +179,7 @@ def preload(store: RevocationStore, issuer: str, count: int) -> None:
     for start in range(0, count, 5000):
         store.record(
             [
-                Revocation.session(issuer, str(uuid.uuid4()), expires_at=expires)
+                Revocation.session(issuer, str(uuid.uuid4()), client_id="bench", expires_at=expires)
                 for _ in range(min(5000, count - start))
             ]
         )

@@ -1,16 +1,16 @@
 """Memory per revoked session: in a worker's replica, in the SQLite file, in Redis.
 
 What it measures
-    * Replica: a fresh interpreter opens a ``memory://`` store (what every worker's store
-      holds in memory: the replica) and records N session revocations, built as the core
-      builds them (``Revocation.session(issuer, sid)`` with 36-character ``sid`` values, as
-      Keycloak's), in pages of 5000 as the followers apply them.  The clock moves on with
-      every page, so that the entries spread over a whole ``max_session_lifetime`` (10 h)
-      of expiries, as they do in a running system.  Bytes per revocation by ``tracemalloc``
-      (every Python allocation the store keeps) and, in another fresh interpreter without
-      tracemalloc, by the growth of the resident set (RSS).  That second interpreter also
-      times ``is_revoked`` (a miss and a hit, session keys of all four kinds), which the
-      request path calls when the store's version has changed.
+    * Replica: a fresh interpreter opens a ``memory://`` store (what every worker's store holds
+      in memory: the replica) and records N session revocations, built as the core builds them
+      (``Revocation.session(issuer, sid, client_id=...)`` with 36-character ``sid`` values, as
+      Keycloak's), in pages of 5000 as the followers apply them.  The clock moves on with every
+      page, so that the entries spread over a whole ``max_session_lifetime`` (10 h) of expiries,
+      as they do in a running system.  Bytes per revocation by ``tracemalloc`` (every Python
+      allocation the store keeps) and, in another fresh interpreter without tracemalloc, by the
+      growth of the resident set (RSS).  That second interpreter also times ``is_revoked`` (a
+      miss and a hit, session keys of all four kinds), which the request path calls when the
+      store's version has changed.
     * SQLite: the database file after N revocations recorded through ``SQLiteStore.record``
       (pages of 5000) and a WAL checkpoint.
     * Redis: ``INFO memory`` ``used_memory`` growth and ``MEMORY USAGE`` of the store's keys
@@ -89,7 +89,7 @@ def revocations(count: int, expires_at: Callable[[], float]) -> Iterator[list[Re
     for start in range(0, count, PAGE):
         expires = expires_at()
         yield [
-            Revocation.session(OFFLINE_ISSUER, sid, expires_at=expires)
+            Revocation.session(OFFLINE_ISSUER, sid, client_id=CLIENT_ID, expires_at=expires)
             for sid in sids(min(PAGE, count - start))
         ]
 
@@ -218,7 +218,11 @@ def redis_feed(url: str, client: redis.Redis, messages: int) -> tuple[float, flo
     store = RedisStore.from_url(f"{url}?prefix={prefix}")
 
     def one() -> list[Revocation]:
-        return [Revocation.session(OFFLINE_ISSUER, str(uuid.uuid4()), expires_at=time.time() + 3e4)]
+        return [
+            Revocation.session(
+                OFFLINE_ISSUER, str(uuid.uuid4()), client_id=CLIENT_ID, expires_at=time.time() + 3e4
+            )
+        ]
 
     store.record(one())
     empty = int(client.memory_usage(f"{prefix}feed", samples=0) or 0)

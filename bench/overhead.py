@@ -434,10 +434,14 @@ async def check_variants(variants: list[Variant]) -> None:
 def preload(store: RevocationStore, count: int, revoked_sid: str) -> None:
     expires = time.time() + 36000
     entries = [
-        Revocation.session(OFFLINE_ISSUER, str(uuid.uuid4()), expires_at=expires)
+        Revocation.session(
+            OFFLINE_ISSUER, str(uuid.uuid4()), client_id="bench-app", expires_at=expires
+        )
         for _ in range(count)
     ]
-    entries.append(Revocation.session(OFFLINE_ISSUER, revoked_sid, expires_at=expires))
+    entries.append(
+        Revocation.session(OFFLINE_ISSUER, revoked_sid, client_id="bench-app", expires_at=expires)
+    )
     for start in range(0, len(entries), 5000):
         store.record(entries[start : start + 5000])
 

@@ -469,7 +469,9 @@ def _load_in_child(
     def send(index: int) -> None:
         while time.monotonic() < stop_at:
             jti = str(uuid.uuid4())
-            entry = Revocation.session(OFFLINE_ISSUER, jti, expires_at=time.time() + 3600)
+            entry = Revocation.session(
+                OFFLINE_ISSUER, jti, client_id=CLIENT_ID, expires_at=time.time() + 3600
+            )
             store.record([entry], jti=jti, jti_expires_at=time.time() + 300)
             done[index] += 1
 
@@ -612,7 +614,13 @@ def store_level(store_url: str, args: argparse.Namespace) -> Result:
             for pipe in pipes:
                 pipe.recv()
             recording, recording_at = time.perf_counter(), time.time()
-            store.record([Revocation.session(OFFLINE_ISSUER, sid, expires_at=time.time() + 3600)])
+            store.record(
+                [
+                    Revocation.session(
+                        OFFLINE_ISSUER, sid, client_id=CLIENT_ID, expires_at=time.time() + 3600
+                    )
+                ]
+            )
             t0 = time.time()
             result.op_ms.append((time.perf_counter() - recording) * 1000)
             for pipe in pipes:

@@ -21,7 +21,7 @@ from .errors import (
 from .settings import VARIABLES, Settings
 from .stores import Revocation, RevocationKind, RevocationStore, SessionKeys, open_store
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "VARIABLES",

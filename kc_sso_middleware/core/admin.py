@@ -91,7 +91,13 @@ class AdminResponder:
         if self._action == "LOGOUT" and action.session_ids:
             note = context.note("admin_logout")
             return tuple(
-                Revocation.session(context.issuer, sid, expires_at=expires_at, note=note)
+                Revocation.session(
+                    context.issuer,
+                    sid,
+                    client_id=context.settings.client_id,
+                    expires_at=expires_at,
+                    note=note,
+                )
                 for sid in action.session_ids
             )
         # LOGOUT without session ids means "log out everybody" (what old adapters did);

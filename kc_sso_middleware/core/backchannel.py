@@ -95,7 +95,13 @@ class BackchannelResponder:
         revocations: list[Revocation] = []
         if claims.sid is not None:
             revocations.append(
-                Revocation.session(context.issuer, claims.sid, expires_at=expires_at, note=note)
+                Revocation.session(
+                    context.issuer,
+                    claims.sid,
+                    client_id=context.settings.client_id,
+                    expires_at=expires_at,
+                    note=note,
+                )
             )
         # A token without a sid ends every session of the user *at this RP* (§2.4):
         # Keycloak leaves the sid out only because this client has "Backchannel logout

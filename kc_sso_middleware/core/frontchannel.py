@@ -130,8 +130,17 @@ class FrontchannelResponder:
             # Keycloak session when the OP named it, else this app session.
             key = sid if sid is not None else identity.instance
             if key is not None:
-                revocation = Revocation.session(
-                    context.issuer, key, expires_at=expires_at, note=context.note("frontchannel")
+                note = context.note("frontchannel")
+                revocation = (
+                    Revocation.session(
+                        context.issuer,
+                        key,
+                        client_id=context.settings.client_id,
+                        expires_at=expires_at,
+                        note=note,
+                    )
+                    if sid is not None
+                    else Revocation.instance(context.issuer, key, expires_at=expires_at, note=note)
                 )
                 yield from _record(context, revocation, expiries)
                 context.events.emit(
@@ -149,7 +158,11 @@ class FrontchannelResponder:
                     headers=_NO_CACHE,
                 )
             revocation = Revocation.session(
-                context.issuer, sid, expires_at=expires_at, note=context.note("frontchannel")
+                context.issuer,
+                sid,
+                client_id=context.settings.client_id,
+                expires_at=expires_at,
+                note=context.note("frontchannel"),
             )
             yield from _record(context, revocation, (), authenticated=False)
             context.events.emit(

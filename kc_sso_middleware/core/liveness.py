@@ -275,13 +275,24 @@ class Liveness:
         self._suspects.pop(tracked, None)
         # Past its own exp the token tells about this client only (its idle limit);
         # before it, the Keycloak session itself is gone.
-        key = identity.instance if expired and identity.instance else identity.sid
-        if key is None:
-            return
-        note = context.note("liveness", context.settings.client_id)
-        revocation = Revocation.session(
-            context.issuer, key, expires_at=context.expires_at(), note=note
+        expires_at, note = (
+            context.expires_at(),
+            context.note("liveness", context.settings.client_id),
         )
+        if expired and identity.instance:
+            key = identity.instance
+            revocation = Revocation.instance(context.issuer, key, expires_at=expires_at, note=note)
+        elif identity.sid is not None:
+            key = identity.sid
+            revocation = Revocation.session(
+                context.issuer,
+                key,
+                client_id=context.settings.client_id,
+                expires_at=expires_at,
+                note=note,
+            )
+        else:
+            return
         yield from context.record((revocation,))
         context.events.emit(
             ev.LIVENESS_ENDED,

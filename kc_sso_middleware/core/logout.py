@@ -189,7 +189,7 @@ class LogoutResponder:
         # This app session only (see SessionIdentity.instance); Keycloak's back-channel
         # request revokes the whole sid once the Keycloak session really ends.
         context = self._context
-        revocation = Revocation.session(
+        revocation = Revocation.instance(
             context.issuer,
             own[0].instance,
             expires_at=context.expires_at(),

@@ -48,7 +48,7 @@ from ..settings import Settings
 from ..sources.base import Finding, IdentitySource, LoginTokens, SessionIdentity
 from ..sources.bearer import unverified_claims
 from ..sources.cookies import identity_from_claims
-from ..stores.model import Revocation, RevocationKind, SessionKeys, subject_of, user_scope
+from ..stores.model import Revocation, RevocationKind, SessionKeys, client_scope, subject_of
 
 __all__ = ["MOZILLA_ID_TOKEN_KEY", "DjangoSessionSource"]
 
@@ -189,6 +189,11 @@ class DjangoSessionSource(IdentitySource):
             user=ended.user_subject,
             client=ended.client_subject,
             issued_at=ended.issued_at,
+            realm_session=(
+                None
+                if ended.sid is None
+                else subject_of(RevocationKind.SESSION, self._settings.issuer, ended.sid)
+            ),
         )
         identity = SessionIdentity(ended.sid, ended.sub, None, ended.issued_at, None, keys)
         return Finding(self, (identity,), valid_until=0.0)
@@ -402,11 +407,29 @@ class DjangoSessionSource(IdentitySource):
         sub, settings = revocation.label, self._settings
         kind = RevocationKind.USER
         if sub is not None and revocation.subject == subject_of(
-            kind, user_scope(settings.issuer, settings.client_id), sub
+            kind, client_scope(settings.issuer, settings.client_id), sub
         ):
             realm_user = subject_of(kind, settings.issuer, sub)
             return Q(user_subject=realm_user, client_subject=self._client_subject)
         return Q(user_subject=revocation.subject)
+
+    def _session_match(self, revocation: Revocation) -> Any:
+        """The index rows a session entry matches: its subject, and for a ``sid`` the rows
+        of this client indexed by the other scope of the same ``sid`` (a row an earlier
+        version linked by the realm-wide subject, a realm-wide entry an earlier version
+        wrote): a session entry of another client matches none of this client's rows."""
+        from django.db.models import Q
+
+        subject, sid, settings = revocation.subject, revocation.label, self._settings
+        match = Q(session_subject=subject) | Q(instance_subject=subject)
+        if sid is None:
+            return match
+        kind = RevocationKind.SESSION
+        ours = subject_of(kind, client_scope(settings.issuer, settings.client_id), sid)
+        realm = subject_of(kind, settings.issuer, sid)
+        if subject in (ours, realm):
+            match |= Q(session_subject__in=(ours, realm), client_subject=self._client_subject)
+        return match
 
     def purge_now(self, revocations: Sequence[Revocation]) -> int:
         """Delete the Django sessions ``revocations`` match; how many (blocking)."""
@@ -419,7 +442,7 @@ class DjangoSessionSource(IdentitySource):
             subject = revocation.subject
             older = Q(issued_at__lt=revocation.not_before) | Q(issued_at__isnull=True)
             if revocation.kind is RevocationKind.SESSION:
-                match |= Q(session_subject=subject) | Q(instance_subject=subject)
+                match |= self._session_match(revocation)
             elif revocation.kind is RevocationKind.USER:
                 match |= self._user_match(revocation) & older
             elif subject == self._client_subject:

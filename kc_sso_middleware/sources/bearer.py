@@ -135,11 +135,12 @@ class BearerSource(IdentitySource):
         if claims is None or claims.get("iss") != self._issuer:
             return None  # not ours to judge: the app's validation decides
         try:
-            identity = self._identity(claims)
+            identities = self._identities(claims)
         except ValueError:
             return None  # a malformed date: the app's validation refuses it anyway
-        if identity is None:
+        if not identities:
             return None
+        identity = identities[0]
         exp = claims.get("exp")
         try:
             valid_until = numeric_date(exp, "exp") if exp is not None else float("inf")
@@ -148,30 +149,39 @@ class BearerSource(IdentitySource):
         if identity.auth_time is not None:
             # Past its lifetime the session must be judged again (and refused).
             valid_until = min(valid_until, identity.auth_time + self._settings.max_session_lifetime)
-        return Finding(self, (identity,), valid_until=valid_until)
+        return Finding(self, identities, valid_until=valid_until)
 
-    def _identity(self, claims: Mapping[str, Any]) -> SessionIdentity | None:
+    def _identities(self, claims: Mapping[str, Any]) -> tuple[SessionIdentity, ...]:
+        """The session the token names, as this app's client knows it and, when another
+        client was issued the token (``azp``), as that client knows it: a logout of this
+        client's part of the session ends its requests, and a logout of the token's client
+        (or its not-before) ends the token, wherever it is used."""
         sid = claims.get("sid") if isinstance(claims.get("sid"), str) else None
         sub = claims.get("sub") if isinstance(claims.get("sub"), str) else None
         if not sid and not sub:
-            return None
+            return ()
         issued_at = _date(claims, "iat")
         auth_time = _date(claims, "auth_time")
-        keys = SessionKeys.of(
-            self._issuer,
-            self._settings.client_id,
-            sid=sid or None,
-            sub=sub or None,
-            instance=None,
-            issued_at=issued_at,
-        )
-        return SessionIdentity(
-            sid or None,
-            sub or None,
-            auth_time if auth_time is not None else issued_at,
-            issued_at,
-            None,
-            keys,
+        azp = claims.get("azp")
+        own = self._settings.client_id
+        clients = (own, azp) if isinstance(azp, str) and azp and azp != own else (own,)
+        return tuple(
+            SessionIdentity(
+                sid or None,
+                sub or None,
+                auth_time if auth_time is not None else issued_at,
+                issued_at,
+                None,
+                SessionKeys.of(
+                    self._issuer,
+                    client_id,
+                    sid=sid or None,
+                    sub=sub or None,
+                    instance=None,
+                    issued_at=issued_at,
+                ),
+            )
+            for client_id in clients
         )
 
 

@@ -2,7 +2,9 @@
 
 Every entry is scoped.  A ``sid`` or ``sub`` means something only together with the issuer
 that minted it (a realm copy keeps its user ids, two Keycloak servers may reuse session
-ids), and Keycloak's not-before push names one client.  So an entry is indexed by a
+ids), and every logout Keycloak sends names one client: a logout token is addressed to
+one client (revoking a consent ends that client's part of a Keycloak session and leaves
+the others'), and so is the not-before push.  So an entry is indexed by a
 *subject*: a 60-bit BLAKE2b digest of its kind, its scope and its key.  Entries from two
 issuers can then never match each other's sessions, even when their strings collide, and a
 replica holds one small integer per revoked session instead of the strings.  The digest is
@@ -21,7 +23,15 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-__all__ = ["Note", "Revocation", "RevocationKind", "SessionKeys", "StoreStatus", "subject_of"]
+__all__ = [
+    "Note",
+    "Revocation",
+    "RevocationKind",
+    "SessionKeys",
+    "StoreStatus",
+    "client_scope",
+    "subject_of",
+]
 
 _SUBJECT_BITS = 60  # a Python int of up to 60 bits takes two 30-bit digits: 32 bytes
 
@@ -47,12 +57,12 @@ def subject_of(kind: RevocationKind, scope: str, key: str) -> int:
     return int.from_bytes(digest, "big") >> (64 - _SUBJECT_BITS)
 
 
-def user_scope(issuer: str, client_id: str | None = None) -> str:
-    """The scope of a user-wide entry: one client's apps (a logout token without a sid is
-    addressed to that client alone, and ``KC_SSO_SID_LOGOUT_SCOPE=user`` is that app's own
-    choice: neither may end the sessions other apps of the realm keep), or every app of the
-    realm (``client_id`` None: no longer written, but still honoured where a store holds
-    entries an earlier version wrote)."""
+def client_scope(issuer: str, client_id: str | None = None) -> str:
+    """The scope of a ``sid`` or user entry: one client's apps (a logout token is addressed
+    to that client alone, and ``KC_SSO_SID_LOGOUT_SCOPE=user`` is that app's own choice:
+    neither may end the sessions other apps of the realm keep), or every app of the realm
+    (``client_id`` None: no longer written, but still honoured where a store holds entries
+    an earlier version wrote, until they expire)."""
     return issuer if client_id is None else f"{issuer}\x00{client_id}"
 
 
@@ -107,11 +117,31 @@ class Revocation:
 
     @classmethod
     def session(
-        cls, issuer: str, sid: str, *, expires_at: float, note: Note | None = None
+        cls,
+        issuer: str,
+        sid: str,
+        *,
+        client_id: str | None,
+        expires_at: float,
+        note: Note | None = None,
     ) -> Revocation:
-        """Revoke one Keycloak session (``sid``) or one app session (``"sid#jti"``)."""
+        """Revoke one Keycloak session (``sid``) in client ``client_id``'s apps.
+
+        ``client_id`` None writes the realm-wide form earlier versions wrote (every client's
+        apps): for tests and tools that must reproduce such a store, never for a logout.
+        """
         kind = RevocationKind.SESSION
-        return cls(kind, subject_of(kind, issuer, sid), 0.0, expires_at, sid, note)
+        subject = subject_of(kind, client_scope(issuer, client_id), sid)
+        return cls(kind, subject, 0.0, expires_at, sid, note)
+
+    @classmethod
+    def instance(
+        cls, issuer: str, instance: str, *, expires_at: float, note: Note | None = None
+    ) -> Revocation:
+        """Revoke one app session (``"sid#jti"``, see SessionIdentity.instance): its ID
+        token is of one client already, so the issuer scopes it."""
+        kind = RevocationKind.SESSION
+        return cls(kind, subject_of(kind, issuer, instance), 0.0, expires_at, instance, note)
 
     @classmethod
     def user(
@@ -127,7 +157,7 @@ class Revocation:
         """Revoke every session of user ``sub`` that began before ``not_before``: in every
         app of the realm, or (``client_id``) in that client's apps only."""
         kind = RevocationKind.USER
-        subject = subject_of(kind, user_scope(issuer, client_id), sub)
+        subject = subject_of(kind, client_scope(issuer, client_id), sub)
         return cls(kind, subject, not_before, expires_at, sub, note)
 
     @classmethod
@@ -169,13 +199,18 @@ class SessionKeys:
     counts as revoked whenever such an entry exists.
     """
 
+    #: the Keycloak session within this app's client
     session: int | None
     instance: int | None
+    #: the user in every app of the realm (entries earlier versions wrote)
     user: int | None
     client: int
     issued_at: float | None
     #: the user within this app's client (entries of KC_SSO_SID_LOGOUT_SCOPE=user)
     client_user: int | None = None
+    #: the Keycloak session in every app of the realm (entries earlier versions wrote,
+    #: honoured until they expire)
+    realm_session: int | None = None
 
     @classmethod
     def of(
@@ -189,15 +224,15 @@ class SessionKeys:
         issued_at: float | None,
     ) -> SessionKeys:
         session_kind, user_kind = RevocationKind.SESSION, RevocationKind.USER
+        scope = client_scope(issuer, client_id)
         return cls(
-            session=None if sid is None else subject_of(session_kind, issuer, sid),
+            session=None if sid is None else subject_of(session_kind, scope, sid),
             instance=None if instance is None else subject_of(session_kind, issuer, instance),
             user=None if sub is None else subject_of(user_kind, issuer, sub),
             client=subject_of(RevocationKind.ALL, issuer, client_id),
             issued_at=issued_at,
-            client_user=(
-                None if sub is None else subject_of(user_kind, user_scope(issuer, client_id), sub)
-            ),
+            client_user=None if sub is None else subject_of(user_kind, scope, sub),
+            realm_session=None if sid is None else subject_of(session_kind, issuer, sid),
         )
 
 

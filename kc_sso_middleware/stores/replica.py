@@ -113,10 +113,10 @@ class Replica:
 
     def is_revoked(self, keys: SessionKeys) -> bool:
         """A few set and dict probes, no lock (see the module docstring)."""
-        session, instance = keys.session, keys.instance
+        session, instance, realm_session = keys.session, keys.instance, keys.realm_session
         # ``None in bucket`` is simply False: no subject is None.
         for bucket in self._buckets:
-            if session in bucket or instance in bucket:
+            if session in bucket or instance in bucket or realm_session in bucket:
                 return True
         issued_at, users, clients = keys.issued_at, self._users, self._clients
         if users and keys.user is not None:
@@ -136,7 +136,7 @@ class Replica:
         apart.
         """
         for bucket in self._buckets:
-            if keys.session in bucket:
+            if keys.session in bucket or keys.realm_session in bucket:
                 return "sid"
             if keys.instance in bucket:
                 return "instance"

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from kc_sso_middleware import Revocation
+from kc_sso_middleware.stores import MemoryStore
 from kc_sso_middleware.testing import StandInOP, mint_jwt
 from tests.conftest import (
     CLIENT_ID,
@@ -144,15 +145,50 @@ def test_a_token_of_another_issuer_is_not_matched(
     """The same sid from another issuer is another session."""
     harness = make_harness()
     token = _access_token(op, iss="http://elsewhere.example/realms/x", sid="shared-sid")
-    harness.store.record([Revocation.session(op.issuer, "shared-sid", expires_at=time.time() + 60)])
+    harness.store.record(
+        [
+            Revocation.session(
+                op.issuer, "shared-sid", client_id=CLIENT_ID, expires_at=time.time() + 60
+            )
+        ]
+    )
     assert _api(harness, token).status_code == 200
+
+
+def test_a_token_is_ended_by_its_own_clients_logout_and_by_this_apps(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """An API of client ``app`` accepting a token issued to ``spa`` (its azp) refuses it once
+    Keycloak logged the session out of ``spa`` (the store holds spa's sid entry, written by
+    an app of spa sharing it) or out of ``app`` itself; a logout of a third client's part
+    of the same Keycloak session leaves it alone.  The token client's not-before ends it
+    too, as the app's own does."""
+    store = MemoryStore()
+    harness = make_harness(store=store)
+    api = make_harness(store=store, client_id="spa")  # an app of the token's client
+    expires = time.time() + 60
+    tokens = {sid: _access_token(op, sid=sid, azp="spa") for sid in ("s-spa", "s-app", "s-3rd")}
+    for sid, client in (("s-spa", "spa"), ("s-app", CLIENT_ID), ("s-3rd", "third")):
+        store.record([Revocation.session(op.issuer, sid, client_id=client, expires_at=expires)])
+    _assert_refused(_api(harness, tokens["s-spa"]))
+    _assert_refused(_api(harness, tokens["s-app"]))
+    assert _api(harness, tokens["s-3rd"]).status_code == 200
+    _assert_refused(_api(api, tokens["s-spa"]))
+    assert _api(api, tokens["s-app"]).status_code == 200  # app's logout is not spa's
+    now = time.time()
+    fresh = _access_token(op, sid="s-wide", azp="spa", iat=int(now) - 30)
+    assert _api(harness, fresh).status_code == 200
+    store.record([Revocation.all_sessions(op.issuer, "spa", not_before=now, expires_at=expires)])
+    _assert_refused(_api(harness, fresh))
 
 
 def test_bearer_check_can_be_turned_off(make_harness: HarnessFactory, op: StandInOP) -> None:
     """KC_SSO_BEARER=off leaves bearer tokens entirely to the app."""
     harness = make_harness(bearer="off")
     token = _access_token(op, sid="off-sid")
-    harness.store.record([Revocation.session(op.issuer, "off-sid", expires_at=time.time() + 60)])
+    harness.store.record(
+        [Revocation.session(op.issuer, "off-sid", client_id=CLIENT_ID, expires_at=time.time() + 60)]
+    )
     assert _api(harness, token).status_code == 200
 
 
@@ -165,7 +201,11 @@ def test_a_revoked_token_in_any_authorization_header_is_refused(where: str, op: 
         revoked = _access_token(op, sid=f"{where}-header")
         other = _access_token(op, sid="live")
         harness.store.record(
-            [Revocation.session(op.issuer, f"{where}-header", expires_at=time.time() + 60)]
+            [
+                Revocation.session(
+                    op.issuer, f"{where}-header", client_id=CLIENT_ID, expires_at=time.time() + 60
+                )
+            ]
         )
         pair = [f"Bearer {revoked}", f"Bearer {other}"]
         if where == "second":
@@ -189,5 +229,7 @@ def test_a_revoked_token_in_a_credential_list_is_refused(
     token = _access_token(op, sid="listed")
     header = form.format(token)
     assert harness.client.get("/api", headers={"Authorization": header}).status_code == 200
-    harness.store.record([Revocation.session(op.issuer, "listed", expires_at=time.time() + 60)])
+    harness.store.record(
+        [Revocation.session(op.issuer, "listed", client_id=CLIENT_ID, expires_at=time.time() + 60)]
+    )
     _assert_refused(harness.client.get("/api", headers={"Authorization": header}))

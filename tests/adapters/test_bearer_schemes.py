@@ -17,7 +17,7 @@ import pytest
 from kc_sso_middleware import Revocation
 from kc_sso_middleware.testing import StandInOP
 from tests.adapters.test_bearer import _access_token
-from tests.conftest import HarnessFactory, direct_grant
+from tests.conftest import CLIENT_ID, HarnessFactory, direct_grant
 
 #: Authorization forms an app may read a token from that are not ``Bearer <token>``
 _FORMS = [
@@ -44,7 +44,9 @@ def test_a_revoked_token_under_any_scheme_is_refused(
     live = harness.client.get("/api", headers={"Authorization": header})
     assert live.status_code == 200  # not revoked: untouched
     assert live.json() == {"authorization": header}
-    harness.store.record([Revocation.session(op.issuer, sid, expires_at=time.time() + 60)])
+    harness.store.record(
+        [Revocation.session(op.issuer, sid, client_id=CLIENT_ID, expires_at=time.time() + 60)]
+    )
     refused = harness.client.get("/api", headers={"Authorization": header})
     assert refused.status_code == 401
     assert refused.headers["www-authenticate"].startswith('Bearer error="invalid_token"')

@@ -48,7 +48,9 @@ def _revoke(harness: Any, *entries: Revocation) -> None:
 
 
 def _sid_entry(sid: str, issuer: str = "") -> Revocation:
-    return Revocation.session(issuer or _ISSUER[0], sid, expires_at=time.time() + 3600)
+    return Revocation.session(
+        issuer or _ISSUER[0], sid, client_id=CLIENT_ID, expires_at=time.time() + 3600
+    )
 
 
 _ISSUER: list[str] = []

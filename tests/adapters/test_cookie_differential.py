@@ -255,7 +255,13 @@ def _id_token(op: StandInOP, sid: str) -> str:
 
 def _revoked_store(op: StandInOP) -> MemoryStore:
     store = MemoryStore()
-    store.record([Revocation.session(op.issuer, REVOKED_SID, expires_at=time.time() + 3600)])
+    store.record(
+        [
+            Revocation.session(
+                op.issuer, REVOKED_SID, client_id=CLIENT_ID, expires_at=time.time() + 3600
+            )
+        ]
+    )
     return store
 
 

@@ -276,7 +276,11 @@ class DjangoHarness:
     def revoke_in_store(self, claims: dict[str, Any]) -> None:
         """Record the session revoked without purging (as another worker's replica gets it)."""
         assert self.store.record(
-            [Revocation.session(self.op.issuer, claims["sid"], expires_at=_far())]
+            [
+                Revocation.session(
+                    self.op.issuer, claims["sid"], client_id=CLIENT_ID, expires_at=_far()
+                )
+            ]
         )
 
 

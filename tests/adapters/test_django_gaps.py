@@ -19,6 +19,7 @@ from django.urls import path
 from tests.adapters import test_django
 from tests.adapters.test_django import (  # noqa: F401 - fixtures, used by name
     BASE_URL,
+    CLIENT_ID,
     MIDDLEWARE,
     SSO_MIDDLEWARE,
     DjangoHarness,
@@ -217,6 +218,57 @@ def test_a_client_scoped_user_logout_purges_no_other_clients_sessions(
 
     assert not _row_exists(key)  # this client's session of the user: deleted
     assert _row_exists(other.session_key), "the other client's session was deleted"
+
+
+def test_a_sid_logout_purges_this_clients_sessions_of_the_sid_only(
+    make_harness: HarnessFactory,
+) -> None:
+    """A logout token names a sid for this client alone: another client may keep its part
+    of the Keycloak session (Keycloak's consent revocation logs the user out of one
+    client).  Two Django apps sharing one database: this app's purge deletes its own
+    session of the sid, also one an earlier version linked (by the realm-wide subject), and
+    leaves the other client's sessions of that sid, however they were linked."""
+    import time
+
+    from django.contrib.sessions.backends.db import SessionStore
+
+    from kc_sso_middleware.django.models import SessionLink
+    from kc_sso_middleware.stores.model import RevocationKind, client_scope, subject_of
+
+    harness = make_harness()
+    claims = harness.login()
+    key = harness.session_key
+    issuer, sid, sub = harness.op.issuer, claims["sid"], claims["sub"]
+
+    def linked(client: str, session_subject: int) -> str:
+        session = SessionStore()
+        session["oidc_id_token"] = f"a token of {client}"
+        session.create()
+        SessionLink.objects.create(
+            session_key=session.session_key,
+            sid=sid,
+            sub=sub,
+            session_subject=session_subject,
+            instance_subject=None,
+            user_subject=subject_of(RevocationKind.USER, issuer, sub),
+            client_subject=subject_of(RevocationKind.ALL, issuer, client),
+            issued_at=claims["iat"],
+            expires_at=time.time() + 3600,
+        )
+        assert session.session_key is not None
+        return session.session_key
+
+    realm_wide = subject_of(RevocationKind.SESSION, issuer, sid)
+    other_scoped = subject_of(RevocationKind.SESSION, client_scope(issuer, "other-app"), sid)
+    others = [linked("other-app", other_scoped), linked("other-app", realm_wide)]
+    earlier = linked(CLIENT_ID, realm_wide)
+
+    assert harness.backchannel(sid=sid, sub=sub).status_code == 200
+
+    assert not _row_exists(key)  # this client's session of the sid: deleted
+    assert not _row_exists(earlier), "a session linked by an earlier version outlived its sid"
+    for other in others:
+        assert _row_exists(other), "the other client's session of the sid was deleted"
 
 
 def test_without_oidc_store_id_token_no_session_outlives_a_revocation(

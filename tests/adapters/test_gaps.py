@@ -5,6 +5,7 @@ logout from one sid, the request-scoped marker, and the events the app can subsc
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -13,6 +14,7 @@ import pytest
 from kc_sso_middleware import Revocation
 from kc_sso_middleware.events import Event
 from kc_sso_middleware.stores import MemoryStore
+from kc_sso_middleware.stores.sqlite import SQLiteStore
 from kc_sso_middleware.testing import StandInOP
 from tests.conftest import CLIENT_ID, Clock, HarnessFactory, admin_token, post_admin
 
@@ -142,6 +144,70 @@ def test_one_apps_user_scope_leaves_other_apps_of_the_store_alone(
     everywhere = op.logout_token("app-b", sub="kiosk", sid=None)
     assert app_b.client.post(BACKCHANNEL, data={"logout_token": everywhere}).status_code == 200
     assert app_b.seen_session(b_other) == {}
+
+
+def test_a_sid_logout_for_one_client_leaves_other_clients_of_the_store_alone(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Keycloak addresses every logout token to one client, and a sid names a Keycloak
+    session that other clients may keep: revoking a consent
+    (AuthenticationManager.backchannelLogoutUserFromClient) logs the user out of that
+    client alone and leaves the Keycloak session, and so the sessions of the same sid
+    in other clients, alive.  A token for app A naming sid S ends A's session of S, not
+    app B's session of the same S in a shared store; nor can an unauthenticated
+    front-channel write at A (KC_SSO_FRONTCHANNEL_REVOKE_OTHERS) reach B.  B's own token
+    for S ends B's session."""
+    store = MemoryStore()
+    app_a = make_harness(
+        store=store,
+        client_id="app-a",
+        frontchannel_path="/frontchannel-logout",
+        frontchannel_revoke_others=True,
+    )
+    app_b = make_harness(store=store, client_id="app-b")
+    a_session = app_a.session_cookie(op, sid="shared-1")
+    b_session = app_b.session_cookie(op, sid="shared-1")
+    b_elsewhere = app_b.session_cookie(op, sid="shared-2")
+
+    token = op.logout_token("app-a", sid="shared-1")
+    assert app_a.client.post(BACKCHANNEL, data={"logout_token": token}).status_code == 200
+    forged = app_a.client.get("/frontchannel-logout", params={"iss": op.issuer, "sid": "shared-2"})
+    assert forged.status_code == 200
+
+    assert app_a.seen_session(a_session) == {}
+    assert app_b.seen_session(b_session) != {}, "A's logout token ended B's session"
+    assert app_b.seen_session(b_elsewhere) != {}, "a front-channel write at A ended B's session"
+    token = op.logout_token("app-b", sid="shared-1")
+    assert app_b.client.post(BACKCHANNEL, data={"logout_token": token}).status_code == 200
+    assert app_b.seen_session(b_session) == {}
+    assert app_b.seen_session(b_elsewhere) != {}
+
+
+def test_a_realm_wide_sid_entry_of_an_earlier_version_still_revokes_every_client(
+    make_harness: HarnessFactory, op: StandInOP, tmp_path: Path
+) -> None:
+    """Earlier versions wrote a sid entry for every client of the realm.  A store file that
+    still holds one when the upgraded apps start keeps revoking it in every client: no
+    revocation is forgotten early."""
+    path = str(tmp_path / "revocations.db")
+    earlier = SQLiteStore(path)
+    entry = Revocation.session(
+        op.issuer, "before-upgrade", client_id=None, expires_at=time.time() + 60
+    )
+    assert earlier.record([entry])
+    earlier.close()
+    store = SQLiteStore(path)
+    try:
+        app_a = make_harness(store=store, client_id="app-a")
+        app_b = make_harness(store=store, client_id="app-b")
+        a_session = app_a.session_cookie(op, sid="before-upgrade")
+        b_session = app_b.session_cookie(op, sid="before-upgrade")
+        other = app_b.session_cookie(op, sid="not-revoked")
+        assert app_a.seen_session(a_session) == {}
+        assert app_b.seen_session(b_session) == {}
+        assert app_b.seen_session(other) != {}
+    finally:
+        store.close()
 
 
 def test_a_token_without_sid_for_one_client_leaves_other_clients_of_the_store_alone(
@@ -302,6 +368,8 @@ def test_callbacks_never_run_on_the_request_thread(
     threads: set[str] = set()
     harness.events.subscribe(lambda event: threads.add(threading.current_thread().name))
     harness.client.get("/")  # Starlette builds its middleware on the first request
-    harness.store.record([Revocation.session(op.issuer, "evt-t", expires_at=time.time() + 9)])
+    harness.store.record(
+        [Revocation.session(op.issuer, "evt-t", client_id=CLIENT_ID, expires_at=time.time() + 9)]
+    )
     harness.events.drain()
     assert threads == {"kc-sso-events"}

@@ -172,7 +172,9 @@ def test_a_revoked_cookie_gets_401_in_every_form(
     """KC_SSO_REVOKED_ACTION=401 holds for every form too."""
     harness = make_harness(revoked_action="401")
     cookie = harness.session_cookie(op, sid="r401")
-    harness.store.record([Revocation.session(op.issuer, "r401", expires_at=time.time() + 60)])
+    harness.store.record(
+        [Revocation.session(op.issuer, "r401", client_id=CLIENT_ID, expires_at=time.time() + 60)]
+    )
     for name, form in _read_as(harness, cookie).items():
         assert _send(harness, form(cookie)).status_code == 401, name
 
@@ -274,7 +276,9 @@ def test_cookies_signed_with_a_fallback_secret_still_verify(op: StandInOP) -> No
         first = client.get("/", headers={"Cookie": f"session={old}"})
         assert first.json()["session"]["id_token"] == id_token
         assert "set-cookie" not in first.headers or "Max-Age=0" not in first.headers["set-cookie"]
-        store.record([Revocation.session(op.issuer, "rot", expires_at=time.time() + 60)])
+        store.record(
+            [Revocation.session(op.issuer, "rot", client_id=CLIENT_ID, expires_at=time.time() + 60)]
+        )
         assert client.get("/", headers={"Cookie": f"session={old}"}).json()["session"] == {}
 
 
@@ -631,7 +635,9 @@ def test_a_revoked_session_of_unknown_age_stays_revoked_past_the_lifetime(
     assert harness.client.post(BACKCHANNEL, data={"logout_token": token}).status_code == 200
     assert harness.seen_session(cookie) == {}
     clock.now += 2 * 24 * 3600  # within the cookie's own max age (14 or 31 days)
-    assert store.record([Revocation.session(op.issuer, "other", expires_at=clock.now + 60)])
+    assert store.record(
+        [Revocation.session(op.issuer, "other", client_id=CLIENT_ID, expires_at=clock.now + 60)]
+    )
     assert harness.seen_session(cookie) == {}, "the revoked session came back"
 
 

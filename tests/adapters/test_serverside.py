@@ -524,7 +524,7 @@ def test_a_revoked_session_is_deleted_when_presented(
     cookie = worker.login(id_token(op, sid))
     assert worker.me(cookie).status_code == 200
     assert deployment.store.record(
-        [Revocation.session(op.issuer, sid, expires_at=time.time() + 3600)]
+        [Revocation.session(op.issuer, sid, client_id=CLIENT_ID, expires_at=time.time() + 3600)]
     )
 
     response = worker.request("GET", "/", headers={"Cookie": f"a=1; {COOKIE}={cookie}"})
@@ -541,7 +541,9 @@ def test_revoked_action_401(deploy: Any, op: StandInOP, redis_client: redis.Redi
     worker = deployment.worker(revoked_action="401")
     sid = _sid()
     cookie = worker.login(id_token(op, sid))
-    deployment.store.record([Revocation.session(op.issuer, sid, expires_at=time.time() + 60)])
+    deployment.store.record(
+        [Revocation.session(op.issuer, sid, client_id=CLIENT_ID, expires_at=time.time() + 60)]
+    )
 
     response = worker.me(cookie)
 
@@ -586,8 +588,8 @@ def test_a_reused_id_whose_new_login_is_revoked_too_is_refused(deploy: Any, op: 
     expires = time.time() + 60
     deployment.store.record(
         [
-            Revocation.session(op.issuer, old_sid, expires_at=expires),
-            Revocation.session(op.issuer, new_sid, expires_at=expires),
+            Revocation.session(op.issuer, old_sid, client_id=CLIENT_ID, expires_at=expires),
+            Revocation.session(op.issuer, new_sid, client_id=CLIENT_ID, expires_at=expires),
         ]
     )
     assert remembers.me(cookie).status_code == 401
@@ -676,7 +678,11 @@ def test_the_id_is_read_as_the_library_reads_it(
     revoked = worker.login(id_token(op, revoked_sid))
     valid = worker.login(id_token(op, valid_sid))
     deployment.store.record(
-        [Revocation.session(op.issuer, revoked_sid, expires_at=time.time() + 60)]
+        [
+            Revocation.session(
+                op.issuer, revoked_sid, client_id=CLIENT_ID, expires_at=time.time() + 60
+            )
+        ]
     )
     headers = {
         "quoted": f'{COOKIE}="{revoked}"',
@@ -727,7 +733,11 @@ def test_several_cookie_headers_are_read_as_starlette_reads_them(
         revoked = worker.login(id_token(op, revoked_sid))
         valid = worker.login(id_token(op, _sid()))
         deployment.store.record(
-            [Revocation.session(op.issuer, revoked_sid, expires_at=time.time() + 60)]
+            [
+                Revocation.session(
+                    op.issuer, revoked_sid, client_id=CLIENT_ID, expires_at=time.time() + 60
+                )
+            ]
         )
         two = [("cookie", f"{COOKIE}={valid}"), ("cookie", f"{COOKIE}={revoked}")]
         assert worker.client.get("/me", headers=two).status_code == 401

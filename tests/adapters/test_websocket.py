@@ -96,7 +96,9 @@ def test_a_revoked_session_is_taken_out_of_the_handshake(op: StandInOP) -> None:
     carries the cookie's expiry."""
     store = MemoryStore()
     app = _app(op, store)
-    assert store.record([Revocation.session(op.issuer, "ws-gone", expires_at=time.time() + 60)])
+    assert store.record(
+        [Revocation.session(op.issuer, "ws-gone", client_id=CLIENT_ID, expires_at=time.time() + 60)]
+    )
     sent = _handshake(app, _cookie(op, "ws-gone"))
     seen = _seen(sent)
     assert seen["session"] == {}
@@ -114,7 +116,9 @@ def test_a_revoked_session_under_401_is_refused_at_the_handshake(
     websocket.http.response extension, else it is closed before it is accepted."""
     store = MemoryStore()
     app = _app(op, store, revoked_action="401")
-    assert store.record([Revocation.session(op.issuer, "ws-401", expires_at=time.time() + 60)])
+    assert store.record(
+        [Revocation.session(op.issuer, "ws-401", client_id=CLIENT_ID, expires_at=time.time() + 60)]
+    )
     sent = _handshake(app, _cookie(op, "ws-401"), http_response=http_response)
     assert not any(m["type"] in ("websocket.accept", "websocket.send") for m in sent)
     if http_response:

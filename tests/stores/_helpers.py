@@ -45,8 +45,15 @@ def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool
     return True
 
 
-def session(sid: str, expires_at: float, *, issuer: str = ISSUER) -> Revocation:
-    return Revocation.session(issuer, sid, expires_at=expires_at)
+def session(
+    sid: str, expires_at: float, *, issuer: str = ISSUER, client: str | None = CLIENT
+) -> Revocation:
+    return Revocation.session(issuer, sid, client_id=client, expires_at=expires_at)
+
+
+def instance(key: str, expires_at: float, *, issuer: str = ISSUER) -> Revocation:
+    """An app-session entry (``"sid#jti"``), as a local logout writes it."""
+    return Revocation.instance(issuer, key, expires_at=expires_at)
 
 
 def user(sub: str, not_before: float, expires_at: float, *, issuer: str = ISSUER) -> Revocation:

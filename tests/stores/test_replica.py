@@ -111,8 +111,8 @@ def test_bound_counts_held_entries_and_refuses_unauthenticated_only() -> None:
 
 def test_subjects_are_scoped_by_kind_issuer_and_client() -> None:
     """The same string as sid, sub or client id, or under two issuers, is four subjects."""
-    a = Revocation.session("iss-a", "x", expires_at=1)
-    assert a.subject != Revocation.session("iss-b", "x", expires_at=1).subject
+    a = Revocation.session("iss-a", "x", client_id="app", expires_at=1)
+    assert a.subject != Revocation.session("iss-b", "x", client_id="app", expires_at=1).subject
     assert a.subject != Revocation.user("iss-a", "x", not_before=0, expires_at=1).subject
     assert (
         Revocation.all_sessions("iss-a", "x", not_before=0, expires_at=1).subject
@@ -122,9 +122,26 @@ def test_subjects_are_scoped_by_kind_issuer_and_client() -> None:
     assert a.subject < 2**60
 
 
+def test_a_sid_entry_revokes_its_clients_sessions_and_a_realm_wide_one_every_clients() -> None:
+    """A sid entry names the Keycloak session in one client's apps; the realm-wide form
+    earlier versions wrote still matches every client's, and both explain as "sid"."""
+    clock = Clock()
+    replica = Replica(timer=clock)
+    until = clock.now + LONG
+    replica.apply([session("s-1", until, client="app-a"), session("s-2", until, client=None)])
+    assert replica.is_revoked(keys("s-1", client="app-a"))
+    assert not replica.is_revoked(keys("s-1", client="app-b"))
+    assert replica.revoked_by(keys("s-1", client="app-b")) is None
+    for client in ("app-a", "app-b"):
+        assert replica.is_revoked(keys("s-2", client=client))
+        assert replica.revoked_by(keys("s-2", client=client)) == "sid"
+    assert replica.revoked_by(keys("s-1", client="app-a")) == "sid"
+    assert not replica.is_revoked(keys("s-1#jti", client="app-a"))  # a sid is no instance
+
+
 def test_label_is_not_part_of_equality() -> None:
     """Two entries that differ only in their label are equal (the replica never keeps it)."""
-    a = Revocation.session("iss", "x", expires_at=1)
+    a = Revocation.session("iss", "x", client_id="app", expires_at=1)
     assert a == Revocation(a.kind, a.subject, a.not_before, a.expires_at, None)
     assert hash(a) == hash(Revocation(a.kind, a.subject, a.not_before, a.expires_at))
 
@@ -178,7 +195,9 @@ def test_a_snapshot_gives_back_every_live_entry_never_later_than_its_expiry() ->
     clock = Clock()
     replica = Replica(timer=clock)
     entries = [
-        Revocation.session(ISSUER, f"sid-{n}", expires_at=clock.now + 60 * n + 0.4321)
+        Revocation.session(
+            ISSUER, f"sid-{n}", client_id="app", expires_at=clock.now + 60 * n + 0.4321
+        )
         for n in range(1, 50)
     ]
     entries.append(Revocation.user(ISSUER, "sub", not_before=clock.now, expires_at=clock.now + 90))

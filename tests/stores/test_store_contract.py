@@ -31,6 +31,7 @@ from kc_sso_middleware.stores.model import Note
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 
 from ._helpers import (
+    CLIENT,
     DEADLINE,
     ISSUER,
     LONG,
@@ -38,6 +39,7 @@ from ._helpers import (
     Recorder,
     eventually,
     every_session,
+    instance,
     revoked,
     session,
     user,
@@ -68,7 +70,7 @@ def test_session_entry_revokes_only_that_sid(backend: Backend) -> None:
 def test_instance_entry_revokes_only_that_app_session(backend: Backend) -> None:
     """A "sid#jti" entry revokes the app session of that token, not the rest of the sid."""
     store = backend.open()
-    assert store.record([session("sid-1#token-a", time.time() + LONG)])
+    assert store.record([instance("sid-1#token-a", time.time() + LONG)])
     assert revoked(store, "sid-1", instance="sid-1#token-a")
     assert not revoked(store, "sid-1", instance="sid-1#token-b")
     assert not revoked(store, "sid-1")
@@ -393,8 +395,12 @@ def test_a_store_started_later_gets_labels_and_notes_of_earlier_entries(
     local = Note("local_logout", t - 2, "flask-app")
     told = Note("backchannel", t - 1)
     writer = shared_backend.open()
-    assert writer.record([Revocation.session(ISSUER, "sid-1#app", expires_at=t + LONG, note=local)])
-    assert writer.record([Revocation.session(ISSUER, "sid-1", expires_at=t + LONG, note=told)])
+    assert writer.record(
+        [Revocation.instance(ISSUER, "sid-1#app", expires_at=t + LONG, note=local)]
+    )
+    assert writer.record(
+        [Revocation.session(ISSUER, "sid-1", client_id=CLIENT, expires_at=t + LONG, note=told)]
+    )
     late = shared_backend.open(start=False)
     recorder = Recorder()
     late.add_listener(recorder)

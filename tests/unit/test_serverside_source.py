@@ -211,7 +211,7 @@ def test_refusing_spares_a_new_login_under_the_same_id() -> None:
     finding = found(source, "session=abc")
     assert finding is not None
     source.backend["abc"] = login("new")
-    store.record([Revocation.session(ISSUER, "old", expires_at=time.time() + 60)])
+    store.record([Revocation.session(ISSUER, "old", client_id="c", expires_at=time.time() + 60)])
 
     assert refused(source, finding, "session=abc") is PASS
     assert "abc" in source.backend
@@ -231,8 +231,8 @@ def test_refusing_deletes_a_new_login_that_is_revoked_too() -> None:
     expires = time.time() + 60
     store.record(
         [
-            Revocation.session(ISSUER, "old", expires_at=expires),
-            Revocation.session(ISSUER, "new", expires_at=expires),
+            Revocation.session(ISSUER, "old", client_id="c", expires_at=expires),
+            Revocation.session(ISSUER, "new", client_id="c", expires_at=expires),
         ]
     )
     assert refused(source, finding, "session=abc").signed_out is SIGNED_OUT
@@ -282,7 +282,9 @@ def test_a_reading_made_before_a_revocation_is_read_again_without_an_index() -> 
     assert reading.identities == ()
     worker_b.backend["shared-id"] = {"state": "xyz", **login("sid-1")}
     worker_b.observed("shared-id", worker_b.backend["shared-id"])
-    assert store.record([Revocation.session(ISSUER, "sid-1", expires_at=time.time() + 3600)])
+    assert store.record(
+        [Revocation.session(ISSUER, "sid-1", client_id="c", expires_at=time.time() + 3600)]
+    )
     reads = worker_a.reads
     again = found(worker_a, "session=shared-id")
     assert worker_a.reads == reads + 1
