@@ -5,10 +5,11 @@ runners coalesce concurrent identical fetches into one (single flight).
 
 Key rotation and the throttle
 -----------------------------
-A token naming a ``kid`` the cached key set lacks triggers a refetch, whatever the age of
-the cached set: a key the OP published since the last fetch must be accepted whenever the
-first token signed with it arrives, because Keycloak sends each logout once and never
-retries.  What is throttled is the refetches unknown ``kid`` values cause: at most one per
+A token naming a ``kid`` the cached key set lacks (or naming none, when no cached key
+verifies it) triggers a refetch, whatever the age of the cached set: a key the OP published
+since the last fetch must be accepted whenever the first token signed with it arrives,
+because Keycloak sends each logout once and never retries.  What is throttled is the
+refetches unknown ``kid`` values cause: at most one per
 ``KC_SSO_JWKS_MIN_REFRESH_INTERVAL``, counting failed fetches too, so a flood of forged
 tokens (or an OP answering 500) cannot become a flood of requests to Keycloak.  Tokens that
 arrive while a refetch is running wait for it; one that arrives while the throttle holds
@@ -188,16 +189,18 @@ class Provider:
             logger.warning("JWKS refresh failed; keeping the cached keys")
             return self._keys
 
-    def keys_for_unknown_kid(self, kid: str) -> Flow[KeySet]:
-        """Refetch the keys because a token names ``kid``; throttled, never by age."""
+    def keys_for_unknown_kid(self, kid: str | None) -> Flow[KeySet]:
+        """Refetch the keys because a token names ``kid`` (``None``: a token without one
+        that no cached key verifies); throttled, never by age."""
         now = self._clock()
         joining = now < self._refetch_until
         if not joining:
             last = max(self._refetched_at, self._failed_at)
             wait = last + self._min_refresh - now
             if wait > 0:
+                which = "has no kid" if kid is None else f"names the unknown kid {kid!r}"
                 raise KeysThrottledError(
-                    f"a token names the unknown kid {kid!r} and the OP's keys were "
+                    f"a token {which} and the OP's keys were "
                     f"last fetched {now - last:.1f} s ago; retry later",
                     retry_after=wait,
                 )

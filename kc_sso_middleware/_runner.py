@@ -40,7 +40,10 @@ def _verify(settings: Settings) -> ssl.SSLContext | bool:
 
 
 def _unreachable(call: HttpCall, exc: Exception) -> DiscoveryError:
-    return DiscoveryError(f"{call.method} {call.url} failed: {exc.__class__.__name__}: {exc}")
+    error = DiscoveryError(f"{call.method} {call.url} failed: {exc.__class__.__name__}: {exc}")
+    # A read timeout came after the request was sent: the OP may have acted on it.
+    error.timed_out = isinstance(exc, httpx.ReadTimeout)
+    return error
 
 
 def _unknown(effect: Effect[Any]) -> TypeError:

@@ -303,6 +303,10 @@ def check_logout_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: flo
         raise _fail("bad_aud", "aud must be a string or a non-empty list of strings")
     if policy.client_id not in audiences:
         raise _fail("bad_aud", f"aud does not contain {policy.client_id!r}")
+    if any(audience != policy.client_id for audience in audiences):
+        # OIDC Core §3.1.3.7 step 3, which BCL §2.6 step 3 applies: a token that also names
+        # audiences this client does not trust is refused (Keycloak sends its client alone).
+        raise _fail("bad_aud", f"aud names audiences other than {policy.client_id!r}")
     azp = claims.get("azp")
     if azp is not None and azp != policy.client_id:
         raise _fail("bad_azp", f"azp {azp!r} is not {policy.client_id!r}")

@@ -318,6 +318,17 @@ VARIABLES: tuple[Variable, ...] = (
         check=check_path,
     ),
     Variable(
+        "KC_SSO_FRONTCHANNEL_SESSION_REQUIRED",
+        "frontchannel_session_required",
+        "refuse a front-channel request that names no iss and sid (Keycloak's 'Front channel "
+        "logout session required', on by default): without them any site could end the "
+        "browser's session with a link",
+        "true/false",
+        parse=parse_bool,
+        check=check_bool,
+        default="true",
+    ),
+    Variable(
         "KC_SSO_FRONTCHANNEL_REVOKE_OTHERS",
         "frontchannel_revoke_others",
         "let a front-channel request revoke a sid that is not the requesting browser's own "

@@ -81,6 +81,8 @@ class DiscoveryError(KCSSOError):
     """The OP's discovery document or JWKS could not be fetched or is malformed."""
 
     code = "discovery_error"
+    #: the request was sent and no answer came in time (the OP may have acted on it)
+    timed_out = False
 
 
 class KeysThrottledError(DiscoveryError):

@@ -48,6 +48,7 @@ ADMIN_ACCEPTED = "admin.accepted"
 ADMIN_REJECTED = "admin.rejected"
 FRONTCHANNEL_ACCEPTED = "frontchannel.accepted"
 FRONTCHANNEL_REJECTED = "frontchannel.rejected"
+FRONTCHANNEL_IGNORED = "frontchannel.ignored"
 REQUEST_REFUSED = "request.refused"
 STORE_UNAVAILABLE = "store.unavailable"
 STORE_RECOVERED = "store.recovered"
@@ -64,8 +65,8 @@ REVOCATION_APPLIED = "revocation.applied"
 EVENT_NAMES: Mapping[str, str] = {
     LOCAL_LOGOUT: "a browser logged out at the logout path (this app session revoked)",
     API_LOGOUT: (
-        "an API client logged out; op_ended says whether Keycloak ended the session (false:"
-        " at WARNING, with code and op_error)"
+        "an API client logged out; op_ended says whether Keycloak ended the session (false,"
+        " or null when it did not answer in time: at WARNING, with code and op_error)"
     ),
     LOGOUT_REFUSED: "a logout request was refused (code: cross_site_request, unauthorized, …)",
     LOGOUT_RETURN: "the browser came back from Keycloak's logout (verified: true or false)",
@@ -76,6 +77,11 @@ EVENT_NAMES: Mapping[str, str] = {
     ADMIN_REJECTED: "a legacy admin-URL action was rejected (code: the rule that failed)",
     FRONTCHANNEL_ACCEPTED: "a front-channel logout ended a session",
     FRONTCHANNEL_REJECTED: "a front-channel request was rejected (code)",
+    FRONTCHANNEL_IGNORED: (
+        "a front-channel request ended nothing: the browser sent no session of this app"
+        " (had_session false; often a local logout's, or third-party cookies blocked) or"
+        " another one"
+    ),
     REQUEST_REFUSED: "a request's session was taken out or refused (reason: why; source)",
     STORE_UNAVAILABLE: (
         "the revocation store cannot confirm its replica is current (not sent when the app "
@@ -85,7 +91,10 @@ EVENT_NAMES: Mapping[str, str] = {
     STORE_FAILED: "a revocation could not be stored (the request answered 503)",
     JWKS_FETCHED: "the OP's keys were fetched (reason: load, refresh or unknown_kid)",
     JWKS_FAILED: "fetching the OP's discovery document or keys failed",
-    JWKS_THROTTLED: "a refetch for an unknown kid was refused by the throttle (503)",
+    JWKS_THROTTLED: (
+        "a refetch for an unknown kid (or a kid-less token the cached keys fail) was refused"
+        " by the throttle (503)"
+    ),
     LIVENESS_ALIVE: "Keycloak confirmed a session is alive",
     LIVENESS_ENDED: "Keycloak said a session is gone; it was revoked everywhere",
     LIVENESS_FAILED: "Keycloak could not be asked whether a session is alive",

@@ -56,6 +56,7 @@ class Settings:
     post_logout_path: str | None = "/logout/complete"
     backchannel_path: str = "/backchannel-logout"
     frontchannel_path: str | None = None
+    frontchannel_session_required: bool = True
     frontchannel_revoke_others: bool = False
     admin_path: str | None = "/"
     health_path: str | None = None

@@ -22,7 +22,7 @@ from ..errors import (
     StoreUnavailableError,
 )
 
-__all__ = ["ProviderRefusedError", "answer"]
+__all__ = ["ProviderRefusedError", "ProviderTimeoutError", "answer"]
 
 #: seconds a client is asked to wait after a server-side failure
 RETRY_AFTER = 5
@@ -37,6 +37,12 @@ class ProviderRefusedError(KCSSOError):
         super().__init__(description)
         self.op_error = op_error
         self.op_status = op_status
+
+
+class ProviderTimeoutError(ProviderRefusedError):
+    """Keycloak got the request but did not answer in time: it may have acted on it."""
+
+    code = "op_timeout"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +60,7 @@ _TABLE: dict[type[KCSSOError], _Answer] = {
     KeysThrottledError: _Answer(503, "temporarily_unavailable", retry=True),
     DiscoveryError: _Answer(503, "temporarily_unavailable", retry=True),
     StoreUnavailableError: _Answer(503, "temporarily_unavailable", retry=True),
+    ProviderTimeoutError: _Answer(504, None),
     ProviderRefusedError: _Answer(502, None),
 }
 _FALLBACK = _Answer(500, "server_error")

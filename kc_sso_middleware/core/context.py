@@ -100,7 +100,16 @@ class Context:
             candidates = candidate_keys(keys, header, alg)
         if not candidates:
             raise LogoutTokenError("unknown_kid", f"no {alg} key with kid {kid!r} in the OP's JWKS")
-        return verify_signature(obj, candidates, alg)
+        try:
+            return verify_signature(obj, candidates, alg)
+        except LogoutTokenError as exc:
+            if kid is not None or exc.code != "bad_signature":
+                raise
+        # A token without kid names no key, so one signed with a key published since the
+        # last fetch fails against the cached keys as a forged one does: refetch as for an
+        # unknown kid (throttled alike), and refuse only if the fresh keys fail it too.
+        fresh = yield from self.provider.keys_for_unknown_kid(None)
+        return verify_signature(obj, candidate_keys(fresh, header, alg), alg)
 
     def replay_key(self, kind: str, token_id: str) -> str:
         # jti is unique per issuer; the client id keeps apps that share one store from

@@ -3,9 +3,11 @@
 Keycloak renders a page with an iframe per client pointing here, with ``iss`` and ``sid``
 (§2, §3).  Nothing authenticates such a request: any site can make a browser load it (an
 ``<img>`` tag).  So the endpoint ends only what the browser itself proves it holds: the
-session in its own cookie, when ``iss`` and ``sid`` match it (or name nothing).  The
-cookie is expired, a server-side session deleted from its backend (both even when the store
-fails: 503 then), and the session revoked for every worker.  Revoking a ``sid`` that is
+session in its own cookie, when ``iss`` and ``sid`` match it.  A request naming neither
+is refused unless ``KC_SSO_FRONTCHANNEL_SESSION_REQUIRED=false`` (then it ends the browser's
+own session: a logout any site can trigger with a link).  The cookie is expired, a
+server-side session deleted from its backend (both even when the store fails: 503 then),
+and the session revoked for every worker.  Revoking a ``sid`` that is
 *not* the browser's own session is a separate opt-in (``KC_SSO_FRONTCHANNEL_REVOKE_OTHERS``):
 it lets anyone who learns a session id end it, so it is rate-limited and refused once the
 store holds its bound of entries.
@@ -104,6 +106,15 @@ class FrontchannelResponder:
             raise RequestRefusedError(
                 "bad_request", "iss and sid must be given together", headers=_NO_CACHE
             )
+        if sid is None and context.settings.frontchannel_session_required:
+            # Keycloak's iframe carries both when the client's "Front channel logout session
+            # required" is on; a request naming nothing is one any page can make (a link),
+            # and the browser's cookie would go with a top-level navigation.
+            raise RequestRefusedError(
+                "session_required",
+                "iss and sid are required (KC_SSO_FRONTCHANNEL_SESSION_REQUIRED)",
+                headers=_NO_CACHE,
+            )
         if iss is not None and iss != context.issuer:
             raise RequestRefusedError("bad_iss", "iss is not this app's issuer", headers=_NO_CACHE)
         if sid is not None and (not sid or len(sid) > MAX_SID or not sid.isprintable()):
@@ -170,6 +181,16 @@ class FrontchannelResponder:
                 "front-channel logout of another browser's session",
                 sid_tag=context.tagger.tag(sid),
                 own=False,
+            )
+        else:
+            # No cookie at all is the usual answer after a local logout, and the only one
+            # when the browser withholds the cookie from Keycloak's frame (SameSite, or
+            # third-party cookies blocked): only this event can tell an operator that.
+            context.events.emit(
+                ev.FRONTCHANNEL_IGNORED,
+                "front-channel logout of a session this browser does not hold here",
+                sid_tag=context.tagger.tag(sid),
+                had_session=own is not None,
             )
         return Response(200, headers, _PAGE)
 

@@ -8,8 +8,9 @@ Keycloak session ended server-side with a refresh token instead.
 
 Two protections:
 
-* **Logout CSRF.**  A cross-site request (``Sec-Fetch-Site: cross-site``; without fetch
-  metadata, an ``Origin`` or ``Referer`` of another origin) neither clears the session nor
+* **Logout CSRF.**  A request from another origin (``Sec-Fetch-Site`` ``cross-site`` or
+  ``same-site``; without fetch metadata, an ``Origin`` or ``Referer`` of another origin)
+  neither clears the session nor
   sends ``id_token_hint`` (which would end the Keycloak session without asking): a browser
   gets a small page with a same-origin button that POSTs the logout, an API client a 403.
   ``KC_SSO_LOGOUT_POST_ONLY`` refuses GET altogether.
@@ -39,7 +40,7 @@ from .._tokens import ACCESS_TYPES, check_header, parse_compact, strict_json
 from ..errors import DiscoveryError, LogoutTokenError, RequestRefusedError, StoreUnavailableError
 from ..sources.base import IdentitySource, LoginTokens, SessionIdentity
 from ..stores.model import Revocation
-from .answers import ProviderRefusedError, answer
+from .answers import ProviderRefusedError, ProviderTimeoutError, answer
 from .backchannel import FORM_CONTENT_TYPE
 from .context import Context
 from .post_logout import LogoutState
@@ -49,7 +50,9 @@ __all__ = ["LogoutResponder"]
 
 logger = logging.getLogger("kc_sso_middleware")
 
-_SAFE_FETCH_SITES = frozenset({"same-origin", "same-site", "none"})
+#: "same-site" is not among them: a sibling origin (another subdomain, perhaps one serving
+#: others' content) is not this app, and the Origin fallback below refuses it too.
+_SAFE_FETCH_SITES = frozenset({"same-origin", "none"})
 
 
 def cross_site(request: Request) -> bool:
@@ -138,7 +141,9 @@ class LogoutResponder:
             query["id_token_hint"] = tokens.id_token
         legacy = context.settings.legacy_redirect_uri
         query["redirect_uri" if legacy else "post_logout_redirect_uri"] = return_to
-        query["client_id"] = context.settings.client_id
+        if "client_id" not in parse_qs(urlsplit(end_session).query):
+            # Kept once when the discovered endpoint carries it already.
+            query["client_id"] = context.settings.client_id
         query["state"] = state
         separator = "&" if "?" in end_session else "?"
         location = f"{end_session}{separator}{urlencode(query)}"
@@ -273,8 +278,20 @@ class LogoutResponder:
         try:
             result = yield from HttpCall("POST", end_session, form)
         except DiscoveryError as exc:
-            error = ProviderRefusedError(str(exc), op_error="unreachable", op_status=None)
-            error.code = "op_unreachable"
+            error: ProviderRefusedError
+            if exc.timed_out:
+                # Keycloak calls every client's back-channel URL before it answers, this
+                # app's too: the session may well have ended.  Never a plain failure then.
+                error = ProviderTimeoutError(
+                    f"Keycloak did not answer within KC_SSO_HTTP_TIMEOUT, so whether it "
+                    f"ended the session is unknown (it calls each client's back-channel URL "
+                    f"first; a server with one thread cannot answer its own): {exc}",
+                    op_error="timeout",
+                    op_status=None,
+                )
+            else:
+                error = ProviderRefusedError(str(exc), op_error="unreachable", op_status=None)
+                error.code = "op_unreachable"
             self._op_session_kept(error)
             return answer(error, *expiries)
         if result.status in (200, 204):
@@ -293,13 +310,16 @@ class LogoutResponder:
         return answer(refused, *expiries)
 
     def _op_session_kept(self, error: ProviderRefusedError) -> None:
-        """The event of an API logout that ended this app session but not Keycloak's: an
-        outcome like the others, so logs, metrics and callbacks see it."""
+        """The event of an API logout that ended this app session but not (or not surely)
+        Keycloak's: an outcome like the others, so logs, metrics and callbacks see it."""
+        timed_out = isinstance(error, ProviderTimeoutError)
         self._context.events.emit(
             ev.API_LOGOUT,
-            "API logout: Keycloak did not end the session",
+            "API logout: Keycloak did not answer in time"
+            if timed_out
+            else "API logout: Keycloak did not end the session",
             level=logging.WARNING,
-            op_ended=False,
+            op_ended=None if timed_out else False,
             code=error.code,
             # the OP's own words: bounded and escaped, never a metrics label
             op_error=untrusted(error.op_error),

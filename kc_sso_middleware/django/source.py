@@ -229,10 +229,18 @@ class DjangoSessionSource(IdentitySource):
             return Finding(self, (), clean=Verdict(pending=self._end(request, PASS)))
         if identity is None:
             return None
-        valid_until = float("inf")
-        if identity.auth_time is not None:
-            # Past its lifetime the session must be judged again (and refused).
-            valid_until = identity.auth_time + self._settings.max_session_lifetime
+        if identity.auth_time is None:
+            # Claims with neither iat nor auth_time (an ID token always has iat): nothing
+            # bounds the login by KC_SSO_MAX_SESSION_LIFETIME, and Django's session API
+            # gives no signature time to fall back on (as the cookie source does), so once
+            # its revocation expired such a session would be accepted again: ended.
+            logger.warning(
+                "a Django session's Keycloak login has no iat or auth_time: ended (its age "
+                "cannot be bounded by KC_SSO_MAX_SESSION_LIFETIME)"
+            )
+            return Finding(self, (), clean=Verdict(pending=self._end(request, PASS)))
+        # Past its lifetime the session must be judged again (and refused).
+        valid_until = identity.auth_time + self._settings.max_session_lifetime
         finding = Finding(self, (identity,), valid_until=valid_until)
         if key is not None:
             self._remember(key, raw, refresh_token, finding)

@@ -146,6 +146,24 @@ def _frontchannel(client: ClientView) -> list[Finding]:
                 f"{urls.frontchannel or '<app URL>' + str(settings.frontchannel_path)}.",
             )
         )
+    # Keycloak adds iss and sid to the frame's URL only with this on (its default when the
+    # attribute is absent, OIDCAdvancedConfigWrapper.isFrontChannelLogoutSessionRequired).
+    if (
+        settings.frontchannel_session_required
+        and client.attr("frontchannel.logout.session.required") == "false"
+    ):
+        findings.append(
+            Finding(
+                "frontchannel-session-required-off",
+                Severity.PROBLEM,
+                "'Front channel logout session required' is off: Keycloak's logout page "
+                "frames the app without iss and sid, and the app refuses such requests "
+                "(KC_SSO_FRONTCHANNEL_SESSION_REQUIRED), so no front-channel logout ends "
+                "a session.",
+                f"Turn it on ({client.where} → Logout settings; attribute "
+                'frontchannel.logout.session.required="true").',
+            )
+        )
     return findings
 
 

@@ -99,6 +99,10 @@ CODES: Mapping[str, Code] = {
         ("frontchannel-url-missing", "front-channel logout on without a URL: no logout is sent"),
         ("frontchannel-url-wrong", "the front-channel URL is not this app's front-channel path"),
         (
+            "frontchannel-session-required-off",
+            "'Front channel logout session required' off: the frames carry no iss and sid",
+        ),
+        (
             "frontchannel-replaces-backchannel",
             "front-channel mode: admin and API logouts send nothing",
         ),

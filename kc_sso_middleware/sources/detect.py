@@ -62,6 +62,7 @@ def session_source(
             return SignedCookieSource(
                 settings, WerkzeugView(), "flask", clock, expire=_flask_expiry(flask_app)
             )
+        _nothing_found(settings, "a Flask app (app.wsgi_app, or .app of a wrapper)", "Flask")
         return SignedCookieSource(settings, WerkzeugView(), "flask", clock)
     middleware = _starsessions_middleware(app)
     if middleware is not None:
@@ -73,7 +74,24 @@ def session_source(
     if cookie_session is not None:
         _same_cookie_name(settings, getattr(cookie_session, "session_cookie", None), "Starlette")
         expire = _starlette_expiry(cookie_session)
+    else:
+        _nothing_found(settings, "a SessionMiddleware (of Starlette or starsessions)", "Starlette")
     return SignedCookieSource(settings, StarletteView(), "starlette", clock, expire=expire)
+
+
+def _nothing_found(settings: Settings, looked_for: str, framework: str) -> None:
+    """Say that the session is assumed, not seen: under another cookie name or in a
+    middleware detection cannot reach (inside a Mount, a wrapper keeping the next app
+    other than as ``.app``), no revoked session would be refused, and nothing else says so."""
+    logger.warning(
+        "session source: no %s was found down the wrapped apps, so the session is taken to "
+        "be %s's signed cookie named %r (KC_SSO_SESSION_COOKIE); if the app keeps its "
+        "session in another cookie or server-side, revoked sessions are not refused: set "
+        "KC_SSO_SESSION_COOKIE, or pass the middleware sources=[...] explicitly",
+        looked_for,
+        framework,
+        settings.session_cookie,
+    )
 
 
 def _flask_expiry(flask_app: Any) -> str | None:

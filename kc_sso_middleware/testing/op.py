@@ -75,6 +75,11 @@ class StandInOP:
         self.sessions: dict[str, _Session] = {}
         self.deliveries: list[Delivery] = []
         self.end_session_requests: list[dict[str, str]] = []
+        #: a query the discovery document's end_session_endpoint carries (e.g. "kc_locale=de")
+        self.end_session_query = ""
+        #: seconds a refresh-token logout takes after the session ended (a Keycloak waiting
+        #: on a client's slow back-channel URL)
+        self.logout_delay = 0.0
         #: how many times the JWKS was fetched; set ``jwks_status`` to make it fail and
         #: ``jwks_delay`` (seconds) to make it slow
         self.jwks_requests = 0
@@ -273,7 +278,8 @@ class StandInOP:
                         "authorization_endpoint": f"{oidc}/auth",
                         "token_endpoint": f"{oidc}/token",
                         "jwks_uri": f"{oidc}/certs",
-                        "end_session_endpoint": f"{oidc}/logout",
+                        "end_session_endpoint": f"{oidc}/logout"
+                        + (f"?{op.end_session_query}" if op.end_session_query else ""),
                         "introspection_endpoint": f"{oidc}/token/introspect",
                         "response_types_supported": ["code"],
                         "subject_types_supported": ["public"],
@@ -413,6 +419,8 @@ class StandInOP:
                         self._json(400, {"error": "invalid_grant"})
                         return
                     op.end_session(found[0])
+                    if op.logout_delay:
+                        time.sleep(op.logout_delay)
                     self._send(204)
                     return
                 op_session = self._op_session()

@@ -75,7 +75,8 @@ def mint_logout_token(
     full_header.update(header or {})
     for name in drop:
         payload.pop(name, None)
-        full_header.pop(name, None)
+        if name in full_header:
+            full_header[name] = None  # mint_jwt leaves out None members (kid too)
     payload = {k: v for k, v in payload.items() if v is not None}
     return mint_jwt(key, payload, full_header)
 

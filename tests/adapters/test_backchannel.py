@@ -197,7 +197,7 @@ CASES = [
         Case(token(header={"typ": "application/logout+jwt"}), 200), id="typ application/logout+jwt"
     ),
     pytest.param(Case(token(header={"typ": "Logout+JWT"}), 200), id="typ in other case"),
-    pytest.param(Case(token(aud=[CLIENT_ID, "other"]), 200), id="aud list containing client"),
+    pytest.param(Case(token(aud=[CLIENT_ID, CLIENT_ID]), 200), id="aud list of the client alone"),
     pytest.param(Case(token(sub=None), 200), id="sid only"),
     pytest.param(
         Case(token(events={BACKCHANNEL_EVENT: {}, "revoke_offline_access": True}), 200),
@@ -275,6 +275,10 @@ CASES = [
     pytest.param(Case(token(drop=["iss"]), 400, "bad_iss"), id="missing iss"),
     pytest.param(Case(token(aud="other-client"), 400, "bad_aud"), id="wrong aud"),
     pytest.param(Case(token(aud=["a", "b"]), 400, "bad_aud"), id="aud list without client"),
+    pytest.param(
+        Case(token(aud=[CLIENT_ID, "other"]), 400, "bad_aud"),
+        id="aud list with an audience the client does not trust",
+    ),
     pytest.param(Case(token(aud=[]), 400, "bad_aud"), id="aud empty list"),
     pytest.param(Case(token(aud=7), 400, "bad_aud"), id="aud not a string"),
     pytest.param(Case(token(drop=["aud"]), 400, "bad_aud"), id="missing aud"),
@@ -526,6 +530,52 @@ def test_key_rotation_is_picked_up_whatever_the_key_set_age(
         assert first.status_code == 200
         assert second.status_code == 200, second.text
         assert rotating_op.jwks_requests == 2
+
+
+@pytest.mark.parametrize("interval", [0, 3600], ids=["no throttle", "hour-long throttle"])
+def test_key_rotation_is_picked_up_for_a_token_without_kid(
+    interval: int, make_harness: HarnessFactory
+) -> None:
+    """A token with no kid names no key, so one signed with a key published since the last
+    fetch is tried against fresh keys before it is refused: the rotation loses no logout."""
+    with StandInOP() as rotating_op:
+        rotating_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=rotating_op.issuer, jwks_min_refresh_interval=interval)
+        first = harness.client.post(
+            PATH,
+            data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="a", drop=["kid"])},
+        )
+        _rotate(rotating_op)
+        second = harness.client.post(
+            PATH,
+            data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="b", drop=["kid"])},
+        )
+        assert first.status_code == 200, first.text
+        assert second.status_code == 200, second.text
+        assert rotating_op.jwks_requests == 2
+        assert harness.refused_for_good(harness.session_cookie(rotating_op, sid="b"))
+
+
+def test_forged_tokens_without_kid_refetch_at_most_once_per_interval(
+    make_harness: HarnessFactory,
+) -> None:
+    """Kid-less tokens no key verifies are throttled as unknown kids are: one refetch, then
+    503 Retry-After (a server's failure, never a false success or a flood of fetches)."""
+    with StandInOP() as flooded_op:
+        flooded_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(issuer=flooded_op.issuer, jwks_min_refresh_interval=3600)
+        forger = RSAKey.generate_key(2048)
+        answers = []
+        for n in range(3):
+            token = mint_logout_token(
+                forger, issuer=flooded_op.issuer, audience=CLIENT_ID, sid=f"f{n}", drop=["kid"]
+            )
+            answers.append(harness.client.post(PATH, data={"logout_token": token}))
+        assert [a.status_code for a in answers] == [400, 503, 503]
+        assert answers[0].json()["error_description"].startswith("bad_signature:")
+        assert answers[1].json()["error_description"].startswith("jwks_refetch_throttled:")
+        assert flooded_op.jwks_requests == 2  # the first load and one refetch
+        assert not harness.refused_for_good(harness.session_cookie(flooded_op, sid="f0"))
 
 
 def test_unknown_kids_refetch_at_most_once_per_interval(make_harness: HarnessFactory) -> None:

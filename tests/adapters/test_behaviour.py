@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from kc_sso_middleware import Revocation
+from kc_sso_middleware.events import Event
 from kc_sso_middleware.testing import StandInOP, mint_jwt
 from tests.conftest import (
     CLIENT_ID,
@@ -226,6 +227,23 @@ def test_logout_redirects_to_end_session(
     assert harness.seen_session(cookie) == {}
 
 
+def test_logout_keeps_the_end_session_endpoints_own_query(make_harness: HarnessFactory) -> None:
+    """A query in the discovered endpoint is kept, and a client_id it holds is not repeated
+    (two values would leave Keycloak to pick one)."""
+    with StandInOP() as querying_op:
+        querying_op.register_client(CLIENT_ID, "s")
+        querying_op.end_session_query = f"kc_locale=de&client_id={CLIENT_ID}"
+        harness = make_harness(issuer=querying_op.issuer)
+        cookie = harness.session_cookie(querying_op, sid="bye-query")
+        response = harness.client.get("/logout", headers={"Cookie": f"session={cookie}"})
+    assert response.status_code == 302
+    sent = parse_qs(urlsplit(response.headers["location"]).query)
+    assert sent["kc_locale"] == ["de"]
+    assert sent["client_id"] == [CLIENT_ID]
+    assert len(sent["state"]) == 1
+    assert sent["id_token_hint"][0].count(".") == 2
+
+
 def test_local_logout_spares_a_new_login_into_the_same_keycloak_session(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
@@ -378,6 +396,37 @@ def test_api_client_logout_ends_keycloak_session_server_side(
     assert sent["client_secret"] == "app-secret"
 
 
+def test_api_client_logout_that_keycloak_answers_too_late_is_a_504(
+    make_harness: HarnessFactory,
+) -> None:
+    """Keycloak ends the session, then answers after KC_SSO_HTTP_TIMEOUT (waiting on a slow
+    back-channel URL, or on this very app when one thread serves it): 504 op_timeout, not
+    a 502 that says the session was kept; this app's session is ended either way."""
+    with StandInOP() as slow_op:
+        slow_op.register_client(CLIENT_ID, "app-secret")
+        slow_op.logout_delay = 1.5
+        harness = make_harness(issuer=slow_op.issuer, http_timeout=0.5)
+        seen: list[Event] = []
+        harness.events.subscribe(seen.append, names=["logout.api"])
+        tokens = direct_grant(slow_op)
+        response = harness.client.post(
+            "/logout",
+            data={"refresh_token": tokens["refresh_token"]},
+            headers={
+                "Accept": "application/json",
+                "Authorization": f"Bearer {tokens['access_token']}",
+            },
+        )
+        assert response.status_code == 504, response.text
+        body = response.json()
+        assert body["error"] == "op_timeout"
+        assert body["op_error"] == "timeout"
+        assert "Max-Age=0" in response.headers["set-cookie"]
+        assert not slow_op.sessions  # Keycloak did end it
+        harness.events.drain()
+        assert [(e["op_ended"], e["code"]) for e in seen] == [(None, "op_timeout")]
+
+
 def test_api_client_logout_surfaces_keycloak_error(
     make_harness: HarnessFactory, op: StandInOP
 ) -> None:
@@ -489,14 +538,70 @@ def test_frontchannel_logout_of_duplicate_cookies_ends_the_one_the_app_reads(
     assert harness.seen_session(used) == {}
 
 
-def test_frontchannel_logout_with_own_cookie(make_harness: HarnessFactory, op: StandInOP) -> None:
-    """Without parameters the browser's own session is ended and its cookie expired."""
+@pytest.mark.parametrize(
+    "fetch",
+    [
+        pytest.param({}, id="no fetch metadata"),
+        pytest.param(
+            {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "document"},
+            id="cross-site navigation",
+        ),
+        pytest.param(
+            {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Dest": "iframe"}, id="cross-site frame"
+        ),
+    ],
+)
+def test_frontchannel_logout_naming_no_session_is_refused(
+    fetch: dict[str, str], make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Without iss and sid the request is one any page can make (a link carries the cookie):
+    400 session_required, the session kept, unless KC_SSO_FRONTCHANNEL_SESSION_REQUIRED=false."""
     harness = make_harness(**FRONT)
+    refused: list[Event] = []
+    harness.events.subscribe(refused.append, names=["frontchannel.rejected"])
     cookie = harness.session_cookie(op, sid="fc-2")
+    response = harness.get("/frontchannel-logout", cookie, headers=fetch)
+    assert response.status_code == 400
+    assert response.json()["error_description"].startswith("session_required:")
+    assert response.headers.get_list("cache-control") == ["no-cache, no-store"]
+    assert "set-cookie" not in response.headers
+    assert harness.seen_session(cookie) != {}
+    harness.events.drain()
+    assert [event.get("code") for event in refused] == ["session_required"]
+
+
+def test_frontchannel_logout_with_own_cookie_when_no_session_is_required(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """With KC_SSO_FRONTCHANNEL_SESSION_REQUIRED=false a request without parameters ends the
+    browser's own session and expires its cookie."""
+    harness = make_harness(**FRONT, frontchannel_session_required=False)
+    cookie = harness.session_cookie(op, sid="fc-2b")
     response = harness.get("/frontchannel-logout", cookie)
     assert response.status_code == 200
     assert "Max-Age=0" in response.headers["set-cookie"]
     assert harness.seen_session(cookie) == {}
+
+
+@pytest.mark.parametrize("cookie_sent", [False, True], ids=["no cookie", "another session"])
+def test_frontchannel_logout_that_ends_nothing_says_so(
+    cookie_sent: bool, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Keycloak's frame without this app's cookie (withheld by SameSite, or after a local
+    logout) or naming another session ends nothing, and frontchannel.ignored says which."""
+    harness = make_harness(**FRONT)
+    ignored: list[Event] = []
+    harness.events.subscribe(ignored.append, names=["frontchannel.ignored"])
+    cookie = harness.session_cookie(op, sid="fc-kept") if cookie_sent else None
+    response = harness.get(
+        "/frontchannel-logout", cookie, params={"iss": op.issuer, "sid": "fc-elsewhere"}
+    )
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers
+    harness.events.drain()
+    assert [event["had_session"] for event in ignored] == [cookie_sent]
+    if cookie is not None:
+        assert harness.seen_session(cookie) != {}
 
 
 def test_frontchannel_cannot_end_another_browsers_session(

@@ -282,3 +282,27 @@ def test_without_oidc_store_id_token_no_session_outlives_a_revocation(
         _login_without_checks(harness)
         assert harness.backchannel(sid=None, sub="sub-alice").status_code == 200
         assert harness.get("/").json()["user"] is None
+
+
+@pytest.mark.parametrize("dated", [False, True], ids=["no iat or auth_time", "with iat"])
+def test_a_login_of_unknown_age_is_ended(dated: bool, make_harness: HarnessFactory) -> None:
+    """Session data holding only claims without iat or auth_time: nothing bounds such a
+    login by KC_SSO_MAX_SESSION_LIFETIME (Django's session API has no signature time to
+    fall back on), so after its revocation expired it would be accepted again.  It is
+    ended at once, as a malformed login; the same claims with iat are kept."""
+    from django.contrib.sessions.backends.db import SessionStore
+
+    harness = make_harness()
+    claims = harness.login()
+    key = harness.session_key
+    session = SessionStore(session_key=key)
+    del session["oidc_id_token"]
+    session["user"] = {"sid": claims["sid"], "sub": claims["sub"]}
+    if dated:
+        session["user"]["iat"] = claims["iat"]
+    session.save()
+
+    answer = harness.get("/").json()
+
+    assert (answer["user"] is not None) is dated
+    assert _row_exists(key) is dated

@@ -39,6 +39,7 @@ from kc_sso_middleware.sources import IdentitySource, SignedCookieSource
 from kc_sso_middleware.sources import serverside as serverside_module
 from kc_sso_middleware.sources._session_index import SessionIndex
 from kc_sso_middleware.sources.cookies import identity_from_claims
+from kc_sso_middleware.sources.detect import session_source
 from kc_sso_middleware.sources.serverside import ServerSideSessionSource
 from kc_sso_middleware.stores import MemoryStore, RevocationStore
 from kc_sso_middleware.testing import StandInOP, mint_jwt
@@ -862,6 +863,60 @@ def test_detection_through_wrappers(op: StandInOP, redis_server: RedisServer) ->
     finally:
         portal._portal.call(client.aclose)
         portal.close()
+
+
+class _Wrapper:
+    """A middleware keeping the next app as ``.inner``: detection cannot follow it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, *args: Any) -> Any:
+        return self.inner(*args)
+
+
+def _hidden_session_app(kind: str) -> Any:
+    """An app whose session middleware detection cannot reach, under another cookie name."""
+    if kind == "wsgi":
+        flask_app = Flask("hidden")
+        flask_app.config["SESSION_COOKIE_NAME"] = "hidden_session"
+        return _Wrapper(flask_app.wsgi_app)
+    from starlette.middleware.sessions import SessionMiddleware
+    from starlette.routing import Mount
+
+    hidden = Middleware(SessionMiddleware, secret_key="k", session_cookie="x")
+    inner = Starlette(middleware=[hidden])
+    return Starlette(routes=[Mount("/", app=inner)])
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+def test_detection_that_finds_no_session_says_so(
+    kind: str, op: StandInOP, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When detection sees no session middleware the session is assumed to be the signed
+    cookie KC_SSO_SESSION_COOKIE names: a warning says so, since under another name no
+    revoked session would be refused; a detected one says nothing of the kind."""
+    settings = make_settings(op)
+    framework: Literal["flask", "starlette"] = "flask" if kind == "wsgi" else "starlette"
+    caplog.set_level("WARNING", logger="kc_sso_middleware")
+    source = session_source(settings, framework, time.time, _hidden_session_app(kind))
+    assert isinstance(source, SignedCookieSource)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert repr(settings.session_cookie) in warnings[0]
+    assert "sources=" in warnings[0]
+
+    caplog.clear()
+    if kind == "wsgi":
+        seen: Any = Flask("seen")
+        seen.config["SESSION_COOKIE_NAME"] = settings.session_cookie
+        seen = seen.wsgi_app
+    else:
+        from starlette.middleware.sessions import SessionMiddleware
+
+        seen = Starlette(middleware=[Middleware(SessionMiddleware, secret_key="k")])
+    session_source(settings, framework, time.time, seen)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 
 def test_cookie_sessions_keep_the_signed_cookie_source(make_harness: HarnessFactory) -> None:

@@ -746,6 +746,31 @@ def test_frontchannel_mode_when_the_middleware_serves_it() -> None:
     assert only(unused, "frontchannel-path-unused").severity is Severity.INFO
 
 
+def test_frontchannel_frames_need_iss_and_sid() -> None:
+    """With the client's 'Front channel logout session required' off, Keycloak frames the
+    app without iss and sid, which KC_SSO_FRONTCHANNEL_SESSION_REQUIRED refuses: a problem.
+    Absent is Keycloak's default (on); with the setting off the app accepts such frames."""
+
+    def framed(required: str | None, **overrides: Any) -> list[Finding]:
+        attributes = {
+            "frontchannel.logout.url": f"{APP}/fc",
+            "frontchannel.logout.session.required": required,
+        }
+        rep = client(frontchannelLogout=True, attributes=attributes)
+        return compare(rep, frontchannel_path="/fc", **overrides)
+
+    off = only(framed("false"), "frontchannel-session-required-off")
+    assert off.severity is Severity.PROBLEM
+    assert "frontchannel.logout.session.required" in off.fix
+    for findings in (
+        framed("true"),
+        framed(None),
+        framed("false", frontchannel_session_required=False),
+    ):
+        assert "frontchannel-session-required-off" not in codes(findings)
+        assert not codes(findings, Severity.PROBLEM)
+
+
 def test_admin_path_off() -> None:
     findings = compare(GOOD_CLIENT, admin_path=None)
     assert only(findings, "admin-url-unserved").severity is Severity.WARN
