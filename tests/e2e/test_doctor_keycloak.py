@@ -148,7 +148,13 @@ def misconfigured(
     try:
         yield _client(keycloak)
     finally:
-        _put(keycloak, original)
+        # Keycloak merges the attributes of a PUT into the stored ones; an attribute the
+        # change added is removed only by sending it empty.
+        added = set(changed["attributes"]) - set(original["attributes"])
+        _put(
+            keycloak,
+            {**original, "attributes": {**original["attributes"], **dict.fromkeys(added, "")}},
+        )
     restored = _client(keycloak)
     assert restored["attributes"] == original["attributes"]
     assert restored["frontchannelLogout"] == original["frontchannelLogout"]
@@ -259,6 +265,36 @@ def test_each_mistake_exits_1_naming_it(
     assert fix_words in checked.finding(code)["fix"]
     others = [c for c in checked.codes("problem") if c != code]
     assert others == [], f"other problems reported too: {others}"
+
+
+def _frontchannel_mode(session_required: str) -> Callable[[dict[str, Any]], None]:
+    def change(rep: dict[str, Any]) -> None:
+        rep["frontchannelLogout"] = True
+        rep["attributes"]["frontchannel.logout.url"] = f"{APP_URL}/frontchannel-logout"
+        rep["attributes"]["frontchannel.logout.session.required"] = session_required
+
+    return change
+
+
+@pytest.mark.parametrize("session_required", ["true", "false"])
+def test_frontchannel_frames_without_iss_and_sid_are_a_problem(
+    keycloak: KeycloakServer, tmp_path: Path, session_required: str
+) -> None:
+    """In front-channel mode, 'Front channel logout session required' off makes Keycloak
+    frame the app without iss and sid, which KC_SSO_FRONTCHANNEL_SESSION_REQUIRED refuses:
+    exit 1 naming it.  On, only the front-channel warning remains."""
+    with misconfigured(keycloak, _frontchannel_mode(session_required)) as rep:
+        assert rep["attributes"]["frontchannel.logout.session.required"] == session_required
+        checked = check(keycloak, tmp=tmp_path, KC_SSO_FRONTCHANNEL_PATH="/frontchannel-logout")
+    assert "frontchannel-replaces-backchannel" in checked.codes("warn")
+    if session_required == "false":
+        assert checked.status == 1, checked.report
+        assert checked.codes("problem") == ["frontchannel-session-required-off"]
+        fix = checked.finding("frontchannel-session-required-off")["fix"]
+        assert "frontchannel.logout.session.required" in fix
+    else:
+        assert checked.status == 0, checked.report
+        assert checked.codes("problem") == []
 
 
 def test_missing_admin_url_is_a_warning(keycloak: KeycloakServer, tmp_path: Path) -> None:
