@@ -111,6 +111,9 @@ class AdminAction:
 # carrying e.g. an x5c chain fail on its signature rather than on joserfc's 512-byte default.
 _EXTRACT_REGISTRY = jws.JWSRegistry(strict_check_header=False)
 _EXTRACT_REGISTRY.max_header_length = 8192
+# joserfc's default of 1024 base64 characters stops at RSA-6144; an RSA-8192 realm key
+# (Keycloak imports one) signs 1366.
+_EXTRACT_REGISTRY.max_signature_length = 2048
 
 
 def _reject_constant(name: str) -> Any:
@@ -355,10 +358,26 @@ def check_logout_claims(claims: Mapping[str, Any], policy: TokenPolicy, now: flo
     return LogoutClaims(jti=jti, iat=iat, expires_at=remember_until, sub=sub, sid=sid)
 
 
+#: claims of other realm-signed tokens that Keycloak's AdminAction classes never carry
+_NOT_IN_ADMIN_ACTIONS = frozenset(
+    {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "typ", "azp", "sid", "nonce", "events"}
+)
+
+
 def check_admin_claims(
     claims: Mapping[str, Any], client_id: str, expected_action: str, now: float, skew: float
 ) -> AdminAction:
     """Keycloak's legacy admin-URL token (``AdminAction``): resource, action, expiration."""
+    # Keycloak signs admin actions, access and ID tokens with the same realm key and the
+    # same "typ": "JWT" header, so only the claims tell them apart (RFC 8725 §3.12).  An
+    # AdminAction is plain JSON with none of JWT's registered claims; a token that has one
+    # is some other token (an access token given resource/action claims by a mapper).
+    foreign = sorted(_NOT_IN_ADMIN_ACTIONS.intersection(claims))
+    if foreign:
+        raise _fail(
+            "not_admin_action",
+            f"claims {', '.join(foreign)} make this another kind of token, not an admin action",
+        )
     action_id = claims.get("id")
     if not _is_text(action_id):
         raise _fail("missing_id", "admin action has no id")

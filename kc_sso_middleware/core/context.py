@@ -94,16 +94,19 @@ class Context:
         keys = yield from self.provider.keys()
         candidates = candidate_keys(keys, header, alg)
         kid = header.get("kid")
-        if not candidates and isinstance(kid, str):
-            # A key published since the last fetch must work at once (see _oidc).
+        refetched = False
+        if not candidates and (kid is None or isinstance(kid, str)):
+            # A key published since the last fetch must work at once (see _oidc); without
+            # a kid, too, when no cached key is of the token's type (a new ES256 key).
             keys = yield from self.provider.keys_for_unknown_kid(kid)
             candidates = candidate_keys(keys, header, alg)
+            refetched = True
         if not candidates:
             raise LogoutTokenError("unknown_kid", f"no {alg} key with kid {kid!r} in the OP's JWKS")
         try:
             return verify_signature(obj, candidates, alg)
         except LogoutTokenError as exc:
-            if kid is not None or exc.code != "bad_signature":
+            if kid is not None or refetched or exc.code != "bad_signature":
                 raise
         # A token without kid names no key, so one signed with a key published since the
         # last fetch fails against the cached keys as a forged one does: refetch as for an

@@ -556,6 +556,54 @@ def test_key_rotation_is_picked_up_for_a_token_without_kid(
         assert harness.refused_for_good(harness.session_cookie(rotating_op, sid="b"))
 
 
+def test_a_token_without_kid_of_a_new_key_type_is_picked_up(
+    make_harness: HarnessFactory,
+) -> None:
+    """No cached key of the token's type (the OP moved from RS256 to ES256) and no kid to
+    name the new one: the keys are refetched before the token is refused."""
+    with StandInOP() as rotating_op:
+        rotating_op.register_client(CLIENT_ID, "s")
+        harness = make_harness(
+            issuer=rotating_op.issuer,
+            algorithms=("RS256", "ES256"),
+            jwks_min_refresh_interval=3600,
+        )
+        first = harness.client.post(
+            PATH, data={"logout_token": rotating_op.logout_token(CLIENT_ID, sid="a")}
+        )
+        ec = ECKey.generate_key("P-256", parameters={"use": "sig", "alg": "ES256"})
+        ec.ensure_kid()
+        rotating_op.extra_jwks.append(ec.as_dict(private=False))
+        token = mint_logout_token(
+            ec,
+            issuer=rotating_op.issuer,
+            audience=CLIENT_ID,
+            sid="b",
+            header={"alg": "ES256"},
+            drop=["kid"],
+        )
+        second = harness.client.post(PATH, data={"logout_token": token})
+        assert first.status_code == 200, first.text
+        assert second.status_code == 200, second.text
+        assert rotating_op.jwks_requests == 2
+        assert harness.refused_for_good(harness.session_cookie(rotating_op, sid="b"))
+
+
+def test_a_realm_key_of_8192_bits_signs_accepted_tokens(make_harness: HarnessFactory) -> None:
+    """Keycloak imports RSA keys of any size from 2048 bits; an RSA-8192 signature (1366
+    base64 characters) is beyond joserfc's default bound and must still be read."""
+    with StandInOP() as big_op:
+        big_op.register_client(CLIENT_ID, "s")
+        big_op.key = RSAKey.generate_key(8192, parameters={"use": "sig"})
+        big_op.key.ensure_kid()
+        harness = make_harness(issuer=big_op.issuer)
+        response = harness.client.post(
+            PATH, data={"logout_token": big_op.logout_token(CLIENT_ID, sid="big")}
+        )
+        assert response.status_code == 200, response.text
+        assert harness.refused_for_good(harness.session_cookie(big_op, sid="big"))
+
+
 def test_forged_tokens_without_kid_refetch_at_most_once_per_interval(
     make_harness: HarnessFactory,
 ) -> None:
@@ -792,6 +840,12 @@ def admin_token(op: StandInOP, header: dict[str, Any] | None = None, **claims: A
             id="session id a lone surrogate (was a 500)",
         ),
         pytest.param({"id": "\ud800"}, "missing_id", id="id a lone surrogate (was accepted)"),
+        pytest.param(
+            {"typ": "Bearer", "iss": "http://op/realms/demo", "sub": "u", "azp": CLIENT_ID},
+            "not_admin_action",
+            id="an access token given admin claims by a mapper (was accepted)",
+        ),
+        pytest.param({"exp": 2_000_000_000}, "not_admin_action", id="a JWT's exp"),
     ],
 )
 def test_admin_token_rules(

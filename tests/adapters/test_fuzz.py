@@ -361,7 +361,7 @@ def judge_jws(token: str, keys: Keys, *, admin: bool) -> Expect | dict[str, Any]
     head_seg, body_seg, sig_seg = token.split(".")
     raw_header = b64url(head_seg)
     header = json_object(raw_header) if raw_header is not None else None
-    if header is None or len(head_seg) > 8192 or len(sig_seg) > 1024:
+    if header is None or len(head_seg) > 8192 or len(sig_seg) > 2048:
         return refused("malformed_token")
     if "alg" not in header:
         return refused("malformed_token", "unsupported_alg")
@@ -487,6 +487,11 @@ def judge_backchannel(raw: Raw, keys: Keys, issuer: str, now: float) -> Expect:
     return Expect(frozenset({200}), replay_key=judged["jti"])
 
 
+NOT_IN_ADMIN_ACTIONS = frozenset(
+    {"iss", "sub", "aud", "exp", "nbf", "iat", "jti", "typ", "azp", "sid", "nonce", "events"}
+)
+
+
 def judge_admin(raw: Raw, keys: Keys, now: float) -> Expect:
     """What Keycloak's admin-URL protocol allows as the answer to ``raw``."""
     action = ADMIN_ACTIONS[raw.path]
@@ -499,6 +504,9 @@ def judge_admin(raw: Raw, keys: Keys, now: float) -> Expect:
     if isinstance(judged, Expect):
         return judged
     failed = set()
+    # Keycloak's AdminAction is plain JSON: a JWT claim makes it another realm token.
+    if NOT_IN_ADMIN_ACTIONS.intersection(judged):
+        failed.add("not_admin_action")
     if not text(judged.get("id")):
         failed.add("missing_id")
     if judged.get("resource") != CLIENT_ID:
@@ -881,6 +889,8 @@ def _admin_pool(op: StandInOP, now: int, rng: random.Random) -> dict[str, tuple[
             for a in ("LOGOUT", "PUSH_NOT_BEFORE", "TEST_AVAILABILITY", "TEST_AVAILABLE", "logout")
         ],
         "notBefore": [J(0), J(now - 3_600), J(now - 30), J(now + 100), J(1), b"null"],
+        "iss": [J(op.issuer)],
+        "typ": [J("Bearer"), J("JWT")],
         "keycloakSessionIds": [
             *(b"[]", b"null", b"{}", b'""', b"0", b"false", b"[1]", J("adm-sid")),
             *(J(["adm-sid-a", "adm-sid-b"]), J([""]), b'["\\ud800"]', J([None])),
