@@ -68,7 +68,10 @@ EVENT_NAMES: Mapping[str, str] = {
         "an API client logged out; op_ended says whether Keycloak ended the session (false,"
         " or null when it did not answer in time: at WARNING, with code and op_error)"
     ),
-    LOGOUT_REFUSED: "a logout request was refused (code: cross_site_request, unauthorized, …)",
+    LOGOUT_REFUSED: (
+        "a logout request was refused (code: cross_site_request, framed_request,"
+        " not_a_navigation, unauthorized, …)"
+    ),
     LOGOUT_RETURN: "the browser came back from Keycloak's logout (verified: true or false)",
     BACKCHANNEL_ACCEPTED: "a back-channel logout token was accepted and its revocation stored",
     BACKCHANNEL_REJECTED: "a back-channel request was rejected (code: the rule that failed)",

@@ -13,6 +13,10 @@ Two protections:
   neither clears the session nor
   sends ``id_token_hint`` (which would end the Keycloak session without asking): a browser
   gets a small page with a same-origin button that POSTs the logout, an API client a 403.
+  A GET that is no top-level navigation by the user is not acted on either: a
+  subresource (``Sec-Fetch-Mode: no-cors``, an ``<img src="/logout">`` in content of
+  this very origin) or a prefetch or prerender (``Sec-Purpose``) gets a 403, a framed
+  navigation (``Sec-Fetch-Dest`` ``iframe``, ``object``, …) the confirmation page.
   ``KC_SSO_LOGOUT_POST_ONLY`` refuses GET altogether.
 * **Someone else's refresh token.**  A refresh token in the request is honoured only when
   the request is authenticated as that same Keycloak session (its verified session cookie,
@@ -25,6 +29,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+import re
 import secrets
 from collections.abc import Mapping
 from html import escape
@@ -73,6 +78,32 @@ def cross_site(request: Request) -> bool:
     return False
 
 
+def speculative_or_subresource(request: Request) -> bool:
+    """Whether a GET is a browser's prefetch or prerender, or a subresource load (an
+    image, a script): nothing the user asked for, so nothing to act on.  A fetch() from
+    this origin's own scripts (mode cors or same-origin) is the app's choice and counts."""
+    purpose = request.headers.get("sec-purpose") or request.headers.get("purpose") or ""
+    if "prefetch" in purpose.lower() or "prerender" in purpose.lower():
+        return True
+    mode = request.headers.get("sec-fetch-mode")
+    return mode is not None and mode.strip().lower() == "no-cors"
+
+
+def framed(request: Request) -> bool:
+    """Whether the browser says the request is a navigation inside a frame or object,
+    which another page of this origin could show invisibly."""
+    mode = request.headers.get("sec-fetch-mode")
+    dest = request.headers.get("sec-fetch-dest")
+    if mode is None or dest is None or mode.strip().lower() != "navigate":
+        return False
+    return dest.strip().lower() != "document"
+
+
+#: RP-Initiated Logout 1.0 §2 ``ui_locales``: space-separated BCP 47 tags, a few at most
+_LANGUAGE_TAG = r"[A-Za-z0-9]{1,8}(?:-[A-Za-z0-9]{1,8})*"
+_UI_LOCALES = re.compile(rf"{_LANGUAGE_TAG}(?: {_LANGUAGE_TAG}){{0,9}}")
+
+
 def _unverified_sid(token: str) -> str | None:
     """The ``sid`` claim of a JWT, unverified (Keycloak's refresh tokens carry one)."""
     try:
@@ -102,16 +133,26 @@ class LogoutResponder:
         accept = request.headers.get("accept", "")
         wants_json = "application/json" in accept and "text/html" not in accept
         api = wants_json or (request.method == "POST" and "refresh_token" in params)
-        if cross_site(request):
+        if request.method == "GET" and speculative_or_subresource(request):
+            raise RequestRefusedError(
+                "not_a_navigation",
+                "a logout by GET is acted on only as the user's navigation, never as a "
+                "prefetch or a subresource (an image, a script)",
+                status=403,
+            )
+        for refused, code, why in (
+            (cross_site, "cross_site_request", "cross-site logout"),
+            (framed, "framed_request", "logout inside a frame"),
+        ):
+            if not refused(request):
+                continue
             if api:
-                raise RequestRefusedError(
-                    "cross_site_request", "a cross-site logout is refused", status=403
-                )
+                raise RequestRefusedError(code, f"a {why} is refused", status=403)
             self._context.events.emit(
                 ev.LOGOUT_REFUSED,
-                "cross-site logout: confirmation page instead",
+                f"{why}: confirmation page instead",
                 level=logging.WARNING,
-                code="cross_site_request",
+                code=code,
             )
             return self._confirmation_page(request, params)
         context = self._context
@@ -145,6 +186,11 @@ class LogoutResponder:
             # Kept once when the discovered endpoint carries it already.
             query["client_id"] = context.settings.client_id
         query["state"] = state
+        ui_locales = params.get("ui_locales", "").strip()
+        if _UI_LOCALES.fullmatch(ui_locales):
+            # Keycloak shows its logout pages in them; anything else is dropped, as a
+            # hint about display must never stop a logout.
+            query["ui_locales"] = ui_locales
         separator = "&" if "?" in end_session else "?"
         location = f"{end_session}{separator}{urlencode(query)}"
         context.events.emit(
@@ -171,7 +217,10 @@ class LogoutResponder:
                 )
             params = {k: v[0] for k, v in query.items()}
             content_type = request.headers.get("content-type", "")
-            if request.method == "POST" and content_type.split(";")[0].strip() == FORM_CONTENT_TYPE:
+            if (
+                request.method == "POST"
+                and content_type.split(";")[0].strip().lower() == FORM_CONTENT_TYPE
+            ):
                 form = parse_qs(request.body.decode("utf-8", "replace"), max_num_fields=100)
                 params.update({k: v[0] for k, v in form.items()})
         except ValueError:  # more fields than that
@@ -229,10 +278,11 @@ class LogoutResponder:
 
     def _confirmation_page(self, request: Request, params: Mapping[str, str]) -> Response:
         action = escape(f"{request.root_path}{self._context.settings.logout_path}")
-        hidden = ""
-        if "post_logout_redirect_uri" in params:
-            value = escape(params["post_logout_redirect_uri"])
-            hidden = f'<input type="hidden" name="post_logout_redirect_uri" value="{value}">'
+        hidden = "".join(
+            f'<input type="hidden" name="{name}" value="{escape(params[name])}">'
+            for name in ("post_logout_redirect_uri", "ui_locales")
+            if name in params
+        )
         page = (
             "<!doctype html><html><head><meta charset='utf-8'><title>Log out?</title>"
             "</head><body><p>Do you want to log out?</p>"

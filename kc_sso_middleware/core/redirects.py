@@ -91,5 +91,9 @@ class RedirectGuard:
 
 def _dot_segments(path: str) -> bool:
     """Whether ``path`` has a ``.`` or ``..`` segment, also percent-encoded (``%2e``),
-    which a browser resolves before following the URL (WHATWG URL, path state)."""
-    return any(segment.lower().replace("%2e", ".") in (".", "..") for segment in path.split("/"))
+    which a browser resolves before following the URL (WHATWG URL, path state), or with
+    path parameters (``..;x``), which Tomcat, Jetty and Spring resolve as ``..``."""
+    return any(
+        segment.lower().replace("%2e", ".").split(";")[0] in (".", "..")
+        for segment in path.split("/")
+    )

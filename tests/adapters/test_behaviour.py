@@ -227,6 +227,43 @@ def test_logout_redirects_to_end_session(
     assert harness.seen_session(cookie) == {}
 
 
+@pytest.mark.parametrize(
+    ("requested", "sent"),
+    [
+        pytest.param("de", ["de"], id="one tag"),
+        pytest.param("fr-CA fr en", ["fr-CA fr en"], id="a list"),
+        pytest.param('de"><script>', None, id="not BCP 47: dropped"),
+        pytest.param("x" * 40, None, id="too long a subtag: dropped"),
+    ],
+)
+def test_logout_passes_ui_locales_on(
+    requested: str, sent: list[str] | None, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """RP-Initiated Logout 1.0 §2: ui_locales goes to Keycloak, which shows its logout
+    pages in them; a value that is no list of language tags is dropped, never a failure."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid=f"locales-{len(requested)}")
+    response = harness.client.get(
+        "/logout", params={"ui_locales": requested}, headers={"Cookie": f"session={cookie}"}
+    )
+    assert response.status_code == 302
+    query = parse_qs(urlsplit(response.headers["location"]).query)
+    assert query.get("ui_locales") == sent
+    assert harness.seen_session(cookie) == {}
+
+
+def test_the_confirmation_page_keeps_ui_locales(make_harness: HarnessFactory) -> None:
+    harness = make_harness()
+    page = harness.client.get(
+        "/logout", params={"ui_locales": "de"}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
+    assert '<input type="hidden" name="ui_locales" value="de">' in page.text
+    confirmed = harness.client.post(
+        "/logout", data={"ui_locales": "de"}, headers={"Sec-Fetch-Site": "same-origin"}
+    )
+    assert parse_qs(urlsplit(confirmed.headers["location"]).query)["ui_locales"] == ["de"]
+
+
 def test_logout_keeps_the_end_session_endpoints_own_query(make_harness: HarnessFactory) -> None:
     """A query in the discovered endpoint is kept, and a client_id it holds is not repeated
     (two values would leave Keycloak to pick one)."""
@@ -338,6 +375,21 @@ def test_legacy_redirect_uri_switch(make_harness: HarnessFactory) -> None:
             "https://shared.example/team-a/.%2E/team-b/x", "http://app.test/", id="mixed dots"
         ),
         pytest.param(
+            "https://shared.example/team-a/..;/team-b/x",
+            "http://app.test/",
+            id="dot segment with a path parameter (Tomcat, Jetty, Spring resolve it)",
+        ),
+        pytest.param(
+            "https://shared.example/team-a/%2E%2e;x/team-b/x",
+            "http://app.test/",
+            id="encoded dot segment with a path parameter",
+        ),
+        pytest.param(
+            "https://shared.example/team-a/..x;/y",
+            "https://shared.example/team-a/..x;/y",
+            id="a name that only starts with dots",
+        ),
+        pytest.param(
             "https://shared.example/team-a/done", "https://shared.example/team-a/done", id="prefix"
         ),
     ],
@@ -394,6 +446,28 @@ def test_api_client_logout_ends_keycloak_session_server_side(
     assert sent["refresh_token"] == tokens["refresh_token"]
     assert sent["client_id"] == CLIENT_ID
     assert sent["client_secret"] == "app-secret"
+
+
+def test_api_client_logout_form_type_is_case_insensitive(
+    make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Media types are case-insensitive (RFC 9110 §8.3.1): a form sent as
+    Application/x-www-form-urlencoded is read, so the Keycloak session is ended
+    server-side rather than the client being redirected with the session's ID token."""
+    harness = make_harness()
+    tokens = direct_grant(op)
+    before = len(op.end_session_requests)
+    response = harness.client.post(
+        "/logout",
+        content=f"refresh_token={tokens['refresh_token']}",
+        headers={
+            "Content-Type": "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+            "Authorization": f"Bearer {tokens['access_token']}",
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"logged_out": True, "op_session_ended": True}
+    assert op.end_session_requests[before]["refresh_token"] == tokens["refresh_token"]
 
 
 def test_api_client_logout_that_keycloak_answers_too_late_is_a_504(

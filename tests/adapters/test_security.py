@@ -415,6 +415,110 @@ def test_same_site_logout_works(site: str, make_harness: HarnessFactory, op: Sta
     assert "Max-Age=0" in response.headers["set-cookie"]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(
+            {
+                "Sec-Fetch-Site": "same-origin",
+                "Sec-Fetch-Mode": "no-cors",
+                "Sec-Fetch-Dest": "image",
+            },
+            id="an <img> in content of this origin",
+        ),
+        pytest.param(
+            {
+                "Sec-Fetch-Site": "same-origin",
+                "Sec-Fetch-Mode": "no-cors",
+                "Sec-Fetch-Dest": "script",
+            },
+            id="a <script> of this origin",
+        ),
+        pytest.param(
+            {
+                "Sec-Fetch-Site": "same-origin",
+                "Sec-Fetch-Mode": "navigate",
+                "Sec-Fetch-Dest": "document",
+                "Sec-Purpose": "prefetch",
+            },
+            id="a prefetch of a logout link (speculation rules)",
+        ),
+        pytest.param(
+            {"Sec-Fetch-Site": "none", "Sec-Purpose": "prefetch;prerender"}, id="a prerender"
+        ),
+        pytest.param({"Purpose": "prefetch"}, id="a prefetch, older header"),
+    ],
+)
+def test_a_get_logout_that_is_no_navigation_is_refused(
+    headers: dict[str, str], make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """Even from this origin, a GET the user did not navigate to logs nobody out: an
+    image's redirect to Keycloak with id_token_hint would end the whole Keycloak session
+    without asking, and a prefetched logout link would log out on hover."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="not-a-navigation")
+    response = harness.client.get("/logout", headers={"Cookie": f"session={cookie}", **headers})
+    assert response.status_code == 403
+    assert response.headers["cache-control"] == "no-store"
+    assert "location" not in response.headers
+    assert "set-cookie" not in response.headers
+    assert response.json()["error_description"].startswith("not_a_navigation:")
+    assert harness.seen_session(cookie) != {}
+
+
+@pytest.mark.parametrize("dest", ["iframe", "frame", "object", "embed"])
+def test_a_framed_logout_gets_the_confirmation_page(
+    dest: str, make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """A navigation inside a frame, which a page of this origin could hide, is confirmed
+    first; the page itself cannot be framed."""
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid=f"framed-{dest}")
+    headers = {
+        "Sec-Fetch-Site": "same-origin",
+        "Sec-Fetch-Mode": "navigate",
+        "Sec-Fetch-Dest": dest,
+    }
+    response = harness.client.get("/logout", headers={"Cookie": f"session={cookie}", **headers})
+    assert response.status_code == 200
+    assert response.headers["x-frame-options"] == "DENY"
+    assert "location" not in response.headers
+    assert 'method="post"' in response.text
+    assert harness.seen_session(cookie) != {}
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(
+            {
+                "Sec-Fetch-Site": "same-origin",
+                "Sec-Fetch-Mode": "navigate",
+                "Sec-Fetch-Dest": "document",
+            },
+            id="a click on the app's link",
+        ),
+        pytest.param(
+            {"Sec-Fetch-Site": "same-origin", "Sec-Fetch-Mode": "cors", "Sec-Fetch-Dest": "empty"},
+            id="the app's own fetch()",
+        ),
+        pytest.param(
+            {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate", "Sec-Fetch-Dest": "document"},
+            id="typed or bookmarked",
+        ),
+    ],
+)
+def test_a_get_logout_the_app_asks_for_works(
+    headers: dict[str, str], make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    harness = make_harness()
+    cookie = harness.session_cookie(op, sid="asked-for")
+    response = harness.client.get("/logout", headers={"Cookie": f"session={cookie}", **headers})
+    assert response.status_code == 302
+    assert "id_token_hint=" in response.headers["location"]
+    assert harness.seen_session(cookie) == {}
+
+
 def test_confirmation_button_logs_out(make_harness: HarnessFactory, op: StandInOP) -> None:
     """The page's same-origin POST completes the logout."""
     harness = make_harness()
