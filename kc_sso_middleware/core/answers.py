@@ -10,6 +10,7 @@ Every answer carries ``Cache-Control: no-store``; server-side failures carry
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from .._http import Response, json_response
@@ -66,6 +67,20 @@ _TABLE: dict[type[KCSSOError], _Answer] = {
 _FALLBACK = _Answer(500, "server_error")
 
 
+#: RFC 6749 §5.2: error_description is %x20-21 / %x23-5B / %x5D-7E (no quote, no backslash)
+_NOT_OAUTH_TEXT = re.compile(r"[^\x20\x21\x23-\x5b\x5d-\x7e]")
+_DESCRIPTION_LIMIT = 500
+
+
+def oauth_text(text: str) -> str:
+    """``text`` as an ``error_description`` may carry it: what a token's unsigned header
+    put there (up to kilobytes of anything) is cut short and its other characters
+    replaced, so the answer neither breaks a strict client nor echoes an attacker's bytes."""
+    if len(text) > _DESCRIPTION_LIMIT:
+        text = text[: _DESCRIPTION_LIMIT - 3] + "..."
+    return _NOT_OAUTH_TEXT.sub("?", text)
+
+
 def answer(error: KCSSOError, *extra: tuple[str, str]) -> Response:
     """The response ``error`` stands for (with ``extra`` headers, e.g. a cookie expiry)."""
     spec = next((_TABLE[cls] for cls in type(error).__mro__ if cls in _TABLE), _FALLBACK)
@@ -76,7 +91,7 @@ def answer(error: KCSSOError, *extra: tuple[str, str]) -> Response:
         headers.append(("Retry-After", str(max(1, math.ceil(wait)))))
     payload: dict[str, object] = {
         "error": spec.error or error.code,
-        "error_description": f"{error.code}: {error.description}",
+        "error_description": oauth_text(f"{error.code}: {error.description}"),
     }
     if isinstance(error, ProviderRefusedError):
         payload["op_error"] = error.op_error

@@ -589,6 +589,28 @@ def test_a_token_without_kid_of_a_new_key_type_is_picked_up(
         assert harness.refused_for_good(harness.session_cookie(rotating_op, sid="b"))
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param({"typ": 'x"\\\u00e9\n<script>'}, id="quote, backslash, non-ASCII in typ"),
+        pytest.param({"kid": "k" * 6000}, id="a kid of 6,000 characters"),
+    ],
+)
+def test_error_descriptions_keep_to_oauths_characters(
+    header: dict[str, Any], make_harness: HarnessFactory, op: StandInOP
+) -> None:
+    """RFC 6749 §5.2 allows error_description %x20-21 / %x23-5B / %x5D-7E: what an
+    unsigned header carries is never echoed as it is, nor at any length."""
+    harness = make_harness()
+    token = mint_logout_token(op.key, issuer=op.issuer, audience=CLIENT_ID, header=header)
+    response = harness.client.post(PATH, data={"logout_token": token})
+    assert response.status_code == 400
+    description = response.json()["error_description"]
+    assert all(c == " " or c == "!" or "#" <= c <= "[" or "]" <= c <= "~" for c in description)
+    assert len(description) <= 500
+    assert description.split(":")[0] in {"bad_typ", "unknown_kid"}
+
+
 def test_a_realm_key_of_8192_bits_signs_accepted_tokens(make_harness: HarnessFactory) -> None:
     """Keycloak imports RSA keys of any size from 2048 bits; an RSA-8192 signature (1366
     base64 characters) is beyond joserfc's default bound and must still be read."""
