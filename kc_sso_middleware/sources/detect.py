@@ -62,7 +62,7 @@ def session_source(
             return SignedCookieSource(
                 settings, WerkzeugView(), "flask", clock, expire=_flask_expiry(flask_app)
             )
-        _nothing_found(settings, "a Flask app (app.wsgi_app, or .app of a wrapper)", "Flask")
+        _nothing_found(settings, "Flask app (app.wsgi_app, or .app of a wrapper)", "Flask")
         return SignedCookieSource(settings, WerkzeugView(), "flask", clock)
     middleware = _starsessions_middleware(app)
     if middleware is not None:
@@ -75,7 +75,7 @@ def session_source(
         _same_cookie_name(settings, getattr(cookie_session, "session_cookie", None), "Starlette")
         expire = _starlette_expiry(cookie_session)
     else:
-        _nothing_found(settings, "a SessionMiddleware (of Starlette or starsessions)", "Starlette")
+        _nothing_found(settings, "SessionMiddleware (of Starlette or starsessions)", "Starlette")
     return SignedCookieSource(settings, StarletteView(), "starlette", clock, expire=expire)
 
 

@@ -903,6 +903,8 @@ def test_detection_that_finds_no_session_says_so(
     assert isinstance(source, SignedCookieSource)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert len(warnings) == 1, warnings
+    looked_for = "no Flask app" if kind == "wsgi" else "no SessionMiddleware"
+    assert warnings[0].startswith(f"session source: {looked_for} ("), warnings[0]
     assert repr(settings.session_cookie) in warnings[0]
     assert "sources=" in warnings[0]
 
