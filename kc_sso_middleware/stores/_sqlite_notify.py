@@ -65,6 +65,9 @@ logger = logging.getLogger(__name__)
 
 #: the acknowledgement: b"A", generation, applied position
 _ACK = struct.Struct("!cqq")
+#: after ``N``: the file's change counter before the batch (older versions send ``N`` alone,
+#: and read only the first byte)
+_BEFORE = struct.Struct("!q")
 NOTIFY, POKE, WAKE, ACK = b"N", b"P", b"W", b"A"
 _FOLLOWER, _WRITER = ".f", ".w"
 # sun_path holds 108 bytes on Linux, 104 on the BSDs and macOS, with the final NUL.
@@ -102,6 +105,10 @@ class Inbox:
     news: bool = False
     #: an ``N`` from a writer whose socket has no address: it will read the table
     anonymous: bool = False
+    #: the lowest change counter a writer saw before its batch, of the ``N`` that carry
+    #: one (None: none did, e.g. an older version's): below the follower's position, the
+    #: counter went back (the file was restored in place) and the follower must look
+    before: int | None = None
 
 
 class _Directory:
@@ -238,6 +245,10 @@ class Channel:
             if kind in (NOTIFY, POKE):
                 inbox.news = True
                 if kind == NOTIFY:
+                    if len(data) == 1 + _BEFORE.size:
+                        before = _BEFORE.unpack_from(data, 1)[0]
+                        if inbox.before is None or before < inbox.before:
+                            inbox.before = before
                     origin = _sender_id(sender, _WRITER)
                     if origin is None:
                         inbox.anonymous = True
@@ -265,23 +276,33 @@ class Channel:
             if self._send(writer + _WRITER, message, self._follower) != "busy" or now > deadline:
                 del self._pending_answers[writer]
 
+    def drop_answers(self) -> None:
+        """Forget the answers still to be sent again: positions of a history the file no
+        longer has (it went back), which would vouch for reused change ids."""
+        self._pending_answers.clear()
+
     def wake(self) -> None:
         """Interrupt the follower's wait (close())."""
         self._send(self.id + _FOLLOWER, WAKE, self._writer)
 
     # -- the writer's side -------------------------------------------------------------
 
-    def notify(self, follower_names: Iterable[str], *, answer: bool = True) -> dict[str, str]:
+    def notify(
+        self, follower_names: Iterable[str], *, answer: bool = True, before: int | None = None
+    ) -> dict[str, str]:
         """Tell these followers there are new rows; per name ``"sent"``, ``"busy"`` (its
-        queue is full: try again) or ``"gone"`` (no socket: follow it through the table)."""
-        message = NOTIFY if answer else POKE
-        return {
-            name: self._send(socket_id(name) + _FOLLOWER, message, self._writer)
-            for name in follower_names
-        }
+        queue is full: try again) or ``"gone"`` (no socket: follow it through the table).
 
-    def notify_ids(self, ids: Iterable[str], *, answer: bool = True) -> dict[str, str]:
-        message = NOTIFY if answer else POKE
+        ``before``: the file's change counter before the batch, so that a follower already
+        past it knows the counter went back and does not answer with its old position."""
+        return self.notify_ids(
+            (socket_id(name) for name in follower_names), answer=answer, before=before
+        )
+
+    def notify_ids(
+        self, ids: Iterable[str], *, answer: bool = True, before: int | None = None
+    ) -> dict[str, str]:
+        message = _notification(answer, before)
         return {fid: self._send(fid + _FOLLOWER, message, self._writer) for fid in ids}
 
     def peers(self, stale_after: float) -> list[str]:
@@ -435,16 +456,40 @@ class Acknowledgements:
 
     One waiting thread reads the writer socket at a time; the others wait on a condition
     that the reader signals after each read.  :meth:`latest` is the last position each
-    follower (by socket id) reported, with the generation of the file it follows.
+    follower (by socket id) reported, with the generation of the file it follows and the
+    :attr:`serial` number of its arrival: a writer counts only answers that arrived after
+    its commit, since a position reported before it can only vouch for that commit if
+    the change ids were reused (an older copy of the file restored in place).  The last
+    answer is kept, not the highest: after such a restore the lower one is the truth.
     """
 
     def __init__(self, writer: Callable[[], socket.socket]) -> None:
         self._writer = writer
         self._condition = threading.Condition()
         self._reading = False
-        self._latest: dict[str, tuple[int, int]] = {}
+        self._latest: dict[str, tuple[int, int, int]] = {}
+        #: how many answers arrived (the serial number of the last one)
+        self.serial = 0
+        # Held while datagrams taken off the socket are recorded, so that mark() sees
+        # every answer that was in the socket when it was called.
+        self._recording = threading.Lock()
 
-    def latest(self, follower_id: str) -> tuple[int, int] | None:
+    def mark(self) -> int:
+        """The serial number after every answer already sent to this process: called
+        after a commit, answers with a higher one were sent after it."""
+        with self._recording:
+            self._record(self._writer())
+            return self.serial
+
+    def _record(self, sock: socket.socket) -> None:
+        for follower_id, generation, applied in _drain_acks(sock):
+            # One follower's answers arrive in the order it sent them.
+            self.serial += 1
+            self._latest[follower_id] = (generation, applied, self.serial)
+
+    def latest(self, follower_id: str) -> tuple[int, int, int] | None:
+        """(generation, position, serial number of its arrival) of the follower's last
+        answer."""
         return self._latest.get(follower_id)
 
     def wait(self, timeout: float) -> None:
@@ -459,10 +504,8 @@ class Acknowledgements:
             poller = select.poll()
             poller.register(sock, select.POLLIN)
             if poller.poll(max(0, int(timeout * 1000 + 0.999))):
-                for follower_id, generation, applied in _drain_acks(sock):
-                    previous = self._latest.get(follower_id)
-                    if previous is None or previous[0] != generation or previous[1] < applied:
-                        self._latest[follower_id] = (generation, applied)
+                with self._recording:
+                    self._record(sock)
         finally:
             with self._condition:
                 self._reading = False
@@ -588,3 +631,9 @@ class _Held:
 
             with contextlib.suppress(OSError):
                 fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _notification(answer: bool, before: int | None) -> bytes:
+    if not answer:
+        return POKE
+    return NOTIFY if before is None else NOTIFY + _BEFORE.pack(before)

@@ -199,6 +199,11 @@ class Written:
     #: the change id of the write's last row (0: no rows), and of its batch's last row
     position: int
     last: int
+    #: the file's change counter before the batch (sent with every notification)
+    before: int
+    #: the serial number of the last acknowledgement this process had received at the
+    #: commit: only later ones count for it
+    acks_from: int
     #: the other live followers reached by datagram: socket id and how the notification
     #: went ("sent"; "busy": its queue was full, send again; "gone": no longer there)
     peers: tuple[tuple[str, str], ...]
@@ -275,6 +280,8 @@ class SQLiteStore(FollowingStore):
         self._pending_repair: str | None = None
         #: a new worker waits while others repair; others' live repairs seen last
         self._awaiting_repairs = False
+        #: a write of this process found the change counter below this follower's position
+        self._counter_went_back = False
         self._repairs_elsewhere = 0
         self._channel: Channel | None = None
         self._channel_lock = threading.Lock()
@@ -397,6 +404,9 @@ class SQLiteStore(FollowingStore):
             else:
                 conn, file = self._writer_connection()
             self._without_commit_fsync(conn)
+            # Read before the commit: this worker's follower applies only committed rows,
+            # so the counter before the batch is at least this, unless it went back.
+            applied_before = self._last_change_id
             with self._write_lock.held():
                 batch = sql.insert_batch(
                     conn,
@@ -404,13 +414,31 @@ class SQLiteStore(FollowingStore):
                     worker=self.follower_name,
                     seen_since=time.time() - FOLLOWER_STALE_AFTER,
                 )
-            peers, polled = self._notify_followers(name for name, _ in batch.followers)
+            acks_from = self._channel.acks.mark() if self._channel is not None else 0
+            if batch.sequence_before < applied_before and file == self._file:
+                # The counter went back (the file was restored in place, keeping its
+                # inode and generation): this worker's follower must look, and recover.
+                self._counter_went_back = True
+                self._wake()
+            peers, polled = self._notify_followers(
+                (name for name, _ in batch.followers), batch.sequence_before
+            )
             wait = _Wait()
             for i, position in zip(todo, batch.positions, strict=True):
                 results[i] = (
                     None
                     if position is None
-                    else Written(file, batch.generation, position, batch.last, peers, polled, wait)
+                    else Written(
+                        file,
+                        batch.generation,
+                        position,
+                        batch.last,
+                        batch.sequence_before,
+                        acks_from,
+                        peers,
+                        polled,
+                        wait,
+                    )
                 )
             if file_identity(self.path) == file and self._synced(conn, file, batch):
                 if batch.last:
@@ -458,7 +486,7 @@ class SQLiteStore(FollowingStore):
             self._local.tuned = conn
 
     def _notify_followers(
-        self, listed: Iterable[str]
+        self, listed: Iterable[str], before: int
     ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
         """Send every other live follower socket a datagram; (socket id and how it went,
         followers of the table to read instead).
@@ -475,7 +503,7 @@ class SQLiteStore(FollowingStore):
             if sender is not None and listed:
                 sender.notify(FOLLOWER_STALE_AFTER)  # they publish; the table is read
             return (), tuple(listed)
-        peers = channel.notify_ids(channel.peers(FOLLOWER_STALE_AFTER))
+        peers = channel.notify_ids(channel.peers(FOLLOWER_STALE_AFTER), before=before)
         reached = {peer for peer, how in peers.items() if how != "gone"}
         polled = tuple(name for name in listed if socket_id(name) not in reached)
         return tuple((peer, how) for peer, how in peers.items() if how != "gone"), polled
@@ -522,6 +550,8 @@ class SQLiteStore(FollowingStore):
                     latest = channel.acks.latest(peer)
                     if latest is None:
                         continue
+                    if latest[2] <= written.acks_from:
+                        continue  # sent before the commit: it cannot vouch for it
                     if latest[0] != written.generation:
                         foreign = True
                     elif latest[1] >= position:
@@ -558,7 +588,7 @@ class SQLiteStore(FollowingStore):
                     if everyone:
                         resend_at = now + _ACK_RECHECK
                     again = [peer for peer, how in peers.items() if everyone or how == "busy"]
-                    for peer, how in channel.notify_ids(again).items():
+                    for peer, how in channel.notify_ids(again, before=written.before).items():
                         if how == "gone" or not channel.alive(peer, FOLLOWER_STALE_AFTER):
                             del peers[peer]
                         else:
@@ -927,6 +957,8 @@ class SQLiteStore(FollowingStore):
             )
         self._pending_repair = lost
         self._status = self._current()
+        if self._channel is not None:
+            self._channel.drop_answers()
         # The mark may be of an older copy of this file (same generation, higher
         # counter): never let it vouch for commits of this one.
         self._wal_sync.forget()
@@ -1092,7 +1124,15 @@ class SQLiteStore(FollowingStore):
                 break
             try:
                 due = self._heartbeat.due()
-                deep = due or bool(retry_at) or self._awaiting_repairs
+                # A writer's counter before its batch below this follower's position:
+                # the counter went back, and the rows above it are not the ones applied.
+                went_back = self._counter_went_back or (
+                    inbox is not None
+                    and inbox.before is not None
+                    and inbox.before < self._last_change_id
+                )
+                self._counter_went_back = False
+                deep = due or bool(retry_at) or self._awaiting_repairs or went_back
                 conn, state = self._checked_connection(deep=deep)
                 if inbox is not None or deep:
                     self._catch_up(conn, 0 if state is None else state.sequence)
@@ -1210,7 +1250,32 @@ def _is_alive(owner: weakref.ref[threading.Thread]) -> bool:
 
 
 def _revocations(rows: Iterable[sql.Row]) -> list[Revocation]:
-    return [
-        Revocation(RevocationKind(kind), subject, not_before, expires_at, label, Note.decode(note))
-        for _change_id, kind, subject, not_before, expires_at, label, note in rows
-    ]
+    """The rows as entries, without those this version cannot read.
+
+    A row of a kind a newer version writes (during a rolling deploy), or one a foreign
+    writer left, is skipped with a warning, as the Redis follower skips such messages: the
+    follower moves past it instead of failing on it at every step (which would leave every
+    worker unavailable and every later entry unapplied).
+    """
+    entries = []
+    for change_id, kind, subject, not_before, expires_at, label, note in rows:
+        try:
+            if not isinstance(subject, int) or isinstance(subject, bool):
+                raise TypeError(f"subject {subject!r} is not an integer")
+            entry = Revocation(
+                RevocationKind(kind),
+                subject,
+                float(not_before),
+                float(expires_at),
+                label if isinstance(label, str) else None,
+                Note.decode(note if isinstance(note, str) else None),
+            )
+        except (ValueError, TypeError) as exc:
+            logger.warning(
+                "SQLite store: change %s cannot be read by this version and is skipped: %s",
+                change_id,
+                exc,
+            )
+            continue
+        entries.append(entry)
+    return entries

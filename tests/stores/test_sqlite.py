@@ -168,6 +168,38 @@ def test_sqlite_purges_expired_rows(tmp_path: Path) -> None:
         store.close()
 
 
+def test_rows_this_version_cannot_read_are_skipped_not_fatal(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A row of an unknown kind (a newer version's, mid-deploy) or with a subject that is no
+    integer is skipped with a warning: the followers move past it and apply what comes after,
+    stay available, and a worker starting later loads the rest."""
+    path = tmp_path / "revocations.db"
+    writer = SQLiteStore(path, poll_interval=0.002)
+    reader = SQLiteStore(path, poll_interval=0.002)
+    late = SQLiteStore(path, poll_interval=0.002)
+    try:
+        writer.start()
+        reader.start()
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            conn.execute(
+                "INSERT INTO revocations (kind, subject, not_before, expires_at)"
+                " VALUES ('jti', 1, 0, ?), ('sid', 'not-a-digest', 0, ?)",
+                (time.time() + LONG, time.time() + LONG),
+            )
+        assert writer.record([session("after-the-bad-rows", time.time() + LONG)])
+        assert revoked(reader, "after-the-bad-rows")
+        assert reader.status().available, reader.status()
+        late.start()
+        assert revoked(late, "after-the-bad-rows")
+        assert late.status().available
+        skipped = [r.getMessage() for r in caplog.records if "cannot be read" in r.getMessage()]
+        assert skipped, "no warning names the skipped rows"
+    finally:
+        for store in (late, reader, writer):
+            store.close()
+
+
 def test_sqlite_close_stops_recording(tmp_path: Path) -> None:
     """After close(), record() raises StoreUnavailableError and status() is unavailable."""
     store = SQLiteStore(tmp_path / "revocations.db")

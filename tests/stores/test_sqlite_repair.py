@@ -22,7 +22,17 @@ import pytest
 from kc_sso_middleware.stores import _sqlite_schema as sql
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 
-from ._helpers import LONG, Clock, eventually, every_session, open_started, revoked, session, user
+from ._helpers import (
+    LONG,
+    Clock,
+    eventually,
+    every_session,
+    keys,
+    open_started,
+    revoked,
+    session,
+    user,
+)
 
 
 def _delete(path: Path) -> None:
@@ -186,6 +196,42 @@ def test_older_copy_put_back_is_repaired(tmp_path: Path, stores: list[SQLiteStor
     fresh = open_started(stores, path)
     assert revoked(fresh, "old")
     assert revoked(fresh, "newer")
+
+
+def test_older_copy_restored_in_place_is_no_acknowledgement(
+    tmp_path: Path, stores: list[SQLiteStore]
+) -> None:
+    """A backup restored into the same file (SQLite's backup API, ``.restore``: same inode,
+    same generation, a lower change counter) reuses change ids.  A follower past the restored
+    counter must not take the new rows for those it applied, nor answer the writer with its
+    old position: every write after the restore is applied by every worker before its 200
+    (before the next heartbeat's check), and what the restore took is written back."""
+    path = tmp_path / "revocations.db"
+    writer = open_started(stores, path)
+    other = open_started(stores, path)
+    t = time.time()
+    assert writer.record([session("kept", t + LONG)])
+    backup = tmp_path / "backup.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute(f"VACUUM INTO '{backup}'")
+    for i in range(6):
+        assert writer.record([session(f"taken-{i}", t + LONG)])
+    assert eventually(lambda: revoked(other, "taken-5"))
+    inode = os.stat(path).st_ino
+    with (
+        contextlib.closing(sqlite3.connect(backup)) as source,
+        contextlib.closing(sqlite3.connect(path)) as target,
+    ):
+        source.backup(target)
+    assert os.stat(path).st_ino == inode
+    for i in range(8):
+        assert writer.record([session(f"after-{i}", t + LONG)])
+        # Acknowledged, so applied: at once, not at some later check.
+        assert other.is_revoked(keys(f"after-{i}")), f"after-{i} acknowledged, not applied"
+    fresh_keys = [f"taken-{i}" for i in range(6)] + [f"after-{i}" for i in range(8)]
+    assert eventually(lambda: writer.status().available and other.status().available)
+    fresh = open_started(stores, path)
+    assert all(revoked(fresh, sid) for sid in ["kept", *fresh_keys])
 
 
 def test_new_worker_is_not_current_while_another_repairs(
