@@ -189,6 +189,16 @@ class DjangoSessionSource(IdentitySource):
             user=ended.user_subject,
             client=ended.client_subject,
             issued_at=ended.issued_at,
+            # The user within this client: what a logout token without sid revokes.
+            client_user=(
+                None
+                if ended.sub is None
+                else subject_of(
+                    RevocationKind.USER,
+                    client_scope(self._settings.issuer, self._settings.client_id),
+                    ended.sub,
+                )
+            ),
             realm_session=(
                 None
                 if ended.sid is None

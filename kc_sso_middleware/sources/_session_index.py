@@ -111,12 +111,17 @@ class SessionIndex:
         revocations: Sequence[Revocation],
         identity_of: Callable[[Data | None], SessionIdentity | None],
         clock: Callable[[], float],
+        *,
+        ours: Callable[[Data], bool] = lambda data: True,
     ) -> Flow[int]:
         """Delete the indexed sessions ``revocations`` end; how many were deleted.
 
         Each member's data is read again and judged as the request path would judge it
         (a replica holding just these entries): a member that no longer holds a login of
         the key (gone, or another login under a reused id) is only taken out of the key.
+        A member holding another app's login (``ours`` says no: another client or realm
+        sharing the backend's namespace, and so these keys) is left alone, in the key
+        too: that app's own revocations end it.
         """
         keys = [
             (key, entry.kind, entry.label)
@@ -137,6 +142,8 @@ class SessionIndex:
                     doomed: list[tuple[str, SessionIdentity]] = []
                     stale: list[str] = []
                     for session_id, data in zip(members, datas, strict=True):
+                        if data is not None and not ours(data):
+                            continue
                         identity = identity_of(data)
                         if identity is None or not _belongs(identity, kind, label):
                             stale.append(session_id)

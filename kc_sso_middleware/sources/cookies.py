@@ -355,6 +355,32 @@ def identity_from_session(session: Mapping[str, Any], settings: Settings) -> Ses
     return identity_from_claims(claims, settings, refresh_token=refresh)
 
 
+def login_of_this_app(session: Mapping[str, Any], settings: Settings) -> bool:
+    """Whether the login a session's data holds may be this app's: issued by its issuer
+    (``iss``) to its client (``aud`` or ``azp``), where the login says.
+
+    Another app sharing the session backend's namespace (the same Redis and key prefix)
+    shares the index keys too; its sessions must not be judged, nor deleted, as if they
+    were logins of this app's client.  A login that names neither is taken to be ours.
+    """
+    id_token = _string(session.get(settings.session_id_token_key))
+    if id_token is not None:
+        claims: Mapping[str, Any] | None = _jwt_claims(id_token)
+    else:
+        stored = session.get(settings.session_claims_key)
+        claims = stored if isinstance(stored, Mapping) else None
+    if claims is None:
+        return True
+    issuer = claims.get("iss")
+    if issuer is not None and issuer != settings.issuer:
+        return False
+    audience = claims.get("aud")
+    audiences = [audience] if isinstance(audience, str) else audience
+    if isinstance(audiences, list) and audiences and settings.client_id not in audiences:
+        return claims.get("azp") == settings.client_id
+    return True
+
+
 def session_tokens(session: Mapping[str, Any], settings: Settings) -> LoginTokens:
     """The raw ID token and refresh token a session's data holds (for the logout path)."""
     return LoginTokens(

@@ -66,7 +66,12 @@ from ._session_index import SessionIndex
 from ._tails import TAIL, TailMemory
 from .base import Finding, IdentitySource, LoginTokens, SessionIdentity
 from .cookie_views import CookieView, plain_span
-from .cookies import identity_from_claims, identity_from_session, session_tokens
+from .cookies import (
+    identity_from_claims,
+    identity_from_session,
+    login_of_this_app,
+    session_tokens,
+)
 
 __all__ = ["RECHECK_SECONDS", "ServerSideSessionSource", "SessionFinding"]
 
@@ -440,9 +445,14 @@ class ServerSideSessionSource(IdentitySource):
         """Delete every indexed session ``revocations`` end (their data read again first)."""
         if self._index is None:
             return
-        deleted = yield from self._index.purge(revocations, self._identity_or_none, self._clock)
+        deleted = yield from self._index.purge(
+            revocations, self._identity_or_none, self._clock, ours=self._ours
+        )
         if deleted:
             logger.info("%s: deleted %d revoked session(s) from the backend", self.name, deleted)
+
+    def _ours(self, data: Data) -> bool:
+        return login_of_this_app(data, self._settings)
 
     def _identity_or_none(self, data: Data | None) -> SessionIdentity | None:
         if not data:

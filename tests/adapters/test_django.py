@@ -459,6 +459,7 @@ def test_every_revocation_ends_the_django_session(how: str, make_harness: Harnes
     ("how", "reason"),
     [
         pytest.param("backchannel-sid", "backchannel", id="back-channel logout"),
+        pytest.param("backchannel-sub", "backchannel", id="back-channel logout without sid"),
         pytest.param("k_logout-ids", "admin_logout", id="admin k_logout with the session id"),
     ],
 )

@@ -75,12 +75,19 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client.close()
 
 
-def id_token(op: StandInOP, sid: str | None, sub: str = "sub-ann", iat: float | None = None) -> str:
+def id_token(
+    op: StandInOP,
+    sid: str | None,
+    sub: str = "sub-ann",
+    iat: float | None = None,
+    *,
+    client_id: str = CLIENT_ID,
+) -> str:
     """An ID token as the OP issues it at login (``iat`` now unless given)."""
     issued = int(time.time() if iat is None else iat)
     claims = {
         "iss": op.issuer,
-        "aud": CLIENT_ID,
+        "aud": client_id,
         "sub": sub,
         "sid": sid,
         "iat": issued,
@@ -982,3 +989,35 @@ def test_observed_serializer_vouches_only_for_the_bytes_it_just_made() -> None:
     assert serializer.made_from(raw) is session
     assert serializer.made_from(raw) is None  # once
     assert serializer.deserialize(raw) == session
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_another_clients_logout_leaves_this_apps_sessions_alone(
+    kind: Kind, op: StandInOP, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Two apps of different clients whose libraries share one Redis and key prefix share
+    the index keys too.  A logout of the other client's part of the user's sessions (a
+    logout token without sid) deletes that client's session at once and leaves this app's
+    alone: its login was issued to another client, and no revocation of its own ends it."""
+    op.register_client("other", "other-secret")
+    prefix = "session:" if kind == "flask-session" else "starsessions."
+    ours = Worker(kind, make_settings(op), redis_server.url, prefix, MemoryStore())
+    other_settings = make_settings(op, client_id="other", client_secret="other-secret")
+    theirs = Worker(kind, other_settings, redis_server.url, prefix, MemoryStore())
+    try:
+        sub, sid = f"sub-{uuid.uuid4().hex[:8]}", str(uuid.uuid4())
+        our_cookie = ours.login(id_token(op, sid, sub))
+        their_cookie = theirs.login(id_token(op, sid, sub, client_id="other"))
+        assert redis_client.zcard(f"{prefix}kc-sso:sub:{sub}") == 2  # one key, both apps
+        token = op.logout_token("other", sid=None, sub=sub)
+        answer = theirs.request("POST", "/backchannel-logout", data={"logout_token": token})
+        assert answer.status_code == 200, answer.text
+        assert redis_client.exists(prefix + their_cookie) == 0  # deleted at once
+        assert redis_client.exists(prefix + our_cookie) == 1
+        assert ours.me(our_cookie).status_code == 200
+        # Still indexed: a revocation of this app's own ends it at once too.
+        members = redis_client.zrange(f"{prefix}kc-sso:sub:{sub}", 0, -1)
+        assert our_cookie.encode() in members
+    finally:
+        ours.close()
+        theirs.close()
