@@ -353,6 +353,47 @@ def test_redis_feed_gap_triggers_full_resync(redis_server: RedisServer) -> None:
 
 
 @pytest.mark.redis
+def test_redis_feed_message_without_seq_is_skipped(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A foreign message on the feed (no integer seq) is skipped with a warning naming
+    it: the followers stay available, a worker that starts while it is the newest message
+    syncs, and later writes reach everyone (no gap is assumed past it)."""
+    url = f"{redis_server.url}?prefix={new_prefix()}"
+    writer, reader = _store(url), _store(url)
+    raw = _raw_client(redis_server.url)
+    t = time.time()
+    try:
+        with caplog.at_level(logging.WARNING, logger="kc_sso_middleware"):
+            writer.start()
+            reader.start()
+            assert writer.record([session("before", t + LONG)])
+            foreign = raw.xadd(writer.keys.feed, {"hello": "world"})
+            odd = raw.xadd(writer.keys.feed, {"seq": "not-a-number", "data": "[]"})
+            assert eventually(lambda: reader._last_id == odd)
+            assert reader.status().available
+            late = _store(url)
+            try:
+                late.start()  # the newest message has no seq: the position is the seq key's
+                assert late.status().available, late.status()
+                written = writer.record([session("after", t + LONG)])
+                assert written
+                assert eventually(lambda: revoked(reader, "after") and revoked(late, "after"))
+                assert revoked(late, "before")
+                assert reader.status().available
+                assert late.status().available
+            finally:
+                late.close()
+    finally:
+        writer.close()
+        reader.close()
+        raw.close()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(f"message {foreign} has no integer seq" in m for m in messages)
+    assert not any("disconnected" in m or "feed gap" in m for m in messages), messages
+
+
+@pytest.mark.redis
 def test_redis_entries_of_the_old_format_are_ignored_without_harm(
     redis_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -146,11 +146,14 @@ class Follower:
             pipe.get(keys.seq)
             pipe.xrevrange(keys.feed, count=1)
             seq, newest = pipe.execute()
+        last_id, resynced_to = "", int(seq or 0)
         if newest:
             last_id, fields = newest[0]
-            resynced_to = int(fields["seq"])
-        else:
-            last_id, resynced_to = "", int(seq or 0)
+            # A newest message without a seq (a foreign XADD) says nothing of the position;
+            # the seq key, read in the same transaction, is the newest written one.
+            newest_seq = _seq(fields)
+            if newest_seq is not None:
+                resynced_to = newest_seq
         # Until the scan is done, the position published stays the one before the resync.
         # The feed first: its entries carry the labels and notes the keyspace does not
         # keep, so a worker that starts (or resyncs) after a logout can still say why a
@@ -287,7 +290,19 @@ class Follower:
         store = self.store
         foreign = False
         for msg_id, fields in messages:
-            seq = int(fields["seq"])
+            seq = _seq(fields)
+            if seq is None:
+                # Not one of ours (a foreign XADD to the feed): no seq was used up, so the
+                # next message still follows last_seq.  Step past it, or it would stop
+                # this follower (and every other one) for good.
+                logger.warning(
+                    "%s: change feed message %s has no integer seq (not written by "
+                    "kc_sso_middleware?) and is ignored",
+                    store.description,
+                    msg_id,
+                )
+                store._last_id = msg_id
+                continue
             if seq != self.last_seq + 1:
                 logger.warning(
                     "%s: change feed gap (seq %d after %d); full resync",
@@ -335,6 +350,14 @@ class Follower:
 def _messages(reply: Any) -> list[tuple[str, dict[str, str]]]:
     """The messages of a RESP2 XREAD reply: ``[[stream, [(id, fields), …]], …]``."""
     return [message for _stream, messages in reply or () for message in messages]
+
+
+def _seq(fields: dict[str, str]) -> int | None:
+    """A feed message's ``seq``; ``None`` when it has none that is an integer."""
+    try:
+        return int(fields["seq"])
+    except (KeyError, ValueError):
+        return None
 
 
 def _next_id(msg_id: str) -> str:
