@@ -68,7 +68,11 @@ class SSOMiddleware:
             )
         self.app = app
         self.settings = settings if settings is not None else Settings.from_env()
-        self.store = store if store is not None else open_store(self.settings.store)
+        self.store = (
+            store
+            if store is not None
+            else open_store(self.settings.store, clock_skew=self.settings.clock_skew)
+        )
         if sources is None:
             sources = default_sources(self.settings, "flask", clock, app=app, store=self.store)
         self.core = SSOCore(self.settings, self.store, sources, clock=clock, events=events)

@@ -54,7 +54,11 @@ class Integration:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.store = store if store is not None else open_store(settings.store)
+        self.store = (
+            store
+            if store is not None
+            else open_store(settings.store, clock_skew=settings.clock_skew)
+        )
         if sources is None:
             sources = [DjangoSessionSource(settings, clock)]
             if settings.bearer == "check":

@@ -26,12 +26,16 @@ __all__ = [
 ]
 
 
-def open_store(url: str, *, timer: Callable[[], float] = time.time) -> RevocationStore:
+def open_store(
+    url: str, *, timer: Callable[[], float] = time.time, clock_skew: float = 60.0
+) -> RevocationStore:
     """Open the store a ``KC_SSO_STORE`` URL names (no I/O happens before ``start()``).
 
     Every option is checked here: an unknown or out-of-range one raises
     :class:`~kc_sso_middleware.errors.ConfigurationError` naming it.  ``timer`` is the
-    clock entries' expiry is compared with (tests inject one).
+    clock entries' expiry is compared with (tests inject one).  ``clock_skew``
+    (``Settings.clock_skew``): how far workers' clocks may differ; the Redis store purges
+    expired entries no earlier than that.
     """
     parsed = parse_store_url(url)
     if parsed.scheme == "memory":
@@ -42,4 +46,4 @@ def open_store(url: str, *, timer: Callable[[], float] = time.time) -> Revocatio
         return SQLiteStore.from_parsed(parsed, timer=timer)
     from .redis import RedisStore  # the redis extra is needed only here
 
-    return RedisStore.from_parsed(parsed, timer=timer)
+    return RedisStore.from_parsed(parsed, clock_skew=clock_skew, timer=timer)

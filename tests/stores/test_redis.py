@@ -422,13 +422,15 @@ def test_redis_entries_of_the_old_format_are_ignored_without_harm(
 
 @pytest.mark.redis
 def test_redis_purges_expired_entries(redis_server: RedisServer) -> None:
-    """Each write removes expired entries, so the keyspace stays bounded."""
+    """Each write removes entries expired by more than the purge margin (the clock skew
+    allowed plus a minute), so the keyspace stays bounded."""
     clock = Clock()
     store = _store(f"{redis_server.url}?prefix={new_prefix()}", clock)
     try:
         t = clock.now
-        assert store.record([session("old", t + 10), user("alice", t, t + 10)])
-        clock.now = t + 11
+        clock.now = t - store.purge_margin - 20  # written long ago, expired since
+        assert store.record([session("old", clock.now + 10), user("alice", t, clock.now + 10)])
+        clock.now = t
         new = session("new", t + LONG)
         assert store.record([new])
         raw = _raw_client(redis_server.url)
@@ -437,6 +439,52 @@ def test_redis_purges_expired_entries(redis_server: RedisServer) -> None:
         raw.close()
     finally:
         store.close()
+
+
+@pytest.mark.redis
+def test_redis_a_clock_running_ahead_purges_no_live_entry(redis_server: RedisServer) -> None:
+    """A worker whose clock is 10 minutes fast deletes none of the entries still live for
+    the others (Redis' clock bounds the purge, less the clock skew allowed): a worker
+    started after the feed dropped their messages still loads them from the keyspace."""
+    url = f"{redis_server.url}?prefix={new_prefix()}&stream_maxlen=1"
+    t = time.time()
+    on_time = _store(url)
+    fast = _store(url, lambda: time.time() + 600)
+    try:
+        assert on_time.record([session("live", t + 300), user("alice", t, t + 300)])
+        for i in range(200):  # the capped feed no longer holds the entry's message
+            assert on_time.record([session(f"filler-{i}", t + LONG)])
+        assert fast.record([session("fast-write", t + LONG)])
+        raw = _raw_client(redis_server.url)
+        held = raw.zrange(on_time.keys.entries, 0, -1)
+        raw.close()
+        assert f"sid:{session('live', 0).subject}" in held
+        late = _store(url)
+        try:
+            late.start()
+            assert revoked(late, "live")
+            assert revoked(late, None, "alice", t - 1)
+        finally:
+            late.close()
+    finally:
+        on_time.close()
+        fast.close()
+
+
+@pytest.mark.redis
+def test_redis_purge_margin_is_at_least_the_clock_skew_allowed() -> None:
+    """The configured clock skew (KC_SSO_CLOCK_SKEW) widens the purge margin."""
+    from kc_sso_middleware.stores.redis import RedisStore
+
+    wide = RedisStore.from_url("redis://127.0.0.1:1/0", clock_skew=600)
+    narrow = open_store("redis://127.0.0.1:1/0", clock_skew=0)  # no I/O before start()
+    try:
+        assert wide.purge_margin >= 600
+        assert isinstance(narrow, RedisStore)
+        assert narrow.purge_margin > 0
+    finally:
+        wide.close()
+        narrow.close()
 
 
 @pytest.mark.redis

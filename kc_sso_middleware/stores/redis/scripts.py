@@ -153,10 +153,11 @@ RECORD = Script(
     """
 -- KEYS: P entries, [P jti:<jti>]; the store's other keys are named from the prefix P
 --       (with Redis Cluster they share the slot of its hash tag, which Redis allows)
--- ARGV: now, stream maxlen, feed payload, jti ttl ms, call token, writer's follower name,
---       live window ms, ack ttl ms (0: nobody waits for acknowledgements), '1' when a
---       BLPOP on P acks:done:<token> follows in the pipeline, the generation the
---       writer synced with ('' for none), then (member, not_before, expires_at) per entry
+-- ARGV: the writer's now, stream maxlen, feed payload, jti ttl ms, call token, writer's
+--       follower name, live window ms, ack ttl ms (0: nobody waits for
+--       acknowledgements), '1' when a BLPOP on P acks:done:<token> follows in the
+--       pipeline, the generation the writer synced with ('' for none), the purge margin
+--       (seconds), then (member, not_before, expires_at) per entry
 -- Returns {position, followers to wait for}: position 0 for a replay, -1 when nothing was
 -- written, else the seq of the message.  With nobody to wait for, a BLPOP that follows is
 -- released at once.  Followers -1: written, but the keyspace lost data moments ago (its
@@ -187,8 +188,8 @@ if KEYS[2] then
     return settled(0)
   end
 end
-if #ARGV < 11 then return settled(-1) end
-for i = 11, #ARGV, 3 do
+if #ARGV < 12 then return settled(-1) end
+for i = 12, #ARGV, 3 do
   redis.call('ZADD', entries, 'GT', ARGV[i + 2], ARGV[i])
   if string.sub(ARGV[i], 1, 4) ~= 'sid:' then
     local current = redis.call('HGET', not_before, ARGV[i])
@@ -197,7 +198,14 @@ for i = 11, #ARGV, 3 do
     end
   end
 end
-local expired = redis.call('ZRANGE', entries, '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, 100)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Purge only what has expired for every worker: by the earlier of the writer's clock and
+-- Redis', less a margin of at least the clock skew allowed, so that a clock running ahead
+-- (the writer's or Redis') never deletes an entry still live for the others.
+local cutoff = math.min(tonumber(ARGV[1]), now / 1000) - tonumber(ARGV[11])
+local expired = redis.call('ZRANGE', entries, '-inf', string.format('%.3f', cutoff),
+                          'BYSCORE', 'LIMIT', 0, 100)
 if #expired > 0 then
   redis.call('ZREM', entries, unpack(expired))
   redis.call('HDEL', not_before, unpack(expired))
@@ -211,8 +219,6 @@ local applied = P .. 'followers:applied'
 if ARGV[6] ~= '' and tonumber(redis.call('HGET', applied, ARGV[6]) or '-2') == seq - 1 then
   redis.call('HSET', applied, ARGV[6], seq)
 end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZRANGE', P .. 'followers:seen', now - tonumber(ARGV[7]), '+inf',
                         'BYSCORE')
 -- A keyspace emptied (FLUSHALL, eviction, a restart) took the followers' list along, and

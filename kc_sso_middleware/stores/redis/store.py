@@ -13,7 +13,9 @@ A write is **one round trip**: one pipeline of the record script, ``WAIT`` (when
 ``wait_replicas`` is set) and ``BLPOP`` on the write's own acknowledgement list.  The
 record script claims the ``jti`` with ``SET NX PX`` and, on a replay, writes nothing.
 Otherwise it merges the entries (``ZADD GT`` keeps the latest expiry; a ``not_before`` is
-only ever raised), removes at most 100 expired entries so the keyspace stays bounded,
+only ever raised), removes at most 100 expired entries so the keyspace stays bounded
+(expired by the earlier of the writer's clock and Redis', by more than the clock skew
+allowed plus a minute: a clock running ahead never deletes an entry still live for others),
 increments ``seq``, appends the message with ``XADD``, and lists the live followers other
 than the writer's own as the ones to wait for.  Each of them acknowledges as part of
 publishing its position, and the last one releases the writer's ``BLPOP`` (see
@@ -109,6 +111,11 @@ _LIVE_MS = int(FOLLOWER_STALE_AFTER * 1000)
 _OWN_WRITES = 10_000
 #: how often a write Redis could not wait for (it lost data moments ago) looks again
 _CONFIRM_POLL = 0.01
+#: the clock skew allowed when none is given (``Settings.clock_skew``'s default)
+DEFAULT_CLOCK_SKEW = 60.0
+#: how much longer than the clock skew allowed an expired entry is kept before a write
+#: purges it (seconds): a purge is only housekeeping, deleting early loses a revocation
+_PURGE_SLACK = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +155,7 @@ class RedisStore(FollowingStore):
         ack_timeout: float = default_of(ACK_TIMEOUT),
         wait_replicas: int = default_of(WAIT_REPLICAS),
         repair_wait: float = default_of(REPAIR_WAIT),
+        clock_skew: float = DEFAULT_CLOCK_SKEW,
         timer: Callable[[], float] = time.time,
     ) -> None:
         self.connector = connector
@@ -156,6 +164,9 @@ class RedisStore(FollowingStore):
         self.stream_maxlen = stream_maxlen
         self.wait_replicas = wait_replicas
         self.repair_wait = repair_wait
+        # Workers' clocks (and Redis') differ: the record script purges an entry only this
+        # long after it expired by the earlier of the writer's clock and Redis'.
+        self.purge_margin = max(0.0, clock_skew) + _PURGE_SLACK
         self.keys = scripts.Keys(prefix)
         self._resources = contextlib.ExitStack()
         self._resources.callback(connector.close)
@@ -182,13 +193,27 @@ class RedisStore(FollowingStore):
         )
 
     @classmethod
-    def from_url(cls, url: str, *, timer: Callable[[], float] = time.time) -> RedisStore:
+    def from_url(
+        cls,
+        url: str,
+        *,
+        clock_skew: float = DEFAULT_CLOCK_SKEW,
+        timer: Callable[[], float] = time.time,
+    ) -> RedisStore:
         """Open ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://`` or
-        ``redis+cluster://`` (no I/O)."""
-        return cls.from_parsed(parse_store_url(url, schemes=REDIS_SCHEMES), timer=timer)
+        ``redis+cluster://`` (no I/O).  ``clock_skew``: the seconds workers' clocks may
+        differ by (``Settings.clock_skew``); expired entries are purged no earlier."""
+        parsed = parse_store_url(url, schemes=REDIS_SCHEMES)
+        return cls.from_parsed(parsed, clock_skew=clock_skew, timer=timer)
 
     @classmethod
-    def from_parsed(cls, parsed: StoreURL, *, timer: Callable[[], float] = time.time) -> RedisStore:
+    def from_parsed(
+        cls,
+        parsed: StoreURL,
+        *,
+        clock_skew: float = DEFAULT_CLOCK_SKEW,
+        timer: Callable[[], float] = time.time,
+    ) -> RedisStore:
         return cls(
             connector_for(parsed),
             prefix=parsed[PREFIX],
@@ -197,6 +222,7 @@ class RedisStore(FollowingStore):
             ack_timeout=parsed[ACK_TIMEOUT],
             wait_replicas=parsed[WAIT_REPLICAS],
             repair_wait=parsed[REPAIR_WAIT],
+            clock_skew=clock_skew,
             timer=timer,
         )
 
@@ -254,6 +280,7 @@ class RedisStore(FollowingStore):
             int(self.ack_timeout * 1000) + ACK_DONE_TTL_MS if self.ack_timeout > 0 else 0,
             "1" if blpop else "0",
             self._generation or "",
+            repr(self.purge_margin),
         ]
         for entry in write.entries:
             # repr() round-trips floats exactly; Lua only compares, Redis stores the text.
