@@ -112,7 +112,8 @@ def test_redis_password_and_database_from_the_url() -> None:
             assert store.status().available
             assert store.record([session("sid", time.time() + LONG)])
             raw = _raw_client(url)
-            assert raw.zcard("pw:entries") == 1
+            # The entry, not the generation's copy (score +inf)
+            assert raw.zcount("pw:entries", "-inf", "(+inf") == 1
             raw.close()
         finally:
             store.close()
@@ -485,6 +486,71 @@ def test_redis_purge_margin_is_at_least_the_clock_skew_allowed() -> None:
     finally:
         wide.close()
         narrow.close()
+
+
+@pytest.mark.redis
+def test_redis_an_evicting_maxmemory_policy_is_an_error(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """maxmemory with an allkeys-* policy may evict the store's keys (they have no TTL):
+    the store says so at ERROR level when it connects; noeviction and volatile-* are
+    fine, as is a Redis without maxmemory."""
+    raw = _raw_client(own_redis.url)
+    try:
+        for memory, policy, risky in [
+            ("0", "allkeys-lru", False),
+            ("1gb", "volatile-lru", False),
+            ("1gb", "noeviction", False),
+            ("1gb", "allkeys-lru", True),
+        ]:
+            raw.config_set("maxmemory", memory)
+            raw.config_set("maxmemory-policy", policy)
+            caplog.clear()
+            store = _store(f"{own_redis.url}?prefix={new_prefix()}")
+            with caplog.at_level(logging.ERROR, logger="kc_sso_middleware"):
+                try:
+                    store.start()
+                    assert store.status().available
+                finally:
+                    store.close()
+            errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+            if risky:
+                assert len(errors) == 1, errors
+                assert "maxmemory-policy allkeys-lru" in errors[0]
+                assert "noeviction" in errors[0]
+                assert "volatile-" in errors[0]
+            else:
+                assert not errors, (memory, policy, errors)
+    finally:
+        raw.close()
+
+
+@pytest.mark.redis
+def test_redis_info_refused_does_not_stop_the_store(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user that may not run INFO (as on some managed Redis) still gets a working
+    store; the eviction policy is then not checked (a debug message says so)."""
+    raw = _raw_client(own_redis.url)
+    raw.acl_setuser(
+        "limited",
+        enabled=True,
+        passwords=["+pw"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-info"],
+    )
+    raw.close()
+    url = own_redis.url.replace("redis://", "redis://limited:pw@", 1)
+    store = _store(f"{url}?prefix={new_prefix()}&repair_wait=0")
+    with caplog.at_level(logging.DEBUG, logger="kc_sso_middleware"):
+        try:
+            store.start()
+            assert store.status().available
+            assert store.record([session("still-works", time.time() + LONG)])
+        finally:
+            store.close()
+    assert any("INFO memory refused" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.redis

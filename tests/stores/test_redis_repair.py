@@ -202,6 +202,105 @@ def _member(sid: str) -> str:
     return f"sid:{session(sid, 0).subject}"
 
 
+def _written_then_trimmed(store: RedisStore, t: float) -> None:
+    """Record "kept" and alice's user entry, then enough others that the capped feed
+    (stream_maxlen=1) no longer holds them: only the keyspace (and replicas) do."""
+    assert store.record([session("kept", t + LONG), user("alice", t, t + LONG)])
+    for i in range(300):
+        assert store.record([session(f"filler-{i}", t + LONG)])
+
+
+@pytest.mark.parametrize("evicted", ["entries", "not_before"])
+def test_evicted_entries_are_found_by_the_heartbeat(
+    redis_server: RedisServer, evicted: str
+) -> None:
+    """Redis evicting the entries zset (and seq) or the not_before hash under maxmemory,
+    while the generation, read every heartbeat, stays: the generation's copy goes with
+    it, so the worker finds the loss and writes back; a worker started afterwards
+    enforces the entries the feed no longer holds."""
+    url = with_options(redis_server.url, prefix=new_prefix(), stream_maxlen=1)
+    survivor = _open(url)
+    t = time.time()
+    try:
+        survivor.start()
+        _written_then_trimmed(survivor, t)
+        generation = survivor._generation
+        raw = _raw(redis_server.url)
+        try:
+            if evicted == "entries":
+                raw.delete(survivor.keys.entries, survivor.keys.seq)
+            else:
+                raw.delete(survivor.keys.not_before)
+            assert eventually(lambda: survivor._generation != generation)
+            assert eventually(
+                lambda: raw.zscore(survivor.keys.entries, _member("kept")) is not None
+            )
+            assert eventually(lambda: raw.hlen(survivor.keys.not_before) == 2)  # alice, copy
+        finally:
+            raw.close()
+        assert eventually(lambda: survivor.status().available)
+        fresh = _open(url)
+        try:
+            fresh.start()
+            assert revoked(fresh, "kept")
+            assert revoked(fresh, None, "alice", t - 1)
+        finally:
+            fresh.close()
+    finally:
+        survivor.close()
+
+
+def test_new_worker_waits_for_the_repair_of_evicted_entries(redis_server: RedisServer) -> None:
+    """A worker that starts right after the entries were evicted (before any survivor's
+    heartbeat noticed) starts a new generation and waits for the survivors' write-back
+    rather than syncing without the entries."""
+    url = with_options(redis_server.url, prefix=new_prefix(), stream_maxlen=1)
+    survivor = _open(url)
+    t = time.time()
+    try:
+        survivor.start()
+        _written_then_trimmed(survivor, t)
+        raw = _raw(redis_server.url)
+        raw.delete(survivor.keys.entries, survivor.keys.not_before, survivor.keys.seq)
+        raw.close()
+        late = _open(url)
+        try:
+            late.start()
+            assert late.status().available
+            assert revoked(late, "kept")
+            assert revoked(late, None, "alice", t - 1)
+        finally:
+            late.close()
+    finally:
+        survivor.close()
+
+
+def test_a_generation_without_copies_is_no_loss(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A keyspace whose generation an older version wrote (no copies in entries and
+    not_before) is followed as before: no repair, no new generation."""
+    url = with_options(redis_server.url, prefix=new_prefix())
+    store = _open(url)
+    raw = _raw(redis_server.url)
+    t = time.time()
+    raw.set(store.keys.generation, "0123456789abcdef")
+    raw.zadd(store.keys.entries, {_member("older"): t + LONG})
+    raw.close()
+    try:
+        with caplog.at_level(logging.INFO, logger="kc_sso_middleware"):
+            store.start()
+            assert store.status().available
+            assert revoked(store, "older")
+            assert store.record([session("newer", t + LONG)])
+            time.sleep(1.5)  # a heartbeat
+            assert store.status().available
+        assert store._generation == "0123456789abcdef"
+        assert not any("repairing" in r.getMessage() for r in caplog.records)
+    finally:
+        store.close()
+
+
 def test_failover_to_a_replica_that_missed_writes_is_repaired(redis_server: RedisServer) -> None:
     """Same generation, but the feed no longer holds the last message a worker applied
     (a failover to a lagging replica, simulated): on reconnecting, the worker writes back
@@ -253,7 +352,8 @@ def test_write_back_never_outlives_an_entry_and_is_idempotent(
         assert eventually(lambda: one.status().available and two.status().available)
         raw = _raw(own_redis.url)
         try:
-            entries = dict(raw.zrange(one.keys.entries, 0, -1, withscores=True))
+            held = raw.zrange(one.keys.entries, 0, -1, withscores=True)
+            entries = {m: score for m, score in held if not m.startswith("gen:")}  # no copy
         finally:
             raw.close()
         assert _member("short") not in entries

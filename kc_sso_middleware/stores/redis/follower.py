@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from .._following import FOLLOWER_PURGE_AFTER, HEARTBEAT_INTERVAL
 from ..model import Note, Revocation, RevocationKind
 from . import scripts
-from .repair import reconcile
+from .repair import check_eviction_policy, reconcile
 
 if TYPE_CHECKING:
     import redis
@@ -95,6 +95,7 @@ class Follower:
             for script in scripts.SCRIPTS:  # for the writers' pipelines too
                 pipe.script_load(script.text)
             pipe.execute()
+        check_eviction_policy(self.store, self.client)
         while True:
             reconcile(self.store, self.client)
             if self.store._stop.is_set():
@@ -115,7 +116,7 @@ class Follower:
     def _publish_args(self) -> tuple[list[str], list[str | int]]:
         store = self.store
         keys = store.keys
-        return [*keys.followers, keys.waits, keys.generation], [
+        return [*keys.followers, keys.waits, keys.generation, keys.entries, keys.not_before], [
             store.follower_name,
             self.last_seq,
             int(FOLLOWER_PURGE_AFTER * 1000),
@@ -170,7 +171,8 @@ class Follower:
         batch: list[tuple[str, float]] = []
         skipped = 0
         for member, expires_at in self.client.zscan_iter(keys.entries, count=_SCAN_BATCH):
-            if expires_at > now:
+            # "gen:…" is the generation's copy (see scripts), no entry.
+            if expires_at > now and not member.startswith(scripts.GENERATION_COPY):
                 batch.append((member, expires_at))
             if len(batch) >= _SCAN_BATCH:
                 skipped += self._apply_scanned(batch)

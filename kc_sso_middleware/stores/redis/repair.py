@@ -13,7 +13,12 @@ generation leads to it as well.
   synced with.  Missing means the keyspace was emptied; different means another worker
   found a loss; the same, but the feed no longer holding the last message this worker
   applied, means a failover to a replica that had not received it.  The last two cover
-  Sentinel and Cluster failovers, whose replicas carry the generation along.
+  Sentinel and Cluster failovers, whose replicas carry the generation along.  The
+  generation's copies in ``P entries`` and ``P not_before`` missing means those keys were
+  evicted (``maxmemory`` with an ``allkeys-*`` policy, which
+  :func:`check_eviction_policy` warns of at every connection); a new worker that finds
+  this starts a new generation, so that the workers holding the entries write them back,
+  and waits ``repair_wait`` for them.
 * **Repair**: such a worker is listed in ``P repairers`` (with a lease) and unregistered
   as a follower, atomically with the finding; a loss it found itself also starts a new
   generation, so that every other worker writes back too when it next checks.  It then
@@ -42,7 +47,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from .._following import FOLLOWER_STALE_AFTER
 from ..model import Revocation, StoreStatus
@@ -53,7 +58,7 @@ if TYPE_CHECKING:
 
     from .store import RedisStore
 
-__all__ = ["reconcile", "run_script"]
+__all__ = ["check_eviction_policy", "reconcile", "run_script"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +90,7 @@ def reconcile(store: RedisStore, client: redis.Redis) -> None:
     errors propagate (the follower reconnects).
     """
     absent_until: float | None = None
+    why = "Redis holds no generation of this store"
     while not store._stop.is_set():
         verdict, generation, repairers = _contact(store, client, create=False)
         if store._generation is not None:  # this worker synced before: it may hold more
@@ -92,22 +98,30 @@ def reconcile(store: RedisStore, client: redis.Redis) -> None:
                 _repair(store, client, verdict)
             store._generation = generation
             return
+        now = time.monotonic()
+        if verdict == "evicted":
+            # This worker found the loss and started a new generation: the workers that
+            # hold the entries list themselves as repairers at their next heartbeat.
+            # Give them repair_wait to (the contact says 'current' from now on).
+            why = "Redis evicted this store's entries"
+            logger.warning("%s: %s (see maxmemory-policy)", store.description, why)
+            absent_until = now + store.repair_wait
+            verdict = "current"
         if verdict == "absent" and not repairers:
-            now = time.monotonic()
             if absent_until is None:
                 absent_until = now + max(0.0, store.repair_wait - _uptime(client))
             if now >= absent_until:
                 # Nobody came to repair: a new keyspace (or nothing to recover).
                 verdict, generation, repairers = _contact(store, client, create=True)
-        if verdict == "current" and not repairers:
+        waited = absent_until is None or now >= absent_until
+        if verdict == "current" and not repairers and waited:
             store._generation = generation
             return
         detail = (
             f"waiting for {repairers} worker(s) to write back what Redis lost"
             if repairers
-            else f"Redis holds no generation of this store: waiting up to "
-            f"repair_wait={store.repair_wait:g}s for a surviving worker to write back "
-            "what it may have lost"
+            else f"{why}: waiting up to repair_wait={store.repair_wait:g}s for a surviving "
+            "worker to write back what it may have lost"
         )
         if store._status.detail != detail:
             logger.info("%s: %s", store.description, detail)
@@ -120,7 +134,14 @@ def _contact(store: RedisStore, client: redis.Redis, *, create: bool) -> tuple[s
     reply = run_script(
         client,
         scripts.CONTACT,
-        [keys.generation, keys.repairers, keys.feed, *keys.followers],
+        [
+            keys.generation,
+            keys.repairers,
+            keys.feed,
+            *keys.followers,
+            keys.entries,
+            keys.not_before,
+        ],
         [
             store._generation or "",
             store._last_id,
@@ -143,10 +164,50 @@ def _uptime(client: redis.Redis) -> float:
         return 0.0
 
 
+def check_eviction_policy(store: RedisStore, client: redis.Redis) -> None:
+    """Log an error when Redis may evict the store's keys: a ``maxmemory`` with an
+    ``allkeys-*`` policy.  Once per finding and store (a reconnect repeats it only when the
+    setting changed, as after a failover to a node configured otherwise).
+
+    Read from ``INFO memory``, since managed Redis often refuses ``CONFIG GET``; a refused
+    ``INFO`` is logged at debug level only.  With Redis Cluster the client is connected to
+    the master of the store's slot, the node that holds (and would evict) its keys.
+    """
+    try:
+        memory = client.info("memory")
+    except ResponseError as exc:
+        logger.debug(
+            "%s: INFO memory refused (%s); the eviction policy is not checked",
+            store.description,
+            exc,
+        )
+        return
+    policy = str(memory.get("maxmemory_policy", ""))
+    try:
+        limit = int(memory.get("maxmemory", 0))
+    except (TypeError, ValueError):
+        limit = 0
+    finding = (policy, limit) if limit > 0 and policy.startswith("allkeys-") else None
+    if finding is not None and finding != store._eviction_reported:
+        logger.error(
+            "%s: Redis has maxmemory %d bytes and maxmemory-policy %s: when memory runs "
+            "short it evicts any key, this store's too (they have no TTL), and revocations "
+            "are forgotten: a worker started afterwards accepts sessions that were logged "
+            "out.  Workers that hold them write them back when they notice, but not those "
+            "no running worker holds.  Set maxmemory-policy noeviction (or a volatile-* "
+            "policy, which evicts only keys with a TTL), or give the store a Redis of its "
+            "own.",
+            store.description,
+            limit,
+            policy,
+        )
+    store._eviction_reported = finding
+
+
 _WHY = {
-    "lost": "Redis lost data (no generation, or the change feed no longer holds the last "
-    "change this worker applied: a restart without persistence, or a failover to a "
-    "replica that had not received it)",
+    "lost": "Redis lost data (no generation, its entries evicted, or the change feed no "
+    "longer holds the last change this worker applied: a restart without persistence, "
+    "or a failover to a replica that had not received it)",
     "changed": "another worker found that Redis lost data",
     "trimmed": "this worker was further behind than the change feed reaches",
 }

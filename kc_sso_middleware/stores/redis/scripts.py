@@ -42,7 +42,12 @@ Keys (``P`` is the prefix; for Redis Cluster it holds a hash tag, so all are in 
 ``P generation``
     A random token written once for the keyspace's history.  Each worker remembers the
     one it synced with and compares it on every (re)connection, resync and heartbeat:
-    missing or different means the store lost data (see :mod:`.repair`).
+    missing or different means the store lost data (see :mod:`.repair`).  A generation
+    written by this version (``m:…``) also has copies in ``P entries`` (member
+    ``gen:<generation>``, score ``+inf``, never purged) and ``P not_before`` (field
+    ``gen:<generation>``), checked along with it: Redis evicting keys under ``maxmemory``
+    takes them one by one, and the generation, read every heartbeat, is the last to go,
+    so a copy missing means those keys were lost.  An older generation has no copies.
 ``P generation:renewed``
     Set, with a TTL of the live window, when a worker found a loss and started a new
     generation.  Until it expires (and while the generation is not the writer's), the
@@ -63,6 +68,7 @@ from dataclasses import dataclass, field
 __all__ = [
     "CONFIRM",
     "CONTACT",
+    "GENERATION_COPY",
     "PUBLISH",
     "RECORD",
     "SCRIPTS",
@@ -148,9 +154,23 @@ class Script:
         object.__setattr__(self, "sha", sha)
 
 
+#: the prefix of the generation's copies in ``P entries`` and ``P not_before``
+GENERATION_COPY = "gen:"
+
+# Lua shared by the scripts that check the generation (see P generation above).
+_GENERATION_COPIES = """
+local function copies_lost(entries, not_before, generation)
+  if string.sub(generation, 1, 2) ~= 'm:' then return false end  -- an older generation
+  local copy = 'gen:' .. generation
+  return not redis.call('ZSCORE', entries, copy) or
+    redis.call('HEXISTS', not_before, copy) == 0
+end
+"""
+
 RECORD = Script(
     "record",
-    """
+    _GENERATION_COPIES
+    + """
 -- KEYS: P entries, [P jti:<jti>]; the store's other keys are named from the prefix P
 --       (with Redis Cluster they share the slot of its hash tag, which Redis allows)
 -- ARGV: the writer's now, stream maxlen, feed payload, jti ttl ms, call token, writer's
@@ -226,7 +246,8 @@ local live = redis.call('ZRANGE', P .. 'followers:seen', now - tonumber(ARGV[7])
 -- next heartbeat: until then the list cannot say whom to wait for.
 local unsure = ack_ttl > 0 and ARGV[10] ~= '' and
   (redis.call('GET', P .. 'generation') ~= ARGV[10] or
-   redis.call('EXISTS', P .. 'generation:renewed') == 1)
+   redis.call('EXISTS', P .. 'generation:renewed') == 1 or
+   copies_lost(entries, not_before, ARGV[10]))
 local waiting = 0
 for _, name in ipairs(live) do
   if name ~= ARGV[6] then
@@ -258,12 +279,18 @@ return {seq, waiting}
 # Redis' clock, not the hosts': followers on several hosts compare their heartbeats.
 PUBLISH = Script(
     "publish",
-    """
--- KEYS: followers:applied hash, followers:seen zset, acks:waits zset, generation
+    _GENERATION_COPIES
+    + """
+-- KEYS: followers:applied hash, followers:seen zset, acks:waits zset, generation,
+--       entries zset, not_before hash
 -- ARGV: follower name, applied seq, purge age ms, generation this follower synced with
 --       ('' to skip the check), acknowledgement key prefix (P acks:), done ttl ms
--- Returns 1, or 0 (and publishes nothing) when the generation is not the one given.
-if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return 0 end
+-- Returns 1, or 0 (and publishes nothing) when the generation is not the one given, or
+-- its copies are gone (evicted keys).
+if ARGV[4] ~= '' and (redis.call('GET', KEYS[4]) ~= ARGV[4] or
+                      copies_lost(KEYS[5], KEYS[6], ARGV[4])) then
+  return 0
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local applied = tonumber(ARGV[2])
@@ -355,26 +382,45 @@ return reply
 
 CONTACT = Script(
     "contact",
-    """
--- KEYS: generation, repairers zset, feed stream, followers:applied hash, followers:seen zset
+    _GENERATION_COPIES
+    + """
+-- KEYS: generation, repairers zset, feed stream, followers:applied hash, followers:seen
+--       zset, entries zset, not_before hash
 -- ARGV: generation this worker synced with ('' for a worker that never synced), id of the
---       last feed message it applied ('' for none), a new random generation, its name,
+--       last feed message it applied ('' for none), a new random token, its name,
 --       repair lease ms, '1' to create the generation if there is none (a new worker
 --       whose wait is over), the live window ms (a renewed generation is marked that
 --       long: writers do not trust the followers' list meanwhile)
 -- Returns {verdict, generation ('' for none), repairers listed}.  Verdicts: 'current'
 -- (nothing lost that this worker can tell), 'absent' (no generation: a new keyspace, or
--- one that lost everything), or, for a worker that synced before, 'lost' (the keyspace
--- was emptied, or the feed no longer holds the last message this worker applied: a
--- failover to a replica that had not received it), 'changed' (another worker found a
--- loss and started a new generation) or 'trimmed' (the feed moved on past that message,
--- which cannot tell whether anything was lost).  Those three list the worker as a
--- repairer and unregister its follower: it writes its replica back, then follows again.
+-- one that lost everything), 'evicted' (for a worker that never synced: the generation's
+-- copies are gone, so the entries were evicted; it started a new generation, so that the
+-- workers holding them write them back), or, for a worker that synced before, 'lost'
+-- (the keyspace was emptied, its entries evicted, or the feed no longer holds the last
+-- message this worker applied: a failover to a replica that had not received it),
+-- 'changed' (another worker found a loss and started a new generation) or 'trimmed' (the
+-- feed moved on past that message, which cannot tell whether anything was lost).  Those
+-- three list the worker as a repairer and unregister its follower: it writes its replica
+-- back, then follows again.
 local function id_less(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
   if tonumber(am) ~= tonumber(bm) then return tonumber(am) < tonumber(bm) end
   return tonumber(as) < tonumber(bs)
+end
+-- A new generation ('m:': it has copies), replacing ``old`` (false for none); ``renewed``:
+-- marked as such for the live window (writers do not trust the followers' list meanwhile).
+local function start_generation(old, renewed)
+  local generation = 'm:' .. ARGV[3]
+  redis.call('SET', KEYS[1], generation)
+  if old then
+    redis.call('ZREM', KEYS[6], 'gen:' .. old)
+    redis.call('HDEL', KEYS[7], 'gen:' .. old)
+  end
+  redis.call('ZADD', KEYS[6], '+inf', 'gen:' .. generation)
+  redis.call('HSET', KEYS[7], 'gen:' .. generation, 0)
+  if renewed then redis.call('SET', KEYS[1] .. ':renewed', 1, 'PX', ARGV[7]) end
+  return generation
 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -382,10 +428,15 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 local generation = redis.call('GET', KEYS[1])
 if ARGV[1] == '' then
   if not generation and ARGV[6] == '1' then
-    redis.call('SET', KEYS[1], ARGV[3])
-    generation = ARGV[3]
+    generation = start_generation(false, false)
   end
   if not generation then return {'absent', '', redis.call('ZCARD', KEYS[2])} end
+  if copies_lost(KEYS[6], KEYS[7], generation) then
+    -- This worker has nothing to give back, but the workers that synced before hold the
+    -- evicted entries: at their next heartbeat they find another generation and repair.
+    generation = start_generation(generation, true)
+    return {'evicted', generation, redis.call('ZCARD', KEYS[2])}
+  end
   return {'current', generation, redis.call('ZCARD', KEYS[2])}
 end
 local verdict = 'current'
@@ -393,6 +444,8 @@ if not generation then
   verdict = 'lost'
 elseif generation ~= ARGV[1] then
   verdict = 'changed'
+elseif copies_lost(KEYS[6], KEYS[7], generation) then
+  verdict = 'lost'  -- the keyspace's entries (or not_before) were evicted
 elseif ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[3], ARGV[2], ARGV[2]) == 0 then
   local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
   verdict = 'lost'
@@ -402,11 +455,7 @@ elseif ARGV[2] ~= '' and #redis.call('XRANGE', KEYS[3], ARGV[2], ARGV[2]) == 0 t
   end
 end
 if verdict == 'current' then return {verdict, generation, redis.call('ZCARD', KEYS[2])} end
-if verdict == 'lost' then
-  redis.call('SET', KEYS[1], ARGV[3])
-  redis.call('SET', KEYS[1] .. ':renewed', 1, 'PX', ARGV[7])
-  generation = ARGV[3]
-end
+if verdict == 'lost' then generation = start_generation(generation or ARGV[1], true) end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[5]), ARGV[4])
 redis.call('HDEL', KEYS[4], ARGV[4])
 redis.call('ZREM', KEYS[5], ARGV[4])

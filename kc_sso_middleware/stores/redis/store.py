@@ -183,6 +183,8 @@ class RedisStore(FollowingStore):
         self._generation: str | None = None
         #: the id of the last feed message this process applied ("" for none)
         self._last_id = ""
+        #: the risky eviction setting last reported (see repair.check_eviction_policy)
+        self._eviction_reported: tuple[str, int] | None = None
         #: whether the last write had other live followers to wait for
         self._others_live = True
         #: this process's recent writes, by token: whether the replica holds them yet (the
