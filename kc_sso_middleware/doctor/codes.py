@@ -63,6 +63,7 @@ CODES: Mapping[str, Code] = {
         ("store-unreachable", "the shared store (Redis) could not be reached"),
         ("store-unavailable", "the store could not be opened, read or kept current"),
         ("store-ok", "store reachable, replica current"),
+        ("store-evicting", "Redis may evict the store's keys (maxmemory, allkeys-* policy)"),
         ("store-write-failed", "a harmless test write failed"),
         ("store-writable", "a harmless test write succeeded"),
         ("store-followers", "the workers following the store, their heartbeats and lag"),

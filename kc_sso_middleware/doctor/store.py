@@ -55,6 +55,8 @@ class StoreProbe:
     followers: tuple[FollowerState, ...] | None = None
     followers_later: tuple[FollowerState, ...] | None = None
     followers_error: str | None = None
+    #: (maxmemory-policy, maxmemory) of a Redis that may evict the store's keys
+    evicting: tuple[str, int] | None = None
 
 
 def _kind(url: str) -> str:
@@ -95,6 +97,7 @@ def probe_store(
         status = store.status()
         if not status.available:
             return StoreProbe(shown, kind, unavailable=status.detail or "not available")
+        evicting: tuple[str, int] | None = getattr(store, "eviction_risk", None)
         began = time.monotonic()
         write_error = None
         try:
@@ -123,6 +126,7 @@ def probe_store(
             followers=first,
             followers_later=later,
             followers_error=followers_error,
+            evicting=evicting,
         )
     finally:
         store.close()
@@ -182,6 +186,20 @@ def store_findings(probe: StoreProbe) -> list[Finding]:
             f"The store {probe.url} is reachable and this process's replica is current.",
         )
     )
+    if probe.evicting is not None:
+        policy, limit = probe.evicting
+        findings.append(
+            Finding(
+                "store-evicting",
+                Severity.PROBLEM,
+                f"Redis has maxmemory {limit} bytes with maxmemory-policy {policy}: when "
+                "memory runs short it evicts any key, the store's too (they have no TTL), "
+                "and revocations are forgotten: a worker that starts afterwards accepts "
+                "the sessions they ended.",
+                "Set maxmemory-policy noeviction (or a volatile-* policy, which evicts only "
+                "keys with a TTL), or give the store a Redis of its own.",
+            )
+        )
     if probe.write_error is not None:
         findings.append(
             Finding(

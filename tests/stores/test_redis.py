@@ -511,8 +511,11 @@ def test_redis_an_evicting_maxmemory_policy_is_an_error(
                 try:
                     store.start()
                     assert store.status().available
+                    risk = store.eviction_risk
                 finally:
                     store.close()
+            # What kc-sso-check reports as store-evicting.
+            assert risk == ((policy, 1 << 30) if risky else None), (memory, policy, risk)
             errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
             if risky:
                 assert len(errors) == 1, errors
@@ -522,6 +525,36 @@ def test_redis_an_evicting_maxmemory_policy_is_an_error(
             else:
                 assert not errors, (memory, policy, errors)
     finally:
+        raw.close()
+
+
+@pytest.mark.redis
+def test_the_check_reports_an_evicting_redis(own_redis: RedisServer) -> None:
+    """kc-sso-check against a real Redis with maxmemory and allkeys-lru: store-evicting,
+    a problem; with noeviction, nothing of the kind."""
+    from kc_sso_middleware import Settings
+    from kc_sso_middleware.doctor.report import Severity
+    from kc_sso_middleware.doctor.store import probe_store, store_findings
+
+    def check(policy: str) -> dict[str, Severity]:
+        raw.config_set("maxmemory-policy", policy)
+        settings = Settings(
+            issuer="https://sso.example/realms/r",
+            client_id="app",
+            client_secret="x",
+            session_secret="s",
+            store=f"{own_redis.url}?prefix={new_prefix()}",
+        )
+        return {f.code: f.severity for f in store_findings(probe_store(settings))}
+
+    raw = _raw_client(own_redis.url)
+    try:
+        raw.config_set("maxmemory", "1gb")
+        assert check("allkeys-lfu").get("store-evicting") is Severity.PROBLEM
+        assert "store-evicting" not in check("noeviction")
+    finally:
+        raw.config_set("maxmemory", "0")
+        raw.config_set("maxmemory-policy", "noeviction")
         raw.close()
 
 

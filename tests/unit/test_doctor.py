@@ -1029,6 +1029,18 @@ def follower(name: str, applied: int, lag: int, age: float = 0.5) -> FollowerSta
             id="read-only replica",
         ),
         pytest.param(
+            StoreProbe(
+                "redis://h/0",
+                "redis",
+                started=True,
+                write_seconds=0.001,
+                followers=(follower("w1", 7, 0),),
+                evicting=("allkeys-lru", 4 << 20),
+            ),
+            ["store-ok", "store-evicting", "store-writable", "store-followers"],
+            id="an evicting Redis",
+        ),
+        pytest.param(
             StoreProbe("sqlite:////x.db", "sqlite", not_created=True), [], id="no file yet"
         ),
         pytest.param(

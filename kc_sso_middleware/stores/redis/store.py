@@ -472,6 +472,12 @@ class RedisStore(FollowingStore):
             self._async[loop] = handle
         return handle
 
+    @property
+    def eviction_risk(self) -> tuple[str, int] | None:
+        """``(maxmemory-policy, maxmemory)`` when Redis, as last seen at a connection, may
+        evict this store's keys (an ``allkeys-*`` policy with a limit); else ``None``."""
+        return self._eviction_reported
+
     def followers(self) -> list[FollowerState]:
         applied_key, seen_key = self.keys.followers
         try:
