@@ -141,9 +141,13 @@ _SELECT_FOLLOWERS = (
     " FROM followers ORDER BY worker"
 )
 
+# A follower past the change counter is behind too: it applied rows of a history the file
+# no longer has (an older copy restored in place, whose change ids are reused).
 _SELECT_LAGGING = (
     "SELECT worker, applied FROM followers"
-    " WHERE worker != ? AND seen >= ? AND applied < ? ORDER BY worker"
+    " WHERE worker != ? AND seen >= ? AND (applied < ? OR applied >"
+    " (SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = 'revocations'))"
+    " ORDER BY worker"
 )
 
 _SELECT_STATE = (
@@ -473,7 +477,8 @@ def unregister(conn: sqlite3.Connection, worker: str) -> None:
 def lagging(
     conn: sqlite3.Connection, worker: str, seen_since: float, position: int
 ) -> list[tuple[str, int]]:
-    """The followers other than ``worker`` seen since ``seen_since`` and below ``position``."""
+    """The followers other than ``worker`` seen since ``seen_since`` and below ``position``,
+    or past the change counter (which went back: their position vouches for nothing)."""
     rows = conn.execute(_SELECT_LAGGING, (worker, seen_since, position)).fetchall()
     return [(str(name), int(applied)) for name, applied in rows]
 

@@ -198,8 +198,9 @@ def test_older_copy_put_back_is_repaired(tmp_path: Path, stores: list[SQLiteStor
     assert revoked(fresh, "newer")
 
 
+@pytest.mark.parametrize("notifications", [True, False], ids=["notified", "polling"])
 def test_older_copy_restored_in_place_is_no_acknowledgement(
-    tmp_path: Path, stores: list[SQLiteStore]
+    tmp_path: Path, stores: list[SQLiteStore], notifications: bool
 ) -> None:
     """A backup restored into the same file (SQLite's backup API, ``.restore``: same inode,
     same generation, a lower change counter) reuses change ids.  A follower past the restored
@@ -207,8 +208,9 @@ def test_older_copy_restored_in_place_is_no_acknowledgement(
     old position: every write after the restore is applied by every worker before its 200
     (before the next heartbeat's check), and what the restore took is written back."""
     path = tmp_path / "revocations.db"
-    writer = open_started(stores, path)
-    other = open_started(stores, path)
+    options = {"notifications": notifications, "poll_interval": 0.005}
+    writer = open_started(stores, path, **options)
+    other = open_started(stores, path, **options)
     t = time.time()
     assert writer.record([session("kept", t + LONG)])
     backup = tmp_path / "backup.db"
@@ -232,6 +234,24 @@ def test_older_copy_restored_in_place_is_no_acknowledgement(
     assert eventually(lambda: writer.status().available and other.status().available)
     fresh = open_started(stores, path)
     assert all(revoked(fresh, sid) for sid in ["kept", *fresh_keys])
+
+
+def test_a_follower_past_the_counter_is_lagging(tmp_path: Path, stores: list[SQLiteStore]) -> None:
+    """Writers without a datagram from a follower read its row: a position above the file's
+    change counter (it went back) is no acknowledgement of anything."""
+    path = tmp_path / "revocations.db"
+    store = open_started(stores, path)
+    assert store.record([session("one", time.time() + LONG)])
+    now = time.time()
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        counter = sql.sequence(conn)
+        conn.execute(
+            "INSERT INTO followers (worker, applied, seen) VALUES ('caught-up', ?, ?),"
+            " ('behind', ?, ?), ('past-the-counter', ?, ?)",
+            (counter, now, counter - 1, now, counter + 5, now),
+        )
+        lagging = dict(sql.lagging(conn, store.follower_name, now - 10, counter))
+    assert lagging == {"behind": counter - 1, "past-the-counter": counter + 5}
 
 
 def test_new_worker_is_not_current_while_another_repairs(
