@@ -267,6 +267,10 @@ class Channel:
         for writer in writers:
             if self._send(writer + _WRITER, message, self._follower) == "busy":
                 self._pending_answers[writer] = (message, deadline)
+            else:
+                # An older answer still waiting must not arrive after this one: the writer
+                # keeps the last answer it gets.
+                self._pending_answers.pop(writer, None)
 
     def _retry_answers(self) -> None:
         if not self._pending_answers:

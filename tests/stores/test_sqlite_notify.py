@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from kc_sso_middleware.stores._sqlite_group import GroupCommit
-from kc_sso_middleware.stores._sqlite_notify import socket_directory
+from kc_sso_middleware.stores._sqlite_notify import Channel, socket_directory
 from kc_sso_middleware.stores.sqlite import SQLiteStore
 
 from ._helpers import LONG, eventually, open_started, revoked, session
@@ -190,3 +190,27 @@ def test_sqlite_concurrent_records_keep_each_claim_and_entry_together(
     fresh = open_started(stores, path)
     assert all(revoked(fresh, f"c-{i}") for i in winners)
     assert not any(revoked(fresh, f"c-{i}") for i in losers)
+
+
+def test_an_answer_sent_drops_the_older_one_waiting_to_be_resent(tmp_path: Path) -> None:
+    """A writer keeps the last answer each follower sends (after a restore in place the lower
+    position is the truth), so an answer held back while the writer's socket was full must
+    not be resent after a newer one went through."""
+    db = str(tmp_path / "revocations.db")
+    follower, writer = Channel.open(db, "follower"), Channel.open(db, "writer")
+    try:
+        sent = 0
+        while not follower._pending_answers:  # fill the writer's queue until one waits
+            follower.answer([writer.id], generation=1, applied=5)
+            sent += 1
+            assert sent < 100_000
+        writer.acks.mark()  # the writer reads its queue
+        follower.answer([writer.id], generation=1, applied=9)  # goes through
+        follower._retry_answers()
+        writer.acks.mark()
+        latest = writer.acks.latest(follower.id)
+        assert latest is not None
+        assert latest[:2] == (1, 9)
+    finally:
+        follower.close()
+        writer.close()
