@@ -291,21 +291,15 @@ class Channel:
 
     # -- the writer's side -------------------------------------------------------------
 
-    def notify(
-        self, follower_names: Iterable[str], *, answer: bool = True, before: int | None = None
-    ) -> dict[str, str]:
-        """Tell these followers there are new rows; per name ``"sent"``, ``"busy"`` (its
-        queue is full: try again) or ``"gone"`` (no socket: follow it through the table).
-
-        ``before``: the file's change counter before the batch, so that a follower already
-        past it knows the counter went back and does not answer with its old position."""
-        return self.notify_ids(
-            (socket_id(name) for name in follower_names), answer=answer, before=before
-        )
-
     def notify_ids(
         self, ids: Iterable[str], *, answer: bool = True, before: int | None = None
     ) -> dict[str, str]:
+        """Tell these followers (by socket id) there are new rows; per id ``"sent"``,
+        ``"busy"`` (its queue is full: try again) or ``"gone"`` (no socket: follow it through
+        the table).
+
+        ``before``: the file's change counter before the batch, so that a follower already
+        past it knows the counter went back and does not answer with its old position."""
         message = _notification(answer, before)
         return {fid: self._send(fid + _FOLLOWER, message, self._writer) for fid in ids}
 
